@@ -1,0 +1,39 @@
+"""reed_jax entry point.
+
+    python main.py --config=configs/<file>.py[:arg] --workdir=DIR [--mode=train] [--config.key=value ...]
+
+Modes: precompute (frozen encoders -> shards), train (resumes automatically), sample (EMA grid).
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for shards, checkpoints, summaries and samples.")
+flags.DEFINE_enum("mode", "train", ["precompute", "train", "sample"], "Job to run.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from reed_jax import config as config_lib, train
+    from reed_jax.data import precompute
+
+    config = FLAGS.config
+    config_lib.validate(config)
+    logging.set_verbosity(logging.WARNING)
+    if FLAGS.mode == "precompute":
+        out = precompute.precompute(config, FLAGS.workdir)
+        print(f"shards: {out}")
+    elif FLAGS.mode == "train":
+        result = train.train_and_evaluate(config, FLAGS.workdir)
+        print("final evaluation:", ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                             for k, v in result.items()))
+        print(f"outputs in {FLAGS.workdir}: checkpoints/, tensorboard/, samples/, results.json")
+    else:
+        train.sample_mode(config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

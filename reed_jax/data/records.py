@@ -1,0 +1,184 @@
+"""Shard schema, record encoding and the manifest.
+
+A record is one example: the concatenation of each field's raw little-endian bytes in schema
+order (no pickle, no TensorFlow). The schema (names, shapes, dtypes, version) is stored beside the
+shards in `schema.json`; `manifest.json` lists every shard file with its record count and sha256.
+Field names: `image` [H, W, C] float32 pixels in [-1, 1], or `moments` [H, W, 2C] VAE posterior
+(mean, std); `label` [] int32; `index` [] int64; `target/<name>` [T, D] or [D] frozen features.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+SCHEMA_FILE = "schema.json"
+MANIFEST_FILE = "manifest.json"
+TARGET_PREFIX = "target/"
+
+
+class DataError(ValueError):
+    """Bad or missing shards; the message names the file, field or shape."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+    fields: tuple[Field, ...]
+    version: int = SCHEMA_VERSION
+
+    @property
+    def record_bytes(self) -> int:
+        return sum(f.nbytes for f in self.fields)
+
+    def field(self, name: str) -> Field:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise DataError(f"shard schema has no field {name!r}; it has {[f.name for f in self.fields]}")
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    def to_json(self) -> dict:
+        return {"version": self.version,
+                "fields": [{"name": f.name, "shape": list(f.shape), "dtype": f.dtype} for f in self.fields]}
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> "Schema":
+        if d.get("version") != SCHEMA_VERSION:
+            raise DataError(f"shard schema version {d.get('version')} is not supported (this code reads {SCHEMA_VERSION})")
+        return cls(tuple(Field(f["name"], tuple(f["shape"]), f["dtype"]) for f in d["fields"]), d["version"])
+
+    @classmethod
+    def of(cls, example: Mapping[str, np.ndarray]) -> "Schema":
+        """Schema from one example (field order = dict order)."""
+        return cls(tuple(Field(k, tuple(np.shape(v)), np.asarray(v).dtype.name)
+                         for k, v in example.items()))
+
+
+def encode(schema: Schema, example: Mapping[str, np.ndarray]) -> bytes:
+    """One example -> bytes. Every schema field must be present with its shape; dtype is cast."""
+    parts = []
+    for f in schema.fields:
+        if f.name not in example:
+            raise DataError(f"example is missing field {f.name!r}")
+        a = np.asarray(example[f.name])
+        if a.shape != f.shape:
+            raise DataError(f"field {f.name!r}: shape {a.shape} does not match schema {f.shape}")
+        parts.append(np.ascontiguousarray(a, dtype=np.dtype(f.dtype).newbyteorder("<")).tobytes())
+    return b"".join(parts)
+
+
+def decode(schema: Schema, record: bytes) -> dict[str, np.ndarray]:
+    """bytes -> {name: array} (copies, so arrays are writable and own their memory)."""
+    if len(record) != schema.record_bytes:
+        raise DataError(f"record of {len(record)} bytes does not match the schema's {schema.record_bytes}")
+    out, off = {}, 0
+    for f in schema.fields:
+        dt = np.dtype(f.dtype).newbyteorder("<")
+        out[f.name] = np.frombuffer(record, dt, count=f.nbytes // dt.itemsize, offset=off).reshape(f.shape).astype(f.dtype)
+        off += f.nbytes
+    return out
+
+
+def shard_name(split: str, i: int, n: int) -> str:
+    return f"{split}-{i:05d}-of-{n:05d}.array_record"
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_split(out_dir: str, split: str, schema: Schema, examples: Sequence[Mapping[str, np.ndarray]],
+                num_shards: int) -> list[dict]:
+    """Write `examples` into `num_shards` ArrayRecord files (contiguous ranges). Each shard is written
+    under a temporary name and renamed when complete. Returns manifest rows."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    os.makedirs(out_dir, exist_ok=True)
+    n = len(examples)
+    bounds = np.linspace(0, n, num_shards + 1).astype(int)
+    rows = []
+    for i in range(num_shards):
+        name = shard_name(split, i, num_shards)
+        path = os.path.join(out_dir, name)
+        tmp = path + ".tmp"
+        w = ArrayRecordWriter(tmp, "group_size:1")
+        for j in range(bounds[i], bounds[i + 1]):
+            w.write(encode(schema, examples[j]))
+        w.close()
+        os.replace(tmp, path)
+        rows.append({"file": name, "split": split, "count": int(bounds[i + 1] - bounds[i]), "sha256": _sha256(path)})
+    return rows
+
+
+def write_manifest(out_dir: str, schema: Schema, rows: list[dict], extra: Mapping | None = None) -> None:
+    with open(os.path.join(out_dir, SCHEMA_FILE), "w") as fh:
+        json.dump(schema.to_json(), fh, indent=1)
+    manifest = {"schema_version": schema.version, "shards": rows, **(extra or {})}
+    tmp = os.path.join(out_dir, MANIFEST_FILE + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(manifest, fh, indent=1)
+    os.replace(tmp, os.path.join(out_dir, MANIFEST_FILE))
+
+
+def read_manifest(data_dir: str) -> tuple[Schema, dict]:
+    """(schema, manifest) of a shard directory, with errors that name the missing file."""
+    if not data_dir or not os.path.isdir(data_dir):
+        raise DataError(f"shard directory {data_dir!r} does not exist (run --mode=precompute first)")
+    for f in (SCHEMA_FILE, MANIFEST_FILE):
+        if not os.path.exists(os.path.join(data_dir, f)):
+            raise DataError(f"shard directory {data_dir!r} has no {f} (run --mode=precompute first)")
+    with open(os.path.join(data_dir, SCHEMA_FILE)) as fh:
+        schema = Schema.from_json(json.load(fh))
+    with open(os.path.join(data_dir, MANIFEST_FILE)) as fh:
+        manifest = json.load(fh)
+    return schema, manifest
+
+
+def split_files(data_dir: str, manifest: Mapping, split: str) -> tuple[list[str], int]:
+    """Paths and total record count of `split`; names a missing or empty shard file."""
+    rows = [r for r in manifest["shards"] if r["split"] == split]
+    if not rows or sum(r["count"] for r in rows) == 0:
+        raise DataError(f"shard directory {data_dir!r} has no records for split {split!r}")
+    paths = []
+    for r in rows:
+        p = os.path.join(data_dir, r["file"])
+        if not os.path.exists(p) or os.path.getsize(p) == 0:
+            raise DataError(f"shard file {p} listed in {MANIFEST_FILE} is missing or empty")
+        paths.append(p)
+    return paths, sum(r["count"] for r in rows)
+
+
+def check_targets(schema: Schema, widths: Mapping[str, tuple[int, ...]], data_dir: str) -> None:
+    """Each configured target must exist in the shards with the shape the config expects."""
+    for name, shape in widths.items():
+        field = TARGET_PREFIX + name
+        if field not in schema.names:
+            raise DataError(f"targets.{name}: shards in {data_dir!r} have no field {field!r} "
+                            f"(they have {[n for n in schema.names if n.startswith(TARGET_PREFIX)]})")
+        have = schema.field(field).shape
+        if tuple(have) != tuple(shape):
+            raise DataError(f"targets.{name}: config expects features of shape {tuple(shape)} but "
+                            f"field {field!r} in {data_dir!r} has shape {tuple(have)}")

@@ -1,0 +1,264 @@
+"""SiT backbone (DiT architecture, adaLN-Zero) with REED alignment taps and projectors.
+
+Layout: images are NHWC (`x: [B, H, W, C]`); the PyTorch reference is NCHW. Time `t: [B]` in
+[0, 1] with 1 = pure noise, fed to the timestep embedding raw (no x1000). Labels `y: [B]` int in
+[0, num_classes]; `num_classes` is the null class used by classifier-free guidance.
+
+The forward returns `(velocity [B, H, W, C], {target_name: projected features})`. A token-level
+target gets `[B, T, z_dim]` (projector on every token of the raw residual stream after block
+`depth`), a pooled target gets `[B, z_dim]` (projector on the token mean). Sampling calls the
+model with `with_projectors=False`, which skips every projector.
+
+Submodule names follow the reference state dict so `reed_jax.convert.sit` is a rename table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# (depth, hidden, heads) of the published sizes; the patch size is chosen separately.
+SIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}
+
+xavier = nn.initializers.xavier_uniform()
+zeros = nn.initializers.zeros
+normal002 = nn.initializers.normal(stddev=0.02)
+# The reference flattens the conv kernel [D, C, p, p] -> [D, C*p*p] before xavier init.
+patch_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=(0, 1, 2), out_axis=3)
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetSpec:
+    """One alignment target as the backbone sees it.
+
+    name: key of the projected output; depth: tap after block `depth` (1-based, 1..model depth);
+    pooled: project the token mean ([B, D]) instead of every token; z_dim: target width.
+    """
+    name: str
+    depth: int
+    pooled: bool
+    z_dim: int
+
+
+def sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
+    """MAE 1D sin-cos embedding: pos [M] -> [M, dim], channels [sin(pos w), cos(pos w)]."""
+    omega = np.arange(dim // 2, dtype=np.float64) / (dim / 2.0)
+    omega = 1.0 / 10000**omega
+    out = np.einsum("m,d->md", pos.reshape(-1).astype(np.float64), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def sincos_2d(dim: int, grid_size: int) -> np.ndarray:
+    """MAE 2D sin-cos position embedding, [grid_size**2, dim] float32, row-major tokens.
+
+    The first half of the channels comes from the w (column) coordinate, the second from h,
+    exactly as `np.meshgrid(grid_w, grid_h)` orders them in the reference.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos position embedding needs hidden size divisible by 4, got {dim}")
+    grid_h = np.arange(grid_size, dtype=np.float32)
+    grid_w = np.arange(grid_size, dtype=np.float32)
+    grid = np.meshgrid(grid_w, grid_h)  # grid[0]: w coordinate, grid[1]: h coordinate
+    emb_w = sincos_1d(dim // 2, grid[0])
+    emb_h = sincos_1d(dim // 2, grid[1])
+    return np.concatenate([emb_w, emb_h], axis=1).astype(np.float32)
+
+
+def timestep_frequencies(t: jax.Array, dim: int = 256, max_period: float = 10000.0) -> jax.Array:
+    """t: [B] (raw, in [0,1]) -> [B, dim] with channels [cos(t f_i), sin(t f_i)], f_i = exp(-ln(P) i / (dim/2))."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = t.astype(jnp.float32)[:, None] * freqs[None]
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    """x: [B, T, D], shift/scale: [B, D]."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+def layer_norm() -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False)
+
+
+class TimestepEmbedder(nn.Module):
+    hidden: int
+    freq_dim: int = 256
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, t):
+        h = timestep_frequencies(t, self.freq_dim).astype(self.dtype)
+        h = nn.Dense(self.hidden, kernel_init=normal002, dtype=self.dtype, name="mlp_0")(h)
+        return nn.Dense(self.hidden, kernel_init=normal002, dtype=self.dtype, name="mlp_2")(nn.silu(h))
+
+
+class LabelEmbedder(nn.Module):
+    """Label table with `num_classes + 1` rows; the last row is the null (CFG) class."""
+    num_classes: int
+    hidden: int
+    dropout: float
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, y, train: bool):
+        table = self.param("embedding_table", normal002, (self.num_classes + 1, self.hidden))
+        if train and self.dropout > 0:
+            drop = jax.random.uniform(self.make_rng("label_dropout"), y.shape) < self.dropout
+            y = jnp.where(drop, self.num_classes, y)
+        return jnp.take(table, y, axis=0).astype(self.dtype)
+
+
+class Attention(nn.Module):
+    hidden: int
+    heads: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        b, n, d = x.shape
+        qkv = nn.Dense(3 * d, kernel_init=xavier, dtype=self.dtype, name="qkv")(x)
+        qkv = qkv.reshape(b, n, 3, self.heads, d // self.heads)  # reference order: (3, heads, head_dim)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        out = jax.nn.dot_product_attention(q, k, v)  # [B, N, heads, head_dim]
+        return nn.Dense(d, kernel_init=xavier, dtype=self.dtype, name="proj")(out.reshape(b, n, d))
+
+
+class Mlp(nn.Module):
+    hidden: int
+    ratio: float = 4.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Dense(int(self.hidden * self.ratio), kernel_init=xavier, dtype=self.dtype, name="fc1")(x)
+        h = nn.gelu(h, approximate=True)
+        return nn.Dense(self.hidden, kernel_init=xavier, dtype=self.dtype, name="fc2")(h)
+
+
+class SiTBlock(nn.Module):
+    hidden: int
+    heads: int
+    mlp_ratio: float = 4.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, c):
+        mod = nn.Dense(6 * self.hidden, kernel_init=zeros, dtype=self.dtype, name="adaLN_modulation")(nn.silu(c))
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
+        h = modulate(layer_norm()(x), shift_msa, scale_msa)
+        x = x + gate_msa[:, None] * Attention(self.hidden, self.heads, self.dtype, name="attn")(h)
+        h = modulate(layer_norm()(x), shift_mlp, scale_mlp)
+        x = x + gate_mlp[:, None] * Mlp(self.hidden, self.mlp_ratio, self.dtype, name="mlp")(h)
+        return x
+
+
+class FinalLayer(nn.Module):
+    hidden: int
+    out_dim: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, c):
+        mod = nn.Dense(2 * self.hidden, kernel_init=zeros, dtype=self.dtype, name="adaLN_modulation")(nn.silu(c))
+        shift, scale = jnp.split(mod, 2, axis=-1)
+        x = modulate(layer_norm()(x), shift, scale)
+        return nn.Dense(self.out_dim, kernel_init=zeros, dtype=self.dtype, name="linear")(x)
+
+
+class Projector(nn.Module):
+    """Linear(D, width) - SiLU - Linear(width, width) - SiLU - Linear(width, z_dim), xavier init."""
+    width: int
+    z_dim: int
+
+    @nn.compact
+    def __call__(self, h):
+        h = nn.silu(nn.Dense(self.width, kernel_init=xavier, name="dense_0")(h))
+        h = nn.silu(nn.Dense(self.width, kernel_init=xavier, name="dense_2")(h))
+        return nn.Dense(self.z_dim, kernel_init=xavier, name="dense_4")(h)
+
+
+class SiT(nn.Module):
+    """SiT with REED taps. See the module docstring for shapes."""
+    input_size: int
+    in_channels: int
+    patch_size: int
+    depth: int
+    hidden: int
+    heads: int
+    num_classes: int
+    mlp_ratio: float = 4.0
+    label_dropout: float = 0.1
+    targets: Sequence[TargetSpec] = ()
+    projector_width: int = 2048
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        if self.input_size % self.patch_size:
+            raise ValueError(f"model.patch_size={self.patch_size} does not divide the input size {self.input_size}")
+        for spec in self.targets:
+            if not 1 <= spec.depth <= self.depth:
+                raise ValueError(f"targets.{spec.name}.depth={spec.depth} is outside 1..model.depth={self.depth}")
+        p = self.patch_size
+        self.x_embedder = nn.Conv(self.hidden, (p, p), strides=(p, p), padding="VALID",
+                                  kernel_init=patch_init, dtype=self.dtype)
+        self.t_embedder = TimestepEmbedder(self.hidden, dtype=self.dtype)
+        self.y_embedder = LabelEmbedder(self.num_classes, self.hidden, self.label_dropout, self.dtype)
+        self.blocks = [SiTBlock(self.hidden, self.heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")
+                       for i in range(self.depth)]
+        self.final_layer = FinalLayer(self.hidden, p * p * self.in_channels, self.dtype)
+        self.projectors = {s.name: Projector(self.projector_width, s.z_dim, name=f"projectors_{s.name}")
+                           for s in self.targets}
+
+    @property
+    def grid_size(self) -> int:
+        return self.input_size // self.patch_size
+
+    def unpatchify(self, x):
+        """[B, T, p*p*C] -> [B, H, W, C]; token channels ordered (p, q, c) as in the reference."""
+        b, g, p, c = x.shape[0], self.grid_size, self.patch_size, self.in_channels
+        x = x.reshape(b, g, g, p, p, c).transpose(0, 1, 3, 2, 4, 5)
+        return x.reshape(b, g * p, g * p, c)
+
+    def __call__(self, x, t, y, train: bool = False, with_projectors: bool = True):
+        """x: [B, H, W, C], t: [B] in [0, 1], y: [B] int -> (velocity [B, H, W, C], {name: features})."""
+        h = self.x_embedder(x.astype(self.dtype))
+        b = h.shape[0]
+        h = h.reshape(b, -1, self.hidden) + jnp.asarray(sincos_2d(self.hidden, self.grid_size), self.dtype)
+        c = self.t_embedder(t) + self.y_embedder(y, train)
+        taps = {}
+        for i, block in enumerate(self.blocks):
+            h = block(h, c)
+            taps[i + 1] = h
+        feats = {}
+        if with_projectors:
+            for spec in self.targets:
+                tap = taps[spec.depth].astype(jnp.float32)
+                if spec.pooled:
+                    tap = tap.mean(axis=1)
+                feats[spec.name] = self.projectors[spec.name](tap)
+        out = self.unpatchify(self.final_layer(h, c))
+        return out.astype(jnp.float32), feats
+
+
+def build_sit(model_cfg: Mapping[str, Any], data_shape: Sequence[int], num_classes: int,
+              targets: Sequence[TargetSpec] = ()) -> SiT:
+    """SiT from a `config.model` block and the data shape `[H, W, C]`."""
+    h, w, c = data_shape
+    if h != w:
+        raise ValueError(f"SiT needs square inputs, data shape is {tuple(data_shape)}")
+    return SiT(input_size=h, in_channels=c, patch_size=model_cfg["patch_size"], depth=model_cfg["depth"],
+               hidden=model_cfg["hidden"], heads=model_cfg["heads"], num_classes=num_classes,
+               mlp_ratio=model_cfg.get("mlp_ratio", 4.0), label_dropout=model_cfg.get("label_dropout", 0.1),
+               targets=tuple(targets), projector_width=model_cfg.get("projector_width", 2048),
+               dtype=jnp.dtype(model_cfg.get("dtype", "float32")))

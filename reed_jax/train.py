@@ -1,0 +1,275 @@
+"""Train state, train step, sampling and the training loop (`--mode=train`, `--mode=sample`).
+
+One readable file in sections: model/optimizer -> state -> jitted step -> sampler -> loop.
+The step is track-agnostic except for `image_losses`, which turns a batch into the per-sample
+generative loss and the alignment inputs; other tracks plug in their own.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from reed_jax import checkpoint, config as config_lib, curriculum, objective, visualize
+from reed_jax.data import pipeline, precompute, records
+from reed_jax.diffusion import interpolants, samplers
+from reed_jax.models.sit import TargetSpec, build_sit
+
+# ----------------------------------------------------------------------------- model and optimizer
+
+
+def target_specs(config) -> list[TargetSpec]:
+    return [TargetSpec(n, t.depth, t.pooled, t.dim) for n, t in config.targets.items()]
+
+
+def build_model(config):
+    return build_sit(config.model, tuple(config.data.image_shape), config.data.num_classes, target_specs(config))
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    o = config.optim
+    return optax.chain(optax.clip_by_global_norm(o.grad_clip),
+                       optax.adamw(o.lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
+
+
+def signature(config) -> dict:
+    """What must match for a checkpoint to belong to this run's model."""
+    m = config.model
+    return {"model": [m.depth, m.hidden, m.heads, m.patch_size, m.mlp_ratio, m.projector_width],
+            "data_shape": list(config.data.image_shape), "num_classes": config.data.num_classes,
+            "targets": {n: [t.depth, bool(t.pooled), t.dim] for n, t in config.targets.items()}}
+
+# ----------------------------------------------------------------------------- state
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def init_state(config, model, tx) -> TrainState:
+    h, w, c = config.data.image_shape
+    key = jax.random.PRNGKey(config.seed)
+    k_init, k_drop, k_run = jax.random.split(key, 3)
+    x = jnp.zeros((1, h, w, c))
+    params = model.init({"params": k_init, "label_dropout": k_drop}, x, jnp.zeros((1,)),
+                        jnp.zeros((1,), jnp.int32), train=True)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params), rng=k_run)
+
+
+def abstract_state(config, model, tx):
+    return jax.eval_shape(lambda: init_state(config, model, tx))
+
+# ----------------------------------------------------------------------------- train step
+
+
+def image_losses(config, model, params, batch, rng):
+    """Images/latents: per-sample velocity MSE [B], alignment losses {name: [B]} and t [B]."""
+    k_x0, k_t, k_eps, k_drop = jax.random.split(rng, 4)
+    d = config.data
+    x0 = batch["image"] if d.kind == "pixels" else interpolants.x0_from_moments(k_x0, batch["moments"], d.latent_scale)
+    t = interpolants.sample_time(config.diffusion.time_sampler, k_t, x0.shape[0])
+    eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+    xt, v = interpolants.interpolate(config.diffusion.path, x0, eps, t)
+    pred, feats = model.apply({"params": params}, xt, t, batch["label"], train=True, rngs={"label_dropout": k_drop})
+    align = {n: objective.alignment_loss(feats[n], batch[records.TARGET_PREFIX + n]) for n in feats}
+    return objective.mse_per_sample(pred, v), align, t
+
+
+def make_train_step(config, model, tx, losses_fn: Callable = image_losses):
+    """(state, batch) -> (state, metrics). batch: {field: [B, ...]} arrays."""
+    w_gen, w_align = curriculum.from_config(config.curriculum)
+    targets = {n: dict(t) for n, t in config.targets.items()}
+    decay = config.optim.ema_decay
+
+    def step(state: TrainState, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+
+        def loss_fn(params):
+            gen, align, t = losses_fn(config, model, params, batch, rng)
+            return objective.combine(gen, align, t, w_gen(state.step), w_align(state.step), targets)
+
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads), learning_rate=jnp.asarray(config.optim.lr))
+        return state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
+
+    return jax.jit(step, donate_argnums=0)
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def make_sample_fn(config, model):
+    """(params, rng, labels [B]) -> samples [B, H, W, C] with the config's sampler and CFG."""
+    s = config.sample
+    shape = tuple(config.data.image_shape)
+
+    @jax.jit
+    def fn(params, rng, labels):
+        k_x, k_s = jax.random.split(rng)
+        model_fn = lambda x, t, y: model.apply({"params": params}, x, t, y, with_projectors=False)[0]
+        v = samplers.guided(model_fn, s.cfg_scale, config.data.num_classes, (s.guidance_lo, s.guidance_hi))
+        x1 = jax.random.normal(k_x, (labels.shape[0],) + shape)
+        return samplers.sample(v, x1, labels, method=s.method, num_steps=s.num_steps, rng=k_s,
+                               path=config.diffusion.path)
+
+    return fn
+
+
+def generate(sample_fn, params, labels: np.ndarray, batch_size: int, seed: int) -> np.ndarray:
+    """Samples for `labels` in fixed-size batches (the last one padded), deterministic by seed."""
+    out = []
+    for i in range(0, len(labels), batch_size):
+        y = labels[i:i + batch_size]
+        pad = batch_size - len(y)
+        y_full = np.concatenate([y, np.zeros(pad, y.dtype)])
+        x = sample_fn(params, jax.random.fold_in(jax.random.PRNGKey(seed), i), jnp.asarray(y_full))
+        out.append(np.asarray(jax.device_get(x))[:len(y)])
+    return np.concatenate(out)
+
+
+def grid_labels(config) -> np.ndarray:
+    """One row per class, `sample.grid_per_class` columns."""
+    return np.repeat(np.arange(config.data.num_classes), config.sample.grid_per_class).astype(np.int32)
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def check_data(config, data_dir: str) -> None:
+    """Shards exist, hold the configured targets with the configured widths, and one batch fits."""
+    schema, manifest = records.read_manifest(data_dir)
+    records.split_files(data_dir, manifest, "train")
+    records.check_targets(schema, config_lib.target_shapes(config), data_dir)
+    x_field = "image" if config.data.kind == "pixels" else "moments"
+    want = tuple(config.data.image_shape)
+    if x_field == "moments":
+        want = want[:-1] + (2 * want[-1],)
+    have = schema.field(x_field).shape
+    if tuple(have) != want:
+        raise records.DataError(f"data.image_shape={tuple(config.data.image_shape)} expects field {x_field!r} of "
+                                f"shape {want}, shards in {data_dir!r} hold {tuple(have)}")
+
+
+def _writer(workdir):
+    from clu import metric_writers
+    return metric_writers.create_default_writer(os.path.join(workdir, "tensorboard"),
+                                                just_logging=jax.process_index() > 0)
+
+
+def evaluate(config, workdir: str, sample_fn, params, step: int, scorer=None, log=print) -> dict:
+    """Sample a grid (PNG, one row per class) and, for digits, digits-FD and sample accuracy."""
+    grid = generate(sample_fn, params, grid_labels(config), config.sample.batch_size, config.seed + 1)
+    path = visualize.save_grid(grid, config.sample.grid_per_class,
+                               os.path.join(workdir, "samples", f"grid_{step:07d}.png"), upscale=4)
+    result = {"step": step, "grid": path}
+    if scorer is not None:
+        n = config.eval.num_samples
+        labels = (np.arange(n) % config.data.num_classes).astype(np.int32)
+        images = generate(sample_fn, params, labels, config.sample.batch_size, config.seed + 2)
+        result.update(scorer(images, labels))
+    return result
+
+
+def train_and_evaluate(config, workdir: str, log=print) -> dict:
+    """Train (resuming from the latest checkpoint), evaluate periodically; returns the final eval."""
+    from tqdm import tqdm
+
+    config_lib.validate(config, jax.device_count())
+    data_dir = precompute.data_dir(config, workdir)
+    check_data(config, data_dir)
+    model, tx = build_model(config), make_optimizer(config)
+    mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
+    sig = signature(config)
+    checkpoint.check_signature(mngr, sig, workdir)
+
+    loader = pipeline.make_loader(data_dir, "train", config.train.batch_size, seed=config.seed)
+    it = iter(loader)
+    if mngr.latest_step() is not None:
+        state, meta = checkpoint.restore(mngr, abstract_state(config, model, tx))
+        it.set_state(meta["data_iterator"].encode())
+        log(f"resumed from {mngr.directory} at step {int(state.step)}")
+    else:
+        state = init_state(config, model, tx)
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    log(f"model {config.model.name}: {n_params / 1e6:.2f}M parameters (projectors included); workdir {workdir}")
+
+    scorer = None
+    if config.data.source == "digits":
+        from reed_jax.data import digits
+        from reed_jax.evaluation.digits_fd import DigitsScorer
+        scorer = DigitsScorer(precompute.fd_params(config, data_dir, log), digits.load()[0])
+
+    train_step, sample_fn = make_train_step(config, model, tx), make_sample_fn(config, model)
+    writer = _writer(workdir)
+    writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
+    start, total = int(state.step), config.train.steps
+    results_path = os.path.join(workdir, "results.json")
+    history = json.load(open(results_path))["evals"] if os.path.exists(results_path) and start > 0 else []
+    last = history[-1] if history else None
+
+    def save(step):
+        checkpoint.save(mngr, step, state, {"signature": sig, "data_iterator": it.get_state().decode()})
+
+    t_last, n_last = time.time(), start
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
+               disable=jax.process_index() > 0)
+    for step in range(start + 1, total + 1):
+        batch = {k: v for k, v in next(it).items() if k != "index"}
+        state, metrics = train_step(state, batch)
+        bar.update(1)
+        if step % config.train.log_every == 0 or step == total:
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            now = time.time()
+            metrics["steps_per_sec"] = (step - n_last) / (now - t_last)
+            metrics["examples_per_sec"] = metrics["steps_per_sec"] * config.train.batch_size
+            t_last, n_last = now, step
+            writer.write_scalars(step, metrics)
+            bar.set_postfix(loss=f"{metrics['loss/total']:.4f}", gen=f"{metrics['loss/gen']:.4f}")
+        if step % config.train.eval_every == 0 or step == total:
+            last = evaluate(config, workdir, sample_fn, state.ema_params, step, scorer, log)
+            history.append(last)
+            writer.write_scalars(step, {f"eval/{k}": v for k, v in last.items() if isinstance(v, float)})
+            from PIL import Image
+            writer.write_images(step, {"samples": np.asarray(Image.open(last["grid"]))[None, ..., None]})
+            with open(results_path, "w") as fh:
+                json.dump({"final": last, "evals": history}, fh, indent=1)
+            bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
+        if step % config.train.checkpoint_every == 0 or step == total:
+            save(step)
+    bar.close()
+    mngr.wait_until_finished()
+    writer.flush()
+    return last or {}
+
+
+def sample_mode(config, workdir: str, log=print) -> str:
+    """Load the latest checkpoint's EMA params and write a sample grid and an npz (`arr_0`, uint8 NHWC)."""
+    config_lib.validate(config, jax.device_count())
+    model, tx = build_model(config), make_optimizer(config)
+    mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
+    if mngr.latest_step() is None:
+        raise FileNotFoundError(f"no checkpoint in {mngr.directory}: train first (--mode=train)")
+    checkpoint.check_signature(mngr, signature(config), workdir)
+    state, _ = checkpoint.restore(mngr, abstract_state(config, model, tx))
+    labels = grid_labels(config)
+    images = generate(make_sample_fn(config, model), state.ema_params, labels, config.sample.batch_size, config.seed + 3)
+    step = int(state.step)
+    out = os.path.join(workdir, "samples", f"sample_{step:07d}.png")
+    visualize.save_grid(images, config.sample.grid_per_class, out, upscale=4)
+    np.savez(out.replace(".png", ".npz"), arr_0=visualize.to_uint8(images), labels=labels)
+    log(f"wrote {out} and {out.replace('.png', '.npz')}")
+    return out

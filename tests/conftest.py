@@ -1,0 +1,39 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def load_config(name: str, arg: str | None = None):
+    """Load configs/<name>.py the way main.py does (module path, optional arg)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"cfg_{name}", os.path.join(ROOT, "configs", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg) if arg is not None else mod.get_config()
+
+
+def tiny_config(variant: str = "reed"):
+    """The demo config shrunk for tests: tiny model, few encoder steps, small batches."""
+    c = load_config("demo", variant)
+    c.model.update(depth=3, hidden=32, heads=2, projector_width=32)
+    c.train.update(batch_size=16, steps=6, log_every=2, eval_every=6, checkpoint_every=3)
+    c.sample.update(num_steps=3, batch_size=20, grid_per_class=2)
+    c.eval.num_samples = 40
+    c.precompute.update(encoder_steps=20, fd_steps=20)
+    if "digits_pooled" in c.targets:
+        c.targets.digits_pooled.depth = 3
+    return c
+
+
+@pytest.fixture(scope="session")
+def digits_shards(tmp_path_factory):
+    """Shards of the embedded digits written once per session (tiny encoders)."""
+    from reed_jax.data import precompute
+
+    wd = str(tmp_path_factory.mktemp("digits"))
+    return precompute.precompute(tiny_config(), wd, log=lambda *_: None)

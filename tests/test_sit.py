@@ -1,0 +1,105 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reed_jax.models import sit
+from reed_jax.models.sit import SiT, TargetSpec
+
+
+@pytest.mark.parametrize("size", ["S", "B", "L", "XL"])
+@pytest.mark.parametrize("patch", [2, 4, 8])
+def test_published_sizes_shapes(size, patch):
+    depth, hidden, heads = sit.SIT_SIZES[size]
+    targets = (TargetSpec("dino", min(8, depth), False, 768), TargetSpec("vlm", min(16, depth), True, 3584))
+    m = SiT(input_size=32, in_channels=4, patch_size=patch, depth=depth, hidden=hidden, heads=heads,
+            num_classes=1000, targets=targets)
+    x, t, y = jnp.zeros((2, 32, 32, 4)), jnp.zeros((2,)), jnp.zeros((2,), jnp.int32)
+    params = jax.eval_shape(lambda: m.init({"params": jax.random.PRNGKey(0)}, x, t, y))["params"]
+    out, feats = jax.eval_shape(lambda p: m.apply({"params": p}, x, t, y), params)
+    assert out.shape == (2, 32, 32, 4)
+    assert feats["dino"].shape == (2, (32 // patch) ** 2, 768)
+    assert feats["vlm"].shape == (2, 3584)
+    assert params["y_embedder"]["embedding_table"].shape == (1001, hidden)
+    assert params["final_layer"]["linear"]["kernel"].shape == (hidden, patch * patch * 4)
+    n = sum(np.prod(a.shape) for k, a in jax.tree_util.tree_leaves_with_path(params)
+            if "projectors" not in jax.tree_util.keystr(k))
+    if (size, patch) == ("XL", 2):  # published SiT-XL/2 without projectors: 675M
+        assert 674e6 < n < 676e6
+
+
+def tiny(targets=(), **kw):
+    return SiT(input_size=8, in_channels=3, patch_size=2, depth=3, hidden=32, heads=4, num_classes=5,
+               targets=targets, projector_width=16, **kw)
+
+
+def test_zero_velocity_at_init_and_reference_init():
+    m = tiny((TargetSpec("a", 2, False, 7),))
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 8, 3))
+    p = m.init({"params": jax.random.PRNGKey(0)}, x, jnp.ones((3,)) * 0.3, jnp.arange(3))["params"]
+    out, feats = m.apply({"params": p}, x, jnp.ones((3,)) * 0.3, jnp.arange(3))
+    np.testing.assert_array_equal(out, 0.0)  # adaLN-Zero + zero final layer
+    assert float(jnp.abs(feats["a"]).sum()) > 0  # projectors are not zero-initialised
+    for i in range(3):
+        assert not p[f"blocks_{i}"]["adaLN_modulation"]["kernel"].any()
+    assert not p["final_layer"]["linear"]["kernel"].any()
+    assert abs(float(p["y_embedder"]["embedding_table"].std()) - 0.02) < 0.006
+    # xavier-uniform bound sqrt(6 / (fan_in + fan_out)) of the qkv kernel [32, 96]
+    assert float(jnp.abs(p["blocks_0"]["attn"]["qkv"]["kernel"]).max()) <= np.sqrt(6 / 128) + 1e-6
+    # patch embed: xavier on the flattened kernel (fan_in = C*p*p = 12, fan_out = 32)
+    assert float(jnp.abs(p["x_embedder"]["kernel"]).max()) <= np.sqrt(6 / 44) + 1e-6
+    assert float(jnp.abs(p["x_embedder"]["kernel"]).max()) > np.sqrt(6 / (12 * 4 + 32 * 4))
+
+
+def test_sincos_2d_hand_computed():
+    pe = sit.sincos_2d(8, 2)  # tokens row-major over (h, w); dim 8 -> 4 channels per axis
+    # token 1 is (h=0, w=1): w-half = [sin(1), sin(1/100), cos(1), cos(1/100)], h-half = [0, 0, 1, 1]
+    np.testing.assert_allclose(pe[1], [np.sin(1), np.sin(0.01), np.cos(1), np.cos(0.01), 0, 0, 1, 1], atol=1e-6)
+    # token 2 is (h=1, w=0)
+    np.testing.assert_allclose(pe[2], [0, 0, 1, 1, np.sin(1), np.sin(0.01), np.cos(1), np.cos(0.01)], atol=1e-6)
+
+
+def test_timestep_embedding_hand_computed():
+    e = np.asarray(sit.timestep_frequencies(jnp.array([0.0, 0.5]), dim=4))
+    # freqs exp(-ln(1e4) i / 2) = [1, 0.01]; order [cos, sin]; raw t (no x1000)
+    np.testing.assert_allclose(e[0], [1, 1, 0, 0], atol=1e-7)
+    np.testing.assert_allclose(e[1], [np.cos(0.5), np.cos(0.005), np.sin(0.5), np.sin(0.005)], atol=1e-6)
+
+
+def test_label_dropout_uses_null_class_only_in_training():
+    m = tiny()
+    x = jnp.zeros((64, 8, 8, 3))
+    p = m.init({"params": jax.random.PRNGKey(0)}, x, jnp.zeros((64,)), jnp.zeros((64,), jnp.int32))["params"]
+    emb = lambda train: m.apply({"params": p}, jnp.zeros((64,), jnp.int32), train,
+                                method=lambda mod, y, tr: mod.y_embedder(y, tr), rngs={"label_dropout": jax.random.PRNGKey(3)})
+    table = p["y_embedder"]["embedding_table"]
+    eval_rows = np.asarray(emb(False))
+    np.testing.assert_allclose(eval_rows, np.broadcast_to(table[0], eval_rows.shape))
+    train_rows = np.asarray(emb(True))
+    dropped = np.all(np.isclose(train_rows, table[5]), axis=1)
+    assert 0 < dropped.sum() < 64 and np.all(np.isclose(train_rows[~dropped], table[0]))
+
+
+def test_pooled_target_projects_token_mean_and_tap_depth_checked():
+    m = tiny((TargetSpec("g", 1, True, 4),))
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
+    p = m.init({"params": jax.random.PRNGKey(0)}, x, jnp.ones((2,)), jnp.zeros((2,), jnp.int32))["params"]
+    # at init all blocks are identity (zero gates), so the tap is the embedded input
+    _, feats = m.apply({"params": p}, x, jnp.ones((2,)), jnp.zeros((2,), jnp.int32))
+    h = m.apply({"params": p}, x, method=lambda mod, x: mod.x_embedder(x)).reshape(2, -1, 32) + sit.sincos_2d(32, 4)
+    want = m.apply({"params": p}, h.mean(1), method=lambda mod, v: mod.projectors["g"](v))
+    np.testing.assert_allclose(feats["g"], want, atol=1e-5)
+    with pytest.raises(ValueError, match="targets.bad.depth=4"):
+        tiny((TargetSpec("bad", 4, False, 4),)).init({"params": jax.random.PRNGKey(0)}, x, jnp.ones((2,)),
+                                                      jnp.zeros((2,), jnp.int32))
+
+
+def test_sit_s_works_with_projectors():
+    """The reference's SiT-S is broken by a hard-coded 768 decoder width; ours trains a step."""
+    depth, hidden, heads = sit.SIT_SIZES["S"]
+    m = SiT(input_size=8, in_channels=4, patch_size=2, depth=depth, hidden=hidden, heads=heads, num_classes=10,
+            targets=(TargetSpec("dino", 4, False, 768),), projector_width=64)
+    x = jnp.ones((2, 8, 8, 4))
+    p = m.init({"params": jax.random.PRNGKey(0)}, x, jnp.ones((2,)), jnp.zeros((2,), jnp.int32))["params"]
+    g = jax.grad(lambda p: m.apply({"params": p}, x, jnp.ones((2,)) * .5, jnp.zeros((2,), jnp.int32))[1]["dino"].sum())(p)
+    assert float(jnp.abs(g["projectors_dino"]["dense_0"]["kernel"]).sum()) > 0

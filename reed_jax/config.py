@@ -77,6 +77,67 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def _target(**kw) -> ml_collections.ConfigDict:
+    t = target_template()
+    t.update(kw)
+    return t
+
+
+def digits_config(variant: str = "reed") -> ml_collections.ConfigDict:
+    """The embedded default: SiT on scikit-learn digits (8x8x1 pixels), trained in minutes on a CPU.
+
+    reed: the digits encoder's 4x4 patch tokens (64-d) tapped after block 2 (coefficient 1.0)
+    plus its pooled 128-d vector (the second "modality") on the token mean after block 3
+    (coefficient 0.5); w_gen ramps in over the first 10% of training, w_align = 0.5 constant.
+    repa: the token target only, constant weights. sit: no targets.
+    """
+    c = base_config()
+    c.model.update(name="SiT-demo/2", depth=4, hidden=128, heads=4, patch_size=2, projector_width=256)
+    c.optim.update(lr=1e-3, ema_decay=0.995)
+    c.train.update(batch_size=64, steps=1000, log_every=50, eval_every=500, checkpoint_every=500)
+    c.sample.update(method="sde", num_steps=50, batch_size=500, grid_per_class=10)
+    c.eval.num_samples = 1000
+    if variant not in ("reed", "repa", "sit"):
+        raise ConfigError(f"digits config: unknown variant {variant!r}; expected reed, repa or sit")
+    if variant in ("reed", "repa"):
+        c.targets.digits_tokens = _target(depth=2, pooled=False, dim=64, coeff=1.0)
+    if variant == "reed":
+        c.targets.digits_pooled = _target(depth=3, pooled=True, dim=128, coeff=0.5)
+        c.curriculum.gen.warmup = c.train.steps // 10
+    return c
+
+
+# Tap depths of the DINOv2 (token) and VLM (pooled) targets per SiT size. XL/L: 8 and 16 as
+# published; B (12 blocks): DINOv2 at 4 as published, the VLM target at 8 (our choice: the
+# published 16 does not exist in a 12-block model).
+IMAGENET_TAPS = {"B": (4, 8), "L": (8, 16), "XL": (8, 16)}
+
+
+def imagenet_config(size: str, variant: str) -> ml_collections.ConfigDict:
+    """ImageNet 256 (SD-VAE latents 32x32x4) with the published hyperparameters (METHOD.md section 2).
+
+    sit: no targets. repa: DINOv2-B/14 patch tokens (256 x 768), coefficient 1.0, w_align 0.5.
+    reed: + the VLM embedding (3584, pooled) with coefficient 0.5 and w_gen = min(step/50K, 1).
+    """
+    if variant not in ("sit", "repa", "reed"):
+        raise ConfigError(f"imagenet config: unknown variant {variant!r}; expected sit, repa or reed")
+    c = base_config()
+    c.data.update(source="imagenet", kind="latents", image_shape=(32, 32, 4), num_classes=1000, num_shards=1024)
+    c.model = sit_model(f"{size}/2")
+    c.optim.update(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0, ema_decay=0.9999)
+    c.train.update(batch_size=256, steps=1_000_000 if variant == "reed" else 4_000_000, log_every=100,
+                   eval_every=50_000, checkpoint_every=10_000, keep_checkpoints=3)
+    c.sample.update(method="sde", num_steps=250, cfg_scale=1.0, guidance_lo=0.0, guidance_hi=1.0, batch_size=256)
+    dino_depth, vlm_depth = IMAGENET_TAPS[size]
+    if variant in ("repa", "reed"):
+        c.targets.dinov2 = _target(depth=dino_depth, pooled=False, dim=768, coeff=1.0)
+        c.curriculum.align.coeff = 0.5
+    if variant == "reed":
+        c.targets.vlm = _target(depth=vlm_depth, pooled=True, dim=3584, coeff=0.5)
+        c.curriculum.gen.warmup = 50_000
+    return c
+
+
 def _check_keys(cfg, ref, prefix: str) -> None:
     for k in cfg.keys():
         key = f"{prefix}{k}"

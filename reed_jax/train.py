@@ -105,7 +105,7 @@ def make_train_step(config, model, tx, losses_fn: Callable = image_losses):
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads), learning_rate=jnp.asarray(config.optim.lr))
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), learning_rate=jnp.asarray(config.optim.lr))
         return state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
 
     return jax.jit(step, donate_argnums=0)
@@ -225,7 +225,7 @@ def train_and_evaluate(config, workdir: str, log=print) -> dict:
         checkpoint.save(mngr, step, state, {"signature": sig, "data_iterator": it.get_state().decode()})
 
     t_last, n_last = time.time(), start
-    bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0,
                disable=jax.process_index() > 0)
     for step in range(start + 1, total + 1):
         batch = {k: v for k, v in next(it).items() if k != "index"}

@@ -1,0 +1,9 @@
+"""REPA baseline on the embedded digits (see configs/demo.py for REED).
+
+    python main.py --config=configs/demo_repa.py --workdir=workdir/demo_repa --config.data.dir=workdir/demo/data
+"""
+from reed_jax.config import digits_config
+
+
+def get_config():
+    return digits_config("repa")

@@ -1,0 +1,9 @@
+"""SiT-L/2 SIT on ImageNet 256x256 (SD-VAE latents), published hyperparameters.
+
+    python main.py --config=configs/imagenet_sit_l_2_sit.py --workdir=$WORKDIR --config.data.dir=$SHARDS
+"""
+from reed_jax.config import imagenet_config
+
+
+def get_config():
+    return imagenet_config("L", "sit")

@@ -1,0 +1,55 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import load_config
+from reed_jax import config as config_lib, train
+
+IMAGENET = [f"imagenet_sit_{s}_2_{v}" for s in ("b", "l", "xl") for v in ("sit", "repa", "reed")]
+
+
+@pytest.mark.parametrize("name", IMAGENET)
+def test_imagenet_configs_build_with_eval_shape(name):
+    c = load_config(name)
+    config_lib.validate(c, num_devices=8)
+    model, tx = train.build_model(c), train.make_optimizer(c)
+    state = train.abstract_state(c, model, tx)
+    assert state.params["y_embedder"]["embedding_table"].shape == (1001, c.model.hidden)
+    n_proj = {"sit": 0, "repa": 1, "reed": 2}[name.rsplit("_", 1)[1]]
+    assert sum(k.startswith("projectors_") for k in state.params) == n_proj
+    if name.endswith("reed"):
+        assert dict(config_lib.target_shapes(c)) == {"dinov2": (256, 768), "vlm": (3584,)}
+        assert c.curriculum.gen.warmup == 50_000 and c.curriculum.align.coeff == 0.5
+        assert c.train.batch_size == 256 and c.optim.lr == 1e-4 and c.optim.ema_decay == 0.9999
+
+
+def test_imagenet_xl_reed_train_step_traces():
+    c = load_config("imagenet_sit_xl_2_reed")
+    model, tx = train.build_model(c), train.make_optimizer(c)
+    state = train.abstract_state(c, model, tx)
+    b = 2
+    batch = {"moments": jax.ShapeDtypeStruct((b, 32, 32, 8), jnp.float32),
+             "label": jax.ShapeDtypeStruct((b,), jnp.int32),
+             "target/dinov2": jax.ShapeDtypeStruct((b, 256, 768), jnp.bfloat16),
+             "target/vlm": jax.ShapeDtypeStruct((b, 3584), jnp.float32)}
+    new, metrics = jax.eval_shape(train.make_train_step(c, model, tx), state, batch)
+    assert metrics["loss/total"].shape == () and new.step.dtype == jnp.int32
+    n = sum(np.prod(x.shape) for x in jax.tree.leaves(state.params))
+    assert 675e6 < n < 720e6  # SiT-XL/2 (675M) + two projectors
+
+
+@pytest.mark.parametrize("name,n_targets", [("demo", 2), ("demo_repa", 1), ("demo_sit", 0)])
+def test_demo_configs_validate(name, n_targets):
+    c = load_config(name)
+    config_lib.validate(c)
+    assert len(c.targets) == n_targets and c.data.source == "digits"
+
+
+def test_sit_model_presets_and_errors():
+    m = config_lib.sit_model("SiT-B/4")
+    assert (m.depth, m.hidden, m.heads, m.patch_size) == (12, 768, 12, 4)
+    with pytest.raises(config_lib.ConfigError, match="unknown SiT size"):
+        config_lib.sit_model("XXL/2")
+    with pytest.raises(config_lib.ConfigError, match="unknown variant"):
+        config_lib.imagenet_config("XL", "dit")

@@ -1,0 +1,129 @@
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from reed_jax import checkpoint, config as config_lib, train
+from reed_jax.data import pipeline, records
+
+
+def test_tiny_overfit_loss_drops(digits_shards):
+    c = tiny_config("reed")
+    c.curriculum.gen.warmup = 0
+    c.optim.lr = 2e-3
+    model, tx = train.build_model(c), train.make_optimizer(c)
+    state = train.init_state(c, model, tx)
+    step = train.make_train_step(c, model, tx)
+    batch = next(iter(pipeline.make_loader(digits_shards, "train", 16, seed=0)))
+    batch = {k: v for k, v in batch.items() if k != "index"}
+    gen, align = [], []
+    for _ in range(150):
+        state, m = step(state, batch)
+        gen.append(float(m["loss/gen"]))
+        align.append(float(m["loss/align_digits_tokens"]))
+    assert np.mean(gen[-10:]) < 0.6 * np.mean(gen[:10])
+    assert np.mean(align[-10:]) < np.mean(align[:10]) - 0.3  # -cos falls: the projector aligns
+    assert int(state.step) == 150
+    assert set(m) >= {"loss/total", "loss/gen", "loss/align", "loss/align_digits_pooled", "weight/gen",
+                      "weight/align", "grad_norm", "learning_rate"}
+
+
+def test_ema_and_curriculum_in_the_step(digits_shards):
+    c = tiny_config("reed")
+    c.curriculum.gen.warmup = 4
+    c.optim.ema_decay = 0.5
+    model, tx = train.build_model(c), train.make_optimizer(c)
+    state = train.init_state(c, model, tx)
+    p0 = jax.tree.map(np.asarray, state.params)  # the step donates its input state
+    batch = {k: v for k, v in next(iter(pipeline.make_loader(digits_shards, "train", 16, seed=0))).items() if k != "index"}
+    state, m = train.make_train_step(c, model, tx)(state, batch)
+    assert float(m["weight/gen"]) == 0.0 and float(m["weight/align"]) == 0.5  # step 0: alignment alone
+    # with w_gen = 0 the generative head gets no gradient
+    np.testing.assert_array_equal(state.params["final_layer"]["linear"]["kernel"], 0.0)
+    leaf = lambda s: s["projectors_digits_tokens"]["dense_0"]["kernel"]
+    np.testing.assert_allclose(leaf(state.ema_params), 0.5 * leaf(p0) + 0.5 * leaf(state.params), rtol=1e-6, atol=1e-7)
+
+
+def run(c, wd):
+    return train.train_and_evaluate(c, str(wd), log=lambda *_: None)
+
+
+def restore_params(c, wd):
+    model, tx = train.build_model(c), train.make_optimizer(c)
+    mngr = checkpoint.manager(str(wd))
+    state, meta = checkpoint.restore(mngr, train.abstract_state(c, model, tx))
+    return state, meta, mngr.all_steps()
+
+
+def test_train_eval_outputs_and_bitwise_resume(digits_shards, tmp_path):
+    c = tiny_config("reed")
+    c.data.dir = digits_shards
+    result = run(c, tmp_path / "straight")
+    assert result["step"] == 6 and os.path.exists(result["grid"])
+    assert np.isfinite(result["digits_fd"]) and 0.0 <= result["accuracy"] <= 1.0
+    saved = json.load(open(tmp_path / "straight" / "results.json"))
+    assert saved["final"]["digits_fd"] == result["digits_fd"]
+    assert os.listdir(tmp_path / "straight" / "tensorboard")
+    s_straight, _, steps = restore_params(c, tmp_path / "straight")
+    assert steps == [3, 6]
+
+    c3 = tiny_config("reed")
+    c3.data.dir = digits_shards
+    c3.train.steps = 3
+    run(c3, tmp_path / "resumed")  # interrupted after step 3
+    run(c, tmp_path / "resumed")  # relaunch: resumes at 3, continues with the very next batch
+    s_resumed, meta, _ = restore_params(c, tmp_path / "resumed")
+    assert int(s_resumed.step) == 6 and "data_iterator" in meta
+    for a, b in zip(jax.tree.leaves(s_straight), jax.tree.leaves(s_resumed)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sample_mode_and_foreign_workdir_is_refused(digits_shards, tmp_path):
+    c = tiny_config("repa")
+    c.data.dir = digits_shards
+    c.train.steps = 3
+    run(c, tmp_path)
+    out = train.sample_mode(c, str(tmp_path), log=lambda *_: None)
+    arr = np.load(out.replace(".png", ".npz"))["arr_0"]
+    assert arr.dtype == np.uint8 and arr.shape == (20, 8, 8, 1)
+    before = sorted(os.listdir(tmp_path / "checkpoints"))
+    other = tiny_config("repa")
+    other.data.dir = digits_shards
+    other.model.hidden = 64
+    with pytest.raises(checkpoint.CheckpointMismatch, match="different model"):
+        run(other, tmp_path)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
+def test_bad_inputs_stop_before_compute(digits_shards, tmp_path):
+    c = tiny_config("reed")
+    c.data.dir = digits_shards
+    c.train.bach_size = 3
+    with pytest.raises(config_lib.ConfigError, match="unknown config key 'train.bach_size'"):
+        config_lib.validate(c)
+    c = tiny_config("reed")
+    c.targets.digits_tokens.depth = 9
+    with pytest.raises(config_lib.ConfigError, match="targets.digits_tokens.depth=9"):
+        config_lib.validate(c)
+    c = tiny_config("reed")
+    c.targets.digits_tokens.nosie_weight = "linear"
+    with pytest.raises(config_lib.ConfigError, match="targets.digits_tokens.nosie_weight"):
+        config_lib.validate(c)
+    c = tiny_config("reed")
+    c.train.batch_size = 12
+    with pytest.raises(config_lib.ConfigError, match="train.batch_size=12 must be a positive multiple of the device count 8"):
+        config_lib.validate(c, num_devices=8)
+    c = tiny_config("reed")
+    c.data.dir = digits_shards
+    c.targets.digits_pooled.dim = 96
+    with pytest.raises(records.DataError, match=r"targets.digits_pooled: config expects features of shape \(96,\)"):
+        run(c, tmp_path / "w")
+    c = tiny_config("reed")
+    c.data.dir = str(tmp_path / "missing")
+    with pytest.raises(records.DataError, match="missing.*does not exist"):
+        run(c, tmp_path / "w")
+    assert not os.path.exists(tmp_path / "w" / "checkpoints") or not os.listdir(tmp_path / "w" / "checkpoints")

@@ -63,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = dict(name="custom", depth=4, hidden=128, heads=4, patch_size=2, mlp_ratio=4.0,
                    label_dropout=0.1, projector_width=2048, dtype="float32")
     c.targets = ml_collections.ConfigDict()
+    c.mesh = dict(data=-1, fsdp=1)  # device mesh; fsdp > 1 shards params/EMA/optimizer state
     c.diffusion = dict(path="linear", time_sampler="uniform")
     c.curriculum = dict(
         gen=dict(start=0, warmup=0, decay="constant", total_steps=0),

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from reed_jax import checkpoint, config as config_lib, curriculum, objective, visualize
+from reed_jax import checkpoint, config as config_lib, curriculum, objective, parallel, visualize
 from reed_jax.data import pipeline, precompute, records
 from reed_jax.diffusion import interpolants, samplers
 from reed_jax.models.sit import TargetSpec, build_sit
@@ -88,8 +88,12 @@ def image_losses(config, model, params, batch, rng):
     return objective.mse_per_sample(pred, v), align, t
 
 
-def make_train_step(config, model, tx, losses_fn: Callable = image_losses):
-    """(state, batch) -> (state, metrics). batch: {field: [B, ...]} arrays."""
+def make_train_step(config, model, tx, losses_fn: Callable = image_losses, mesh=None, shardings=None):
+    """(state, batch) -> (state, metrics). batch: {field: [B, ...]} arrays.
+
+    With a mesh and the state's shardings, the step is jitted with explicit in/out shardings
+    (batch split over (data, fsdp), metrics replicated) and donates the input state.
+    """
     w_gen, w_align = curriculum.from_config(config.curriculum)
     targets = {n: dict(t) for n, t in config.targets.items()}
     decay = config.optim.ema_decay
@@ -108,7 +112,15 @@ def make_train_step(config, model, tx, losses_fn: Callable = image_losses):
         metrics = dict(metrics, grad_norm=optax.tree.norm(grads), learning_rate=jnp.asarray(config.optim.lr))
         return state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
 
-    return jax.jit(step, donate_argnums=0)
+    if mesh is None:
+        return jax.jit(step, donate_argnums=0)
+    return jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh)),
+                   out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+
+
+def create_state(config, model, tx, shardings):
+    """Train state initialised directly into its shardings (never materialised on one device)."""
+    return jax.jit(lambda: init_state(config, model, tx), out_shardings=shardings)()
 
 # ----------------------------------------------------------------------------- sampling
 
@@ -130,14 +142,16 @@ def make_sample_fn(config, model):
     return fn
 
 
-def generate(sample_fn, params, labels: np.ndarray, batch_size: int, seed: int) -> np.ndarray:
-    """Samples for `labels` in fixed-size batches (the last one padded), deterministic by seed."""
+def generate(sample_fn, params, labels: np.ndarray, batch_size: int, seed: int, mesh=None) -> np.ndarray:
+    """Samples for `labels` in fixed-size batches (the last one padded), deterministic by seed.
+    With a mesh, each batch is split over its (data, fsdp) axes."""
     out = []
     for i in range(0, len(labels), batch_size):
         y = labels[i:i + batch_size]
         pad = batch_size - len(y)
         y_full = np.concatenate([y, np.zeros(pad, y.dtype)])
-        x = sample_fn(params, jax.random.fold_in(jax.random.PRNGKey(seed), i), jnp.asarray(y_full))
+        y_dev = jax.device_put(y_full, parallel.batch_sharding(mesh)) if mesh is not None else jnp.asarray(y_full)
+        x = sample_fn(params, jax.random.fold_in(jax.random.PRNGKey(seed), i), y_dev)
         out.append(np.asarray(jax.device_get(x))[:len(y)])
     return np.concatenate(out)
 
@@ -170,16 +184,16 @@ def _writer(workdir):
                                                 just_logging=jax.process_index() > 0)
 
 
-def evaluate(config, workdir: str, sample_fn, params, step: int, scorer=None, log=print) -> dict:
+def evaluate(config, workdir: str, sample_fn, params, step: int, scorer=None, log=print, mesh=None) -> dict:
     """Sample a grid (PNG, one row per class) and, for digits, digits-FD and sample accuracy."""
-    grid = generate(sample_fn, params, grid_labels(config), config.sample.batch_size, config.seed + 1)
+    grid = generate(sample_fn, params, grid_labels(config), config.sample.batch_size, config.seed + 1, mesh)
     path = visualize.save_grid(grid, config.sample.grid_per_class,
                                os.path.join(workdir, "samples", f"grid_{step:07d}.png"), upscale=4)
     result = {"step": step, "grid": path}
     if scorer is not None:
         n = config.eval.num_samples
         labels = (np.arange(n) % config.data.num_classes).astype(np.int32)
-        images = generate(sample_fn, params, labels, config.sample.batch_size, config.seed + 2)
+        images = generate(sample_fn, params, labels, config.sample.batch_size, config.seed + 2, mesh)
         result.update(scorer(images, labels))
     return result
 
@@ -196,14 +210,19 @@ def train_and_evaluate(config, workdir: str, log=print) -> dict:
     sig = signature(config)
     checkpoint.check_signature(mngr, sig, workdir)
 
-    loader = pipeline.make_loader(data_dir, "train", config.train.batch_size, seed=config.seed)
+    mesh = parallel.make_mesh(config.mesh)
+    abstract = abstract_state(config, model, tx)
+    shardings = parallel.state_shardings(abstract, mesh)
+    nproc = jax.process_count()
+    loader = pipeline.make_loader(data_dir, "train", config.train.batch_size // nproc, seed=config.seed,
+                                  shard_index=jax.process_index(), shard_count=nproc)
     it = iter(loader)
     if mngr.latest_step() is not None:
-        state, meta = checkpoint.restore(mngr, abstract_state(config, model, tx))
+        state, meta = checkpoint.restore(mngr, parallel.with_shardings(abstract, shardings))
         it.set_state(meta["data_iterator"].encode())
         log(f"resumed from {mngr.directory} at step {int(state.step)}")
     else:
-        state = init_state(config, model, tx)
+        state = create_state(config, model, tx, shardings)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     log(f"model {config.model.name}: {n_params / 1e6:.2f}M parameters (projectors included); workdir {workdir}")
 
@@ -213,7 +232,8 @@ def train_and_evaluate(config, workdir: str, log=print) -> dict:
         from reed_jax.evaluation.digits_fd import DigitsScorer
         scorer = DigitsScorer(precompute.fd_params(config, data_dir, log), digits.load()[0])
 
-    train_step, sample_fn = make_train_step(config, model, tx), make_sample_fn(config, model)
+    train_step = make_train_step(config, model, tx, mesh=mesh, shardings=shardings)
+    sample_fn = make_sample_fn(config, model)
     writer = _writer(workdir)
     writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
     start, total = int(state.step), config.train.steps
@@ -228,7 +248,7 @@ def train_and_evaluate(config, workdir: str, log=print) -> dict:
     bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0,
                disable=jax.process_index() > 0)
     for step in range(start + 1, total + 1):
-        batch = {k: v for k, v in next(it).items() if k != "index"}
+        batch = parallel.global_batch({k: v for k, v in next(it).items() if k != "index"}, mesh)
         state, metrics = train_step(state, batch)
         bar.update(1)
         if step % config.train.log_every == 0 or step == total:
@@ -240,7 +260,7 @@ def train_and_evaluate(config, workdir: str, log=print) -> dict:
             writer.write_scalars(step, metrics)
             bar.set_postfix(loss=f"{metrics['loss/total']:.4f}", gen=f"{metrics['loss/gen']:.4f}")
         if step % config.train.eval_every == 0 or step == total:
-            last = evaluate(config, workdir, sample_fn, state.ema_params, step, scorer, log)
+            last = evaluate(config, workdir, sample_fn, state.ema_params, step, scorer, log, mesh)
             history.append(last)
             writer.write_scalars(step, {f"eval/{k}": v for k, v in last.items() if isinstance(v, float)})
             from PIL import Image

@@ -20,31 +20,30 @@ def data_dir(config, workdir: str) -> str:
     return config.data.dir or os.path.join(workdir, "data")
 
 
-def fd_params(config, data_dir_: str, log=print) -> dict:
-    """The digits FD network (different architecture and seed from the target encoder)."""
+def _fitted(module, name: str, what: str, steps: int, seed: int, data_dir_: str, log) -> dict:
+    """A digits classifier fitted once and cached under `<data dir>/encoders/<name>`."""
     images, labels = digits.load()
 
     def fit():
-        log(f"fitting the digits FD network ({config.precompute.fd_steps} steps)")
-        params, acc = classifier.fit(DigitsFDNet(), images, labels, seed=config.precompute.fd_seed,
-                                     steps=config.precompute.fd_steps)
-        log(f"FD network train accuracy {acc:.4f}")
+        log(f"fitting the {what} ({steps} steps)")
+        params, acc = classifier.fit(module, images, labels, seed=seed, steps=steps)
+        log(f"{what} train accuracy {acc:.4f}")
         return params
 
-    return encoders.load_or_fit(os.path.join(data_dir_, "encoders", "digits_fd"), fit, log)
+    return encoders.load_or_fit(os.path.join(data_dir_, "encoders", name), fit, log)
+
+
+def fd_params(config, data_dir_: str, log=print) -> dict:
+    """The digits FD network (different architecture and seed from the target encoder)."""
+    p = config.precompute
+    return _fitted(DigitsFDNet(), "digits_fd", "digits FD network", p.fd_steps, p.fd_seed, data_dir_, log)
 
 
 def encoder_params(config, data_dir_: str, log=print) -> dict:
-    images, labels = digits.load()
-
-    def fit():
-        log(f"fitting the digits target encoder ({config.precompute.encoder_steps} steps)")
-        params, acc = classifier.fit(DigitsEncoder(), images, labels, seed=config.precompute.encoder_seed,
-                                     steps=config.precompute.encoder_steps)
-        log(f"target encoder train accuracy {acc:.4f}")
-        return params
-
-    return encoders.load_or_fit(os.path.join(data_dir_, "encoders", "digits_encoder"), fit, log)
+    """The digits target encoder."""
+    p = config.precompute
+    return _fitted(DigitsEncoder(), "digits_encoder", "digits target encoder", p.encoder_steps, p.encoder_seed,
+                   data_dir_, log)
 
 
 def digits_examples(config, data_dir_: str, log=print) -> list[dict]:

@@ -238,7 +238,10 @@ def train_and_evaluate(config, workdir: str, log=print) -> dict:
     writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
     start, total = int(state.step), config.train.steps
     results_path = os.path.join(workdir, "results.json")
-    history = json.load(open(results_path))["evals"] if os.path.exists(results_path) and start > 0 else []
+    history = []
+    if os.path.exists(results_path) and start > 0:
+        with open(results_path) as fh:
+            history = json.load(fh)["evals"]
     last = history[-1] if history else None
 
     def save(step):

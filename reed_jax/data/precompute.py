@@ -22,9 +22,8 @@ def data_dir(config, workdir: str) -> str:
 
 def _fitted(module, name: str, what: str, steps: int, seed: int, data_dir_: str, log) -> dict:
     """A digits classifier fitted once and cached under `<data dir>/encoders/<name>`."""
-    images, labels = digits.load()
-
     def fit():
+        images, labels = digits.load()
         log(f"fitting the {what} ({steps} steps)")
         params, acc = classifier.fit(module, images, labels, seed=seed, steps=steps)
         log(f"{what} train accuracy {acc:.4f}")

@@ -70,5 +70,5 @@ def global_batch(local: dict, mesh: Mesh) -> dict:
 
 
 def with_shardings(abstract, shardings):
-    """ShapeDtypeStructs carrying target shardings (for sharded init and orbax restore)."""
+    """ShapeDtypeStructs carrying target shardings (what orbax restores into)."""
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)

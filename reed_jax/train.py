@@ -184,8 +184,10 @@ def _writer(workdir):
                                                 just_logging=jax.process_index() > 0)
 
 
-def evaluate(config, workdir: str, sample_fn, params, step: int, scorer=None, log=print, mesh=None) -> dict:
-    """Sample a grid (PNG, one row per class) and, for digits, digits-FD and sample accuracy."""
+def evaluate(config, workdir: str, sample_fn, params, step: int, scorer=None, log=print,
+             mesh=None) -> tuple[dict, np.ndarray]:
+    """Sample a grid (PNG, one row per class) and, for digits, digits-FD and sample accuracy.
+    Returns (result, grid samples [N, H, W, C] in [-1, 1])."""
     grid = generate(sample_fn, params, grid_labels(config), config.sample.batch_size, config.seed + 1, mesh)
     path = visualize.save_grid(grid, config.sample.grid_per_class,
                                os.path.join(workdir, "samples", f"grid_{step:07d}.png"), upscale=4)
@@ -195,7 +197,7 @@ def evaluate(config, workdir: str, sample_fn, params, step: int, scorer=None, lo
         labels = (np.arange(n) % config.data.num_classes).astype(np.int32)
         images = generate(sample_fn, params, labels, config.sample.batch_size, config.seed + 2, mesh)
         result.update(scorer(images, labels))
-    return result
+    return result, grid
 
 
 def train_and_evaluate(config, workdir: str, log=print) -> dict:
@@ -263,11 +265,11 @@ def train_and_evaluate(config, workdir: str, log=print) -> dict:
             writer.write_scalars(step, metrics)
             bar.set_postfix(loss=f"{metrics['loss/total']:.4f}", gen=f"{metrics['loss/gen']:.4f}")
         if step % config.train.eval_every == 0 or step == total:
-            last = evaluate(config, workdir, sample_fn, state.ema_params, step, scorer, log, mesh)
+            last, grid_images = evaluate(config, workdir, sample_fn, state.ema_params, step, scorer, log, mesh)
             history.append(last)
             writer.write_scalars(step, {f"eval/{k}": v for k, v in last.items() if isinstance(v, float)})
-            from PIL import Image
-            writer.write_images(step, {"samples": np.asarray(Image.open(last["grid"]))[None, ..., None]})
+            grid_png = visualize.grid(visualize.to_uint8(grid_images), config.sample.grid_per_class)
+            writer.write_images(step, {"samples": grid_png[None]})
             with open(results_path, "w") as fh:
                 json.dump({"final": last, "evals": history}, fh, indent=1)
             bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))

@@ -70,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
         align=dict(coeff=0.5, decay="constant", decay_steps=0))
     c.optim = dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0, ema_decay=0.9999)
     c.train = dict(batch_size=256, steps=1_000_000, log_every=100, eval_every=50_000,
-                   checkpoint_every=10_000, keep_checkpoints=3)
+                   checkpoint_every=10_000, keep_checkpoints=3, max_consecutive_skips=20)
     c.sample = dict(method="sde", num_steps=250, cfg_scale=1.0, guidance_lo=0.0, guidance_hi=1.0,
                     batch_size=256, grid_per_class=10)
     c.eval = dict(num_samples=1000)  # digits-FD / accuracy samples per evaluation
@@ -186,7 +186,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     for key, bs in (("train.batch_size", c.train.batch_size), ("sample.batch_size", c.sample.batch_size)):
         if bs <= 0 or bs % num_devices:
             raise ConfigError(f"{key}={bs} must be a positive multiple of the device count {num_devices}")
-    for key in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+    for key in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips"):
         if c.train[key] <= 0:
             raise ConfigError(f"train.{key}={c.train[key]} must be positive")
     if not 0.0 <= c.optim.ema_decay < 1.0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from typing import Any, Callable
 
@@ -56,6 +57,12 @@ class TrainState:
     ema_params: Any
     opt_state: Any
     rng: jax.Array
+    skipped: jax.Array  # updates skipped for a non-finite loss, gradient or update, in total
+    consecutive_skips: jax.Array  # ... since the last applied update
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive non-finite steps."""
 
 
 def init_state(config, model, tx) -> TrainState:
@@ -65,8 +72,9 @@ def init_state(config, model, tx) -> TrainState:
     x = jnp.zeros((1, h, w, c))
     params = model.init({"params": k_init, "label_dropout": k_drop}, x, jnp.zeros((1,)),
                         jnp.zeros((1,), jnp.int32), train=True)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params), rng=k_run)
+    zero = lambda: jnp.zeros((), jnp.int32)  # distinct buffers: the step donates every leaf
+    return TrainState(step=zero(), params=params, ema_params=jax.tree.map(jnp.copy, params),
+                      opt_state=tx.init(params), rng=k_run, skipped=zero(), consecutive_skips=zero())
 
 
 def abstract_state(config, model, tx):
@@ -91,6 +99,9 @@ def image_losses(config, model, params, batch, rng):
 def make_train_step(config, model, tx, losses_fn: Callable = image_losses, mesh=None, shardings=None):
     """(state, batch) -> (state, metrics). batch: {field: [B, ...]} arrays.
 
+    A step whose loss, gradients or update are not finite keeps params, EMA and optimizer state
+    as they were (the step counter still advances past the batch) and counts the skip.
+
     With a mesh and the state's shardings, the step is jitted with explicit in/out shardings
     (batch split over (data, fsdp), metrics replicated) and donates the input state.
     """
@@ -105,12 +116,20 @@ def make_train_step(config, model, tx, losses_fn: Callable = image_losses, mesh=
             gen, align, t = losses_fn(config, model, params, batch, rng)
             return objective.combine(gen, align, t, w_gen(state.step), w_align(state.step), targets)
 
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), learning_rate=jnp.asarray(config.optim.lr))
-        return state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
+        grad_norm = optax.tree.norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+        skip = (~ok).astype(jnp.int32)
+        new = state.replace(step=state.step + 1, params=keep(params, state.params),
+                            ema_params=keep(ema, state.ema_params), opt_state=keep(opt_state, state.opt_state),
+                            skipped=state.skipped + skip, consecutive_skips=(state.consecutive_skips + 1) * skip)
+        metrics = dict(metrics, grad_norm=grad_norm, learning_rate=jnp.asarray(config.optim.lr),
+                       skipped=new.skipped, consecutive_skips=new.consecutive_skips)
+        return new, metrics
 
     if mesh is None:
         return jax.jit(step, donate_argnums=0)
@@ -201,7 +220,16 @@ def evaluate(config, workdir: str, sample_fn, params, step: int, scorer=None, lo
 
 
 def train_and_evaluate(config, workdir: str, log=print) -> dict:
-    """Train (resuming from the latest checkpoint), evaluate periodically; returns the final eval."""
+    """Train (resuming from the latest checkpoint), evaluate periodically; returns the final eval.
+
+    SIGTERM at any point (TPU preemption, SLURM time limit) saves the current step after the
+    step in flight and returns; the next launch resumes there.
+    """
+    with StopOnSignal() as stop:
+        return _train(config, workdir, log, stop)
+
+
+def _train(config, workdir: str, log, stop: "StopOnSignal") -> dict:
     from tqdm import tqdm
 
     config_lib.validate(config, jax.device_count())
@@ -246,8 +274,8 @@ def train_and_evaluate(config, workdir: str, log=print) -> dict:
             history = json.load(fh)["evals"]
     last = history[-1] if history else None
 
-    def save(step):
-        checkpoint.save(mngr, step, state, {"signature": sig, "data_iterator": it.get_state().decode()})
+    def save(step, force=False):
+        checkpoint.save(mngr, step, state, {"signature": sig, "data_iterator": it.get_state().decode()}, force)
 
     t_last, n_last = time.time(), start
     bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0,
@@ -258,6 +286,13 @@ def train_and_evaluate(config, workdir: str, log=print) -> dict:
         bar.update(1)
         if step % config.train.log_every == 0 or step == total:
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if metrics["consecutive_skips"] >= config.train.max_consecutive_skips:
+                mngr.wait_until_finished()
+                raise NonFiniteError(
+                    f"stopped at step {step}: {int(metrics['consecutive_skips'])} consecutive steps with a "
+                    f"non-finite loss, gradient or update (train.max_consecutive_skips="
+                    f"{config.train.max_consecutive_skips}); last good checkpoint: "
+                    f"{'none' if mngr.latest_step() is None else f'step {mngr.latest_step()}'} in {mngr.directory}")
             now = time.time()
             metrics["steps_per_sec"] = (step - n_last) / (now - t_last)
             metrics["examples_per_sec"] = metrics["steps_per_sec"] * config.train.batch_size
@@ -273,12 +308,38 @@ def train_and_evaluate(config, workdir: str, log=print) -> dict:
             with open(results_path, "w") as fh:
                 json.dump({"final": last, "evals": history}, fh, indent=1)
             bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
-        if step % config.train.checkpoint_every == 0 or step == total:
+        saved = step % config.train.checkpoint_every == 0 or step == total
+        if saved:
             save(step)
+        if stop.signum is not None:
+            if not saved:
+                save(step, force=True)
+            log(f"signal {stop.signum}: saved step {step} to {mngr.directory}; relaunch to resume")
+            break
     bar.close()
     mngr.wait_until_finished()
     writer.flush()
     return last or {}
+
+
+class StopOnSignal:
+    """Context in which SIGTERM (TPU preemption, SLURM time limit) only sets `signum`; the loop
+    then saves the current step and exits cleanly. The previous handler is restored on exit."""
+
+    def __init__(self, signals=(signal.SIGTERM,)):
+        self.signals, self.signum, self._old = signals, None, {}
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __enter__(self):
+        self._old = {s: signal.signal(s, self._handle) for s in self.signals}
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        return False
 
 
 def sample_mode(config, workdir: str, log=print) -> str:

@@ -59,4 +59,23 @@ for data, fsdp in ((8, 1), (1, 8), (2, 4)):
     else:
         assert fc1.addressable_shards[0].data.shape == (64, 256)
     print(f"mesh data={data} fsdp={fsdp}: losses {losses} match single device")
+    if (data, fsdp) == (1, 8):
+        state8 = state
+# save on 8 devices (FSDP), restore onto 4 devices (data parallel) and onto 1 device
+import tempfile  # noqa: E402
+
+from reed_jax import checkpoint  # noqa: E402
+
+mngr = checkpoint.manager(tempfile.mkdtemp(), keep=1)
+checkpoint.save(mngr, 3, state8, {"signature": {}})
+mngr.wait_until_finished()
+abstract = train.abstract_state(c, model, tx)
+for data, fsdp, devices in ((4, 1, jax.devices()[:4]), (2, 2, jax.devices()[4:]), (1, 1, jax.devices()[:1])):
+    mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(data=data, fsdp=fsdp)), devices)
+    shardings = parallel.state_shardings(abstract, mesh)
+    restored, _ = checkpoint.restore(mngr, parallel.with_shardings(abstract, shardings))
+    for a, b, s in zip(jax.tree.leaves(restored), jax.tree.leaves(state8), jax.tree.leaves(shardings)):
+        assert a.sharding == s, (a.sharding, s)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    print(f"restored the 8-device FSDP checkpoint onto mesh data={data} fsdp={fsdp} ({len(devices)} devices)")
 print("PARALLEL OK")

@@ -12,7 +12,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def test_sharded_step_matches_single_device_on_8_cpu_devices():
     """Data parallel, FSDP and a 2x4 mesh give the single-device loss, update and samples; FSDP
-    really splits params, EMA and Adam moments (see parallel_worker.py)."""
+    really splits params, EMA and Adam moments; an 8-device FSDP checkpoint restores onto 4 and 1
+    devices with other meshes (see parallel_worker.py)."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, os.path.join(HERE, "parallel_worker.py")], env=env,
                          capture_output=True, text=True, timeout=600)

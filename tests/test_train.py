@@ -1,5 +1,6 @@
 import json
 import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +53,10 @@ def run(c, wd):
     return train.train_and_evaluate(c, str(wd), log=lambda *_: None)
 
 
+def run_logged(c, wd, log):
+    return train.train_and_evaluate(c, str(wd), log=log)
+
+
 def restore_params(c, wd):
     model, tx = train.build_model(c), train.make_optimizer(c)
     mngr = checkpoint.manager(str(wd))
@@ -71,11 +76,15 @@ def test_train_eval_outputs_and_bitwise_resume(digits_shards, tmp_path):
     s_straight, _, steps = restore_params(c, tmp_path / "straight")
     assert steps == [3, 6]
 
-    c3 = tiny_config("reed")
-    c3.data.dir = digits_shards
-    c3.train.steps = 3
-    run(c3, tmp_path / "resumed")  # interrupted after step 3
-    run(c, tmp_path / "resumed")  # relaunch: resumes at 3, continues with the very next batch
+    def preempt(msg):  # SIGTERM arrives while the run starts up (as a TPU preemption would)
+        if msg.startswith("model "):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    assert run_logged(c, tmp_path / "resumed", preempt) == {}  # saves after the step in flight, exits
+    _, _, steps = restore_params(c, tmp_path / "resumed")
+    assert steps == [1]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    run(c, tmp_path / "resumed")  # relaunch: resumes at 1, continues with the very next batch
     s_resumed, meta, _ = restore_params(c, tmp_path / "resumed")
     assert int(s_resumed.step) == 6 and "data_iterator" in meta
     for a, b in zip(jax.tree.leaves(s_straight), jax.tree.leaves(s_resumed)):
@@ -127,3 +136,37 @@ def test_bad_inputs_stop_before_compute(digits_shards, tmp_path):
     with pytest.raises(records.DataError, match="missing.*does not exist"):
         run(c, tmp_path / "w")
     assert not os.path.exists(tmp_path / "w" / "checkpoints") or not os.listdir(tmp_path / "w" / "checkpoints")
+
+
+def test_non_finite_steps_are_skipped_and_counted(digits_shards):
+    c = tiny_config("reed")
+    model, tx = train.build_model(c), train.make_optimizer(c)
+    state = train.init_state(c, model, tx)
+    step = train.make_train_step(c, model, tx)
+    batch = {k: v for k, v in next(iter(pipeline.make_loader(digits_shards, "train", 16, seed=0))).items() if k != "index"}
+    bad = dict(batch, image=np.where(np.arange(16)[:, None, None, None] == 3, np.nan, batch["image"]))
+    before = jax.tree.map(np.asarray, (state.params, state.ema_params, state.opt_state))
+    state, m = step(state, bad)
+    after = jax.tree.map(np.asarray, (state.params, state.ema_params, state.opt_state))
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+        np.testing.assert_array_equal(a, b)
+    assert int(state.step) == 1 and int(m["skipped"]) == 1 and int(m["consecutive_skips"]) == 1
+    state, m = step(state, bad)
+    assert int(m["consecutive_skips"]) == 2
+    state, m = step(state, batch)
+    assert int(m["skipped"]) == 2 and int(m["consecutive_skips"]) == 0
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+    assert not np.array_equal(state.params["projectors_digits_tokens"]["dense_0"]["kernel"],
+                              before[0]["projectors_digits_tokens"]["dense_0"]["kernel"])
+
+
+def test_consecutive_non_finite_steps_stop_the_run_without_saving_nan(digits_shards, tmp_path):
+    c = tiny_config("sit")
+    c.data.dir = digits_shards
+    c.optim.lr = float("inf")  # every update is infinite: each step is skipped
+    c.train.update(max_consecutive_skips=2, log_every=2, checkpoint_every=1)
+    with pytest.raises(train.NonFiniteError, match=r"stopped at step 2: 2 consecutive .* last good checkpoint: step 1"):
+        run(c, tmp_path)
+    state, _, _ = restore_params(c, tmp_path)
+    assert int(state.skipped) == 1  # the step-1 checkpoint: its update was skipped too, its state is finite
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves((state.params, state.ema_params, state.opt_state)))

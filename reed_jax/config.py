@@ -14,7 +14,7 @@ import ml_collections
 from reed_jax.curriculum import DECAYS
 from reed_jax.diffusion.interpolants import PATHS, TIME_SAMPLERS
 from reed_jax.diffusion.samplers import SAMPLERS
-from reed_jax.models.sit import SIT_SIZES
+from reed_jax.models.sit import REMAT_POLICIES, SIT_SIZES
 from reed_jax.objective import NOISE_WEIGHTS
 
 DATA_SOURCES = ("digits", "imagenet")
@@ -61,7 +61,10 @@ def base_config() -> ml_collections.ConfigDict:
         num_shards=4,
     )
     c.model = dict(name="custom", depth=4, hidden=128, heads=4, patch_size=2, mlp_ratio=4.0,
-                   label_dropout=0.1, projector_width=2048, dtype="float32")
+                   label_dropout=0.1, projector_width=2048,
+                   dtype="float32",   # compute dtype: float32 or bfloat16 (params stay float32)
+                   remat="none",      # none, full, dots, dots_no_batch (per block)
+                   attention="")      # jax.nn.dot_product_attention implementation: '' (auto), xla, cudnn
     c.targets = ml_collections.ConfigDict()
     c.mesh = dict(data=-1, fsdp=1)  # device mesh; fsdp > 1 shards params/EMA/optimizer state
     c.diffusion = dict(path="linear", time_sampler="uniform")
@@ -176,6 +179,9 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _one_of(c.curriculum.align.decay, DECAYS, "curriculum.align.decay")
     _one_of(c.sample.method, SAMPLERS, "sample.method")
     m = c.model
+    _one_of(m.dtype, ("float32", "bfloat16"), "model.dtype")
+    _one_of(m.remat, tuple(REMAT_POLICIES), "model.remat")
+    _one_of(m.attention, ("", "xla", "cudnn"), "model.attention")
     if m.hidden % m.heads:
         raise ConfigError(f"model.hidden={m.hidden} is not divisible by model.heads={m.heads}")
     if m.hidden % 4:

@@ -103,3 +103,40 @@ def test_sit_s_works_with_projectors():
     p = m.init({"params": jax.random.PRNGKey(0)}, x, jnp.ones((2,)), jnp.zeros((2,), jnp.int32))["params"]
     g = jax.grad(lambda p: m.apply({"params": p}, x, jnp.ones((2,)) * .5, jnp.zeros((2,), jnp.int32))[1]["dino"].sum())(p)
     assert float(jnp.abs(g["projectors_dino"]["dense_0"]["kernel"]).sum()) > 0
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_keeps_params_and_gradients(policy):
+    targets = (TargetSpec("a", 2, False, 7),)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
+    t, y = jnp.array([0.3, 0.9]), jnp.array([1, 2])
+    plain, rem = tiny(targets), tiny(targets, remat=policy)
+    p = plain.init({"params": jax.random.PRNGKey(0)}, x, t, y)["params"]
+    p_rem = rem.init({"params": jax.random.PRNGKey(0)}, x, t, y)["params"]
+    assert jax.tree.structure(p) == jax.tree.structure(p_rem)  # checkpoints and the converter still apply
+    p = jax.tree.map(lambda a: a + 0.05 * jnp.sin(jnp.arange(a.size).reshape(a.shape)), p)  # non-zero gates
+
+    def loss(m):
+        return lambda q: sum(jnp.sum(o ** 2) for o in jax.tree.leaves(m.apply({"params": q}, x, t, y)))
+
+    g, g_rem = jax.grad(loss(plain))(p), jax.grad(loss(rem))(p)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_rem)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="model.remat='sometimes'"):
+        tiny(remat="sometimes").init({"params": jax.random.PRNGKey(0)}, x, t, y)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_outputs():
+    targets = (TargetSpec("a", 2, False, 7),)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
+    t, y = jnp.array([0.3, 0.9]), jnp.array([1, 2])
+    f32, bf16 = tiny(targets), tiny(targets, dtype=jnp.bfloat16)
+    p = bf16.init({"params": jax.random.PRNGKey(0)}, x, t, y)["params"]
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(p))
+    p = jax.tree.map(lambda a: a + 0.05 * jnp.cos(jnp.arange(a.size).reshape(a.shape)), p)
+    out32, f32_feats = f32.apply({"params": p}, x, t, y)
+    out16, bf_feats = bf16.apply({"params": p}, x, t, y)
+    assert out16.dtype == jnp.float32 and bf_feats["a"].dtype == jnp.float32
+    scale = float(jnp.abs(out32).max())
+    assert float(jnp.abs(out16 - out32).max()) < 0.05 * scale  # bf16 has ~3 significant digits
+    assert float(jnp.abs(out16 - out32).max()) > 0  # the switch really changes the compute

@@ -30,6 +30,15 @@ SIT_SIZES: dict[str, tuple[int, int, int]] = {
     "XL": (28, 1152, 16),
 }
 
+# Per-block rematerialisation: 'full' saves nothing inside a block, 'dots' saves matmul outputs,
+# 'dots_no_batch' saves matmuls without batch dimensions (weights-stationary ones).
+REMAT_POLICIES = {
+    "none": None,
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
 xavier = nn.initializers.xavier_uniform()
 zeros = nn.initializers.zeros
 normal002 = nn.initializers.normal(stddev=0.02)
@@ -123,6 +132,7 @@ class Attention(nn.Module):
     hidden: int
     heads: int
     dtype: Any = jnp.float32
+    implementation: str | None = None  # jax.nn.dot_product_attention: None (auto), 'xla', 'cudnn'
 
     @nn.compact
     def __call__(self, x):
@@ -130,7 +140,7 @@ class Attention(nn.Module):
         qkv = nn.Dense(3 * d, kernel_init=xavier, dtype=self.dtype, name="qkv")(x)
         qkv = qkv.reshape(b, n, 3, self.heads, d // self.heads)  # reference order: (3, heads, head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        out = jax.nn.dot_product_attention(q, k, v)  # [B, N, heads, head_dim]
+        out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)  # [B, N, heads, head_dim]
         return nn.Dense(d, kernel_init=xavier, dtype=self.dtype, name="proj")(out.reshape(b, n, d))
 
 
@@ -151,13 +161,14 @@ class SiTBlock(nn.Module):
     heads: int
     mlp_ratio: float = 4.0
     dtype: Any = jnp.float32
+    attention: str | None = None
 
     @nn.compact
     def __call__(self, x, c):
         mod = nn.Dense(6 * self.hidden, kernel_init=zeros, dtype=self.dtype, name="adaLN_modulation")(nn.silu(c))
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
         h = modulate(layer_norm()(x), shift_msa, scale_msa)
-        x = x + gate_msa[:, None] * Attention(self.hidden, self.heads, self.dtype, name="attn")(h)
+        x = x + gate_msa[:, None] * Attention(self.hidden, self.heads, self.dtype, self.attention, name="attn")(h)
         h = modulate(layer_norm()(x), shift_mlp, scale_mlp)
         x = x + gate_mlp[:, None] * Mlp(self.hidden, self.mlp_ratio, self.dtype, name="mlp")(h)
         return x
@@ -201,7 +212,9 @@ class SiT(nn.Module):
     label_dropout: float = 0.1
     targets: Sequence[TargetSpec] = ()
     projector_width: int = 2048
-    dtype: Any = jnp.float32
+    dtype: Any = jnp.float32  # compute dtype; params stay float32, projector/alignment math float32
+    remat: str = "none"  # per-block rematerialisation: one of REMAT_POLICIES
+    attention: str | None = None
 
     def setup(self):
         if self.input_size % self.patch_size:
@@ -214,7 +227,10 @@ class SiT(nn.Module):
                                   kernel_init=patch_init, dtype=self.dtype)
         self.t_embedder = TimestepEmbedder(self.hidden, dtype=self.dtype)
         self.y_embedder = LabelEmbedder(self.num_classes, self.hidden, self.label_dropout, self.dtype)
-        self.blocks = [SiTBlock(self.hidden, self.heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"model.remat={self.remat!r} is not one of {tuple(REMAT_POLICIES)}")
+        block = SiTBlock if self.remat == "none" else nn.remat(SiTBlock, policy=REMAT_POLICIES[self.remat])
+        self.blocks = [block(self.hidden, self.heads, self.mlp_ratio, self.dtype, self.attention, name=f"blocks_{i}")
                        for i in range(self.depth)]
         self.final_layer = FinalLayer(self.hidden, p * p * self.in_channels, self.dtype)
         self.projectors = {s.name: Projector(self.projector_width, s.z_dim, name=f"projectors_{s.name}")
@@ -261,4 +277,5 @@ def build_sit(model_cfg: Mapping[str, Any], data_shape: Sequence[int], num_class
                hidden=model_cfg["hidden"], heads=model_cfg["heads"], num_classes=num_classes,
                mlp_ratio=model_cfg.get("mlp_ratio", 4.0), label_dropout=model_cfg.get("label_dropout", 0.1),
                targets=tuple(targets), projector_width=model_cfg.get("projector_width", 2048),
-               dtype=jnp.dtype(model_cfg.get("dtype", "float32")))
+               dtype=jnp.dtype(model_cfg.get("dtype", "float32")), remat=model_cfg.get("remat", "none"),
+               attention=model_cfg.get("attention") or None)

@@ -11,12 +11,17 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for shards, checkpoints, summaries and samples.")
 flags.DEFINE_enum("mode", "train", ["precompute", "train", "sample"], "Job to run.")
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (TPU pods, SLURM, "
+                  "or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.multihost:
+        import jax
+        jax.distributed.initialize()
     from reed_jax import config as config_lib, train
     from reed_jax.data import precompute
 

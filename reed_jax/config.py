@@ -112,9 +112,9 @@ def digits_config(variant: str = "reed") -> ml_collections.ConfigDict:
 
 
 # Tap depths of the DINOv2 (token) and VLM (pooled) targets per SiT size. XL/L: 8 and 16 as
-# published; B (12 blocks): DINOv2 at 4 as published, the VLM target at 8 (our choice: the
+# published; B and S (12 blocks): DINOv2 at 4 as published for B, the VLM target at 8 (our choice: the
 # published 16 does not exist in a 12-block model).
-IMAGENET_TAPS = {"B": (4, 8), "L": (8, 16), "XL": (8, 16)}
+IMAGENET_TAPS = {"S": (4, 8), "B": (4, 8), "L": (8, 16), "XL": (8, 16)}
 
 
 def imagenet_config(size: str, variant: str) -> ml_collections.ConfigDict:

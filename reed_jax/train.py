@@ -171,6 +171,9 @@ def generate(sample_fn, params, labels: np.ndarray, batch_size: int, seed: int, 
         y_full = np.concatenate([y, np.zeros(pad, y.dtype)])
         y_dev = jax.device_put(y_full, parallel.batch_sharding(mesh)) if mesh is not None else jnp.asarray(y_full)
         x = sample_fn(params, jax.random.fold_in(jax.random.PRNGKey(seed), i), y_dev)
+        if jax.process_count() > 1:  # every process gets the whole batch
+            from jax.experimental import multihost_utils
+            x = multihost_utils.process_allgather(x, tiled=True)
         out.append(np.asarray(jax.device_get(x))[:len(y)])
     return np.concatenate(out)
 
@@ -208,8 +211,9 @@ def evaluate(config, workdir: str, sample_fn, params, step: int, scorer=None, lo
     """Sample a grid (PNG, one row per class) and, for digits, digits-FD and sample accuracy.
     Returns (result, grid samples [N, H, W, C] in [-1, 1])."""
     grid = generate(sample_fn, params, grid_labels(config), config.sample.batch_size, config.seed + 1, mesh)
-    path = visualize.save_grid(grid, config.sample.grid_per_class,
-                               os.path.join(workdir, "samples", f"grid_{step:07d}.png"), upscale=4)
+    path = os.path.join(workdir, "samples", f"grid_{step:07d}.png")
+    if jax.process_index() == 0:  # files from process 0 only
+        visualize.save_grid(grid, config.sample.grid_per_class, path, upscale=4)
     result = {"step": step, "grid": path}
     if scorer is not None:
         n = config.eval.num_samples
@@ -305,8 +309,9 @@ def _train(config, workdir: str, log, stop: "StopOnSignal") -> dict:
             writer.write_scalars(step, {f"eval/{k}": v for k, v in last.items() if isinstance(v, float)})
             grid_png = visualize.grid(visualize.to_uint8(grid_images), config.sample.grid_per_class)
             writer.write_images(step, {"samples": grid_png[None]})
-            with open(results_path, "w") as fh:
-                json.dump({"final": last, "evals": history}, fh, indent=1)
+            if jax.process_index() == 0:
+                with open(results_path, "w") as fh:
+                    json.dump({"final": last, "evals": history}, fh, indent=1)
             bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
         saved = step % config.train.checkpoint_every == 0 or step == total
         if saved:

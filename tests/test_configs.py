@@ -53,3 +53,10 @@ def test_sit_model_presets_and_errors():
         config_lib.sit_model("XXL/2")
     with pytest.raises(config_lib.ConfigError, match="unknown variant"):
         config_lib.imagenet_config("XL", "dit")
+
+
+@pytest.mark.parametrize("size", ["S", "B", "L", "XL"])
+def test_every_sit_size_has_imagenet_reed_taps(size):
+    c = config_lib.imagenet_config(size, "reed")
+    config_lib.validate(c)
+    assert c.targets.dinov2.depth < c.targets.vlm.depth <= c.model.depth

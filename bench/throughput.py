@@ -50,7 +50,8 @@ def bench_one(model: str, batch: int, dtype: str, fsdp: int, remat: str, variant
     compile_s = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    xla_flops = float(cost.get("flops", float("nan"))) / batch if cost else float("nan")
+    # cost analysis counts one device's partitioned program
+    xla_flops = float(cost.get("flops", float("nan"))) * jax.device_count() / batch if cost else float("nan")
     fpi = flops.train_flops_per_image(c.model, c.data.image_shape, c.targets)
     row = {"model": model, "variant": variant, "batch": batch, "dtype": dtype, "fsdp": fsdp, "remat": remat,
            "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,

@@ -2,7 +2,7 @@
 
     python bench/throughput.py --model=XL/2 --batch=256 --dtype=bfloat16 [--fsdp=8] [--remat=dots]
     python bench/throughput.py --model=S/2,B/2 --batch=32 --windows=3 --steps=3     # CPU-sized
-    python bench/throughput.py --model=XL/2 --remat=none,full --compile_only        # compile time only
+    python bench/throughput.py --model=XL/2 --remat=none,full --scan=0,1 --compile_only  # compile time only
 
 Prints, per configuration: compile time, median step time over `--windows` windows of `--steps`
 steps (compilation excluded, `block_until_ready`), images/s, images/s per device, train FLOPs
@@ -26,10 +26,10 @@ from reed_jax import config as config_lib, flops, parallel, train  # noqa: E402
 
 
 def bench_one(model: str, batch: int, dtype: str, fsdp: int, remat: str, variant: str, windows: int, steps: int,
-              peak: float | None, compile_only: bool = False) -> dict:
+              peak: float | None, compile_only: bool = False, scan: bool = False) -> dict:
     size, _ = model.split("/")
     c = config_lib.imagenet_config(size, variant)
-    c.model = config_lib.sit_model(model, dtype=dtype, remat=remat)
+    c.model = config_lib.sit_model(model, dtype=dtype, remat=remat, scan=scan)
     c.train.batch_size = batch
     c.mesh.update(data=-1, fsdp=fsdp)
     config_lib.validate(c, jax.device_count())
@@ -54,7 +54,7 @@ def bench_one(model: str, batch: int, dtype: str, fsdp: int, remat: str, variant
     xla_flops = float(cost.get("flops", float("nan"))) * jax.device_count() / batch if cost else float("nan")
     fpi = flops.train_flops_per_image(c.model, c.data.image_shape, c.targets)
     row = {"model": model, "variant": variant, "batch": batch, "dtype": dtype, "fsdp": fsdp, "remat": remat,
-           "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
+           "scan": scan, "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
            "compile_s": round(compile_s, 2), "train_gflops_per_image": fpi / 1e9,
            "xla_gflops_per_image": xla_flops / 1e9}
     if compile_only:
@@ -85,6 +85,7 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--fsdp", default="1", help="comma-separated fsdp sizes (1 = data parallel)")
     ap.add_argument("--remat", default="none", help="comma-separated remat policies")
+    ap.add_argument("--scan", default="0", help="comma-separated 0/1: nn.scan over the blocks between taps")
     ap.add_argument("--windows", type=int, default=5)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--peak_tflops", type=float, default=None, help="peak FLOP/s per device, in TFLOP/s")
@@ -96,18 +97,19 @@ def main():
     print(f"{jax.device_count()} x {jax.devices()[0].device_kind}")
     for model in a.model.split(","):
         for fsdp in (int(x) for x in a.fsdp.split(",")):
-            for remat in a.remat.split(","):
+            for remat, scan in ((r, s) for r in a.remat.split(",") for s in a.scan.split(",")):
+                scan = bool(int(scan))
                 r = bench_one(model, a.batch, a.dtype, fsdp, remat, a.variant, a.windows, a.steps, peak,
-                              a.compile_only)
+                              a.compile_only, scan)
                 rows.append(r)
+                name = f"SiT-{model} {a.variant} batch={a.batch} {a.dtype} fsdp={fsdp} remat={remat} scan={int(scan)}"
                 if a.compile_only:
-                    print(f"SiT-{model} {a.variant} batch={a.batch} {a.dtype} fsdp={fsdp} remat={remat}: compile "
+                    print(f"{name}: compile "
                           f"{r['compile_s']:.1f}s, {r['train_gflops_per_image']:.1f} GFLOP/img "
                           f"(XLA {r['xla_gflops_per_image']:.1f})", flush=True)
                     continue
                 mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (unknown peak)"
-                print(f"SiT-{model} {a.variant} batch={a.batch} {a.dtype} fsdp={fsdp} remat={remat}: "
-                      f"compile {r['compile_s']:.1f}s, step {1e3 * r['step_s']:.1f} ms, "
+                print(f"{name}: compile {r['compile_s']:.1f}s, step {1e3 * r['step_s']:.1f} ms, "
                       f"{r['images_per_s']:.1f} img/s ({r['images_per_s_per_device']:.1f}/device), "
                       f"{r['train_gflops_per_image']:.1f} GFLOP/img (XLA {r['xla_gflops_per_image']:.1f}), MFU {mfu}",
                       flush=True)

@@ -64,7 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
                    label_dropout=0.1, projector_width=2048,
                    dtype="float32",   # compute dtype: float32 or bfloat16 (params stay float32)
                    remat="none",      # none, full, dots, dots_no_batch (per block)
-                   attention="")      # jax.nn.dot_product_attention implementation: '' (auto), xla, cudnn
+                   attention="",      # jax.nn.dot_product_attention implementation: '' (auto), xla, cudnn
+                   scan=False)        # nn.scan over the blocks between taps (short compiles; stacked params)
     c.targets = ml_collections.ConfigDict()
     c.mesh = dict(data=-1, fsdp=1)  # device mesh; fsdp > 1 shards params/EMA/optimizer state
     c.diffusion = dict(path="linear", time_sampler="uniform")

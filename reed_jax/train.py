@@ -44,6 +44,7 @@ def signature(config) -> dict:
     """What must match for a checkpoint to belong to this run's model."""
     m = config.model
     return {"model": [m.depth, m.hidden, m.heads, m.patch_size, m.mlp_ratio, m.projector_width],
+            "scan": bool(m.scan),  # the param layout: per-block or stacked runs
             "data_shape": list(config.data.image_shape), "num_classes": config.data.num_classes,
             "targets": {n: [t.depth, bool(t.pooled), t.dim] for n, t in config.targets.items()}}
 

@@ -7,6 +7,7 @@ import pytest
 
 from reed_jax.convert.sit import ConversionError, from_torch
 from reed_jax.models.sit import SiT, TargetSpec, sincos_2d
+from reed_jax.models import sit as sit_lib
 
 B, C, HW, P, D, DEPTH, HEADS, NCLS = 2, 3, 8, 2, 16, 2, 2, 5
 
@@ -71,18 +72,19 @@ def ref_forward(sd, x, t, y, depth_tap):
     return out[:, :C], zs
 
 
-def model(targets):
+def model(targets, scan=False):
     return SiT(input_size=HW, in_channels=C, patch_size=P, depth=DEPTH, hidden=D, heads=HEADS, num_classes=NCLS,
-               targets=targets, projector_width=12)
+               targets=targets, projector_width=12, scan=scan)
 
 
-@pytest.mark.parametrize("learn_sigma", [False, True])
-def test_converted_params_reproduce_reference_forward(learn_sigma):
+@pytest.mark.parametrize("learn_sigma,scan", [(False, False), (True, False), (False, True)])
+def test_converted_params_reproduce_reference_forward(learn_sigma, scan):
     rng = np.random.default_rng(0)
     sd = random_state_dict(rng, learn_sigma=learn_sigma)
     targets = (TargetSpec("dino", 2, False, 8), TargetSpec("vlm", 1, True, 6))
-    params = from_torch(sd, target_names=["dino", "vlm"])
-    m = model(targets)
+    segments = sit_lib.block_segments(DEPTH, targets) if scan else None
+    params = from_torch(sd, target_names=["dino", "vlm"], scan_segments=segments)
+    m = model(targets, scan)
     ref_params = jax.eval_shape(lambda: m.init({"params": jax.random.PRNGKey(0)}, jnp.zeros((1, HW, HW, C)),
                                                jnp.zeros(1), jnp.zeros(1, jnp.int32)))["params"]
     assert jax.tree.structure(ref_params) == jax.tree.structure(params)
@@ -110,3 +112,5 @@ def test_projectors_dropped_and_errors():
     missing = {k: v for k, v in sd.items() if k != "blocks.1.mlp.fc2.bias"}
     with pytest.raises(ConversionError, match="blocks.1.mlp.fc2.bias"):
         from_torch(missing, drop_projectors=True)
+    with pytest.raises(ConversionError, match="do not cover"):
+        from_torch(sd, drop_projectors=True, scan_segments=[(0, 1)])

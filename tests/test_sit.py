@@ -140,3 +140,38 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
     scale = float(jnp.abs(out32).max())
     assert float(jnp.abs(out16 - out32).max()) < 0.05 * scale  # bf16 has ~3 significant digits
     assert float(jnp.abs(out16 - out32).max()) > 0  # the switch really changes the compute
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_scan_over_blocks_matches_per_block_model(remat):
+    """nn.scan over the runs between taps: same outputs, taps and gradients as the per-block model,
+    with params in the stacked layout that stack_blocks/unstack_blocks convert to and from."""
+    targets = (TargetSpec("a", 1, False, 7), TargetSpec("b", 3, True, 5))
+    m = SiT(input_size=8, in_channels=3, patch_size=2, depth=4, hidden=32, heads=4, num_classes=5,
+            targets=targets, projector_width=16)
+    m_scan = m.clone(scan=True, remat=remat)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
+    t, y = jnp.array([0.3, 0.9]), jnp.array([1, 2])
+    p = m.init({"params": jax.random.PRNGKey(0)}, x, t, y)["params"]
+    p = jax.tree.map(lambda a: a + 0.05 * jnp.sin(jnp.arange(a.size).reshape(a.shape)), p)  # non-zero gates
+    segments = sit.block_segments(4, targets)
+    assert segments == [(0, 1), (1, 3), (3, 4)]
+    p_scan = sit.stack_blocks(p, segments)
+    shapes = jax.eval_shape(lambda: m_scan.init({"params": jax.random.PRNGKey(0)}, x, t, y))["params"]
+    assert jax.tree.structure(shapes) == jax.tree.structure(p_scan)
+    assert shapes["blocks_1_to_2"]["attn"]["qkv"]["kernel"].shape == (2, 32, 96)
+    out, feats = m.apply({"params": p}, x, t, y)
+    out_s, feats_s = m_scan.apply({"params": p_scan}, x, t, y)
+    np.testing.assert_allclose(out, out_s, rtol=1e-5, atol=1e-6)
+    for k in feats:
+        np.testing.assert_allclose(feats[k], feats_s[k], rtol=1e-5, atol=1e-6)
+
+    def loss(model):
+        return lambda q: sum(jnp.sum(o ** 2) for o in jax.tree.leaves(model.apply({"params": q}, x, t, y)))
+
+    g = jax.grad(loss(m))(p)
+    g_scan = sit.unstack_blocks(jax.grad(loss(m_scan))(p_scan), segments)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_scan)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(sit.unstack_blocks(p_scan, segments))):
+        np.testing.assert_array_equal(a, b)

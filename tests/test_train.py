@@ -170,3 +170,25 @@ def test_consecutive_non_finite_steps_stop_the_run_without_saving_nan(digits_sha
     state, _, _ = restore_params(c, tmp_path)
     assert int(state.skipped) == 1  # the step-1 checkpoint: its update was skipped too, its state is finite
     assert all(np.isfinite(x).all() for x in jax.tree.leaves((state.params, state.ema_params, state.opt_state)))
+
+
+def test_scanned_model_trains_like_the_per_block_model(digits_shards):
+    """model.scan=True: the same step (loss, updated params) from the same weights in stacked layout."""
+    from reed_jax.models import sit
+
+    c, c_scan = tiny_config("reed"), tiny_config("reed")
+    c_scan.model.scan = True
+    assert train.signature(c) != train.signature(c_scan)  # the param layouts differ: no cross-resume
+    batch = {k: v for k, v in next(iter(pipeline.make_loader(digits_shards, "train", 16, seed=0))).items() if k != "index"}
+    segments = sit.block_segments(c.model.depth, train.target_specs(c))
+    out = []
+    for cfg, layout in ((c, lambda p: p), (c_scan, lambda p: sit.stack_blocks(p, segments))):
+        model, tx = train.build_model(cfg), train.make_optimizer(cfg)
+        state = train.init_state(c, train.build_model(c), train.make_optimizer(c))
+        params = layout(state.params)
+        state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
+        state, m = train.make_train_step(cfg, model, tx)(state, batch)
+        out.append((float(m["loss/total"]), jax.tree.map(np.asarray, state.params)))
+    np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(out[0][1]), jax.tree.leaves(sit.unstack_blocks(out[1][1], segments))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

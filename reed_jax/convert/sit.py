@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 from typing import Mapping, Sequence
 
+import jax
 import numpy as np
 
-from reed_jax.models.sit import sincos_2d
+from reed_jax.models.sit import sincos_2d, stack_blocks
 
 
 class ConversionError(ValueError):
@@ -26,13 +27,16 @@ def _linear(sd, prefix):
 
 
 def from_torch(state_dict: Mapping[str, np.ndarray], target_names: Sequence[str] = (),
-               drop_projectors: bool = False, in_channels: int | None = None) -> dict:
+               drop_projectors: bool = False, in_channels: int | None = None,
+               scan_segments: Sequence[tuple[int, int]] | None = None) -> dict:
     """Convert a reference state dict (numpy arrays) to our `params` tree.
 
     target_names: our names of the reference's `projectors.{k}`, in order (REPA: one; REED: two).
     drop_projectors: discard projector weights (sampling/evaluation only).
     in_channels: C of the data; required to slice a learned-sigma final layer (default: from the
     patch embedding).
+    scan_segments: for a model with `scan=True`, its `block_segments(depth, targets)`; the blocks
+    are then stacked into that layout.
     Every key is consumed or the call fails, so no weight is silently dropped.
     """
     sd = {k.removeprefix("module."): np.asarray(v) for k, v in state_dict.items()}
@@ -90,4 +94,9 @@ def from_torch(state_dict: Mapping[str, np.ndarray], target_names: Sequence[str]
     unused = sorted(set(sd) - used)
     if unused:
         raise ConversionError(f"state dict keys not converted: {unused[:10]}{' ...' if len(unused) > 10 else ''}")
+    if scan_segments is not None:
+        if not scan_segments or scan_segments[0][0] != 0 or scan_segments[-1][1] != depth:
+            raise ConversionError(f"scan_segments {list(scan_segments)} do not cover the state dict's {depth} blocks")
+        params = {k: (jax.tree.map(np.asarray, v) if k.startswith("blocks_") else v)
+                  for k, v in stack_blocks(params, scan_segments).items()}
     return params

@@ -174,6 +174,42 @@ class SiTBlock(nn.Module):
         return x
 
 
+class _ScanBody(SiTBlock):
+    """SiTBlock with the (carry, output) signature nn.scan expects."""
+
+    def __call__(self, x, c):
+        return super().__call__(x, c), None
+
+
+def block_segments(depth: int, targets: Sequence[TargetSpec] = ()) -> list[tuple[int, int]]:
+    """Runs of blocks `[start, end)` (0-based) between tap points; with `scan`, each run is one
+    nn.scan whose params are stacked on a leading axis, so every tap output stays available."""
+    cuts = sorted({0, depth} | {s.depth for s in targets})
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def segment_name(start: int, end: int) -> str:
+    return f"blocks_{start}_to_{end - 1}"
+
+
+def stack_blocks(params: Mapping[str, Any], segments: Sequence[tuple[int, int]]) -> dict:
+    """Per-block params (`blocks_i`) -> scanned layout (`blocks_<a>_to_<b>`, leading axis = block)."""
+    out = {k: v for k, v in params.items() if not k.startswith("blocks_")}
+    for a, b in segments:
+        out[segment_name(a, b)] = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[f"blocks_{i}"] for i in range(a, b)])
+    return out
+
+
+def unstack_blocks(params: Mapping[str, Any], segments: Sequence[tuple[int, int]]) -> dict:
+    """The inverse of `stack_blocks`."""
+    out = {k: v for k, v in params.items() if not k.startswith("blocks_")}
+    for a, b in segments:
+        seg = params[segment_name(a, b)]
+        for i in range(a, b):
+            out[f"blocks_{i}"] = jax.tree.map(lambda x: x[i - a], seg)
+    return out
+
+
 class FinalLayer(nn.Module):
     hidden: int
     out_dim: int
@@ -215,6 +251,7 @@ class SiT(nn.Module):
     dtype: Any = jnp.float32  # compute dtype; params stay float32, projector/alignment math float32
     remat: str = "none"  # per-block rematerialisation: one of REMAT_POLICIES
     attention: str | None = None
+    scan: bool = False  # nn.scan over the runs of blocks between taps (params stacked: see stack_blocks)
 
     def setup(self):
         if self.input_size % self.patch_size:
@@ -229,9 +266,18 @@ class SiT(nn.Module):
         self.y_embedder = LabelEmbedder(self.num_classes, self.hidden, self.label_dropout, self.dtype)
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"model.remat={self.remat!r} is not one of {tuple(REMAT_POLICIES)}")
-        block = SiTBlock if self.remat == "none" else nn.remat(SiTBlock, policy=REMAT_POLICIES[self.remat])
-        self.blocks = [block(self.hidden, self.heads, self.mlp_ratio, self.dtype, self.attention, name=f"blocks_{i}")
-                       for i in range(self.depth)]
+        args = (self.hidden, self.heads, self.mlp_ratio, self.dtype, self.attention)
+        policy = REMAT_POLICIES[self.remat]
+        if self.scan:
+            body = _ScanBody if self.remat == "none" else nn.remat(_ScanBody, policy=policy, prevent_cse=False)
+            self.segments = block_segments(self.depth, self.targets)
+            self.blocks = [nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
+                                   in_axes=nn.broadcast, length=b - a)(*args, name=segment_name(a, b))
+                           for a, b in self.segments]
+        else:
+            block = SiTBlock if self.remat == "none" else nn.remat(SiTBlock, policy=policy)
+            self.segments = [(i, i + 1) for i in range(self.depth)]
+            self.blocks = [block(*args, name=f"blocks_{i}") for i in range(self.depth)]
         self.final_layer = FinalLayer(self.hidden, p * p * self.in_channels, self.dtype)
         self.projectors = {s.name: Projector(self.projector_width, s.z_dim, name=f"projectors_{s.name}")
                            for s in self.targets}
@@ -253,9 +299,11 @@ class SiT(nn.Module):
         h = h.reshape(b, -1, self.hidden) + jnp.asarray(sincos_2d(self.hidden, self.grid_size), self.dtype)
         c = self.t_embedder(t) + self.y_embedder(y, train)
         taps = {}
-        for i, block in enumerate(self.blocks):
+        for (_, end), block in zip(self.segments, self.blocks):
             h = block(h, c)
-            taps[i + 1] = h
+            if self.scan:
+                h = h[0]
+            taps[end] = h
         feats = {}
         if with_projectors:
             for spec in self.targets:
@@ -278,4 +326,4 @@ def build_sit(model_cfg: Mapping[str, Any], data_shape: Sequence[int], num_class
                mlp_ratio=model_cfg.get("mlp_ratio", 4.0), label_dropout=model_cfg.get("label_dropout", 0.1),
                targets=tuple(targets), projector_width=model_cfg.get("projector_width", 2048),
                dtype=jnp.dtype(model_cfg.get("dtype", "float32")), remat=model_cfg.get("remat", "none"),
-               attention=model_cfg.get("attention") or None)
+               attention=model_cfg.get("attention") or None, scan=bool(model_cfg.get("scan", False)))

@@ -36,7 +36,7 @@ def bench_one(model: str, batch: int, dtype: str, fsdp: int, remat: str, variant
     net, tx = train.build_model(c), train.make_optimizer(c)
     mesh = parallel.make_mesh(c.mesh)
     abstract = train.abstract_state(c, net, tx)
-    shardings = parallel.state_shardings(abstract, mesh)
+    shardings = parallel.state_shardings(abstract, mesh, train.logical_specs(net))
     rng = np.random.default_rng(0)
     h, w, ch = c.data.image_shape
     local = {"moments": rng.normal(size=(batch, h, w, 2 * ch)).astype(np.float32),

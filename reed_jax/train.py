@@ -21,6 +21,7 @@ import optax
 from reed_jax import checkpoint, config as config_lib, curriculum, objective, parallel, visualize
 from reed_jax.data import pipeline, precompute, records
 from reed_jax.diffusion import interpolants, samplers
+from reed_jax.models import sit as sit_lib
 from reed_jax.models.sit import TargetSpec, build_sit
 
 # ----------------------------------------------------------------------------- model and optimizer
@@ -32,6 +33,11 @@ def target_specs(config) -> list[TargetSpec]:
 
 def build_model(config):
     return build_sit(config.model, tuple(config.data.image_shape), config.data.num_classes, target_specs(config))
+
+
+def logical_specs(model) -> Any:
+    """Logical axis names of the backbone's params (what `parallel.RULES` maps to the mesh)."""
+    return sit_lib.logical_specs(model)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -71,8 +77,8 @@ def init_state(config, model, tx) -> TrainState:
     key = jax.random.PRNGKey(config.seed)
     k_init, k_drop, k_run = jax.random.split(key, 3)
     x = jnp.zeros((1, h, w, c))
-    params = model.init({"params": k_init, "label_dropout": k_drop}, x, jnp.zeros((1,)),
-                        jnp.zeros((1,), jnp.int32), train=True)["params"]
+    params = flax.linen.unbox(model.init({"params": k_init, "label_dropout": k_drop}, x, jnp.zeros((1,)),
+                                         jnp.zeros((1,), jnp.int32), train=True)["params"])
     zero = lambda: jnp.zeros((), jnp.int32)  # distinct buffers: the step donates every leaf
     return TrainState(step=zero(), params=params, ema_params=jax.tree.map(jnp.copy, params),
                       opt_state=tx.init(params), rng=k_run, skipped=zero(), consecutive_skips=zero())
@@ -247,7 +253,7 @@ def _train(config, workdir: str, log, stop: "StopOnSignal") -> dict:
 
     mesh = parallel.make_mesh(config.mesh)
     abstract = abstract_state(config, model, tx)
-    shardings = parallel.state_shardings(abstract, mesh)
+    shardings = parallel.state_shardings(abstract, mesh, logical_specs(model))
     nproc = jax.process_count()
     loader = pipeline.make_loader(data_dir, "train", config.train.batch_size // nproc, seed=config.seed,
                                   shard_index=jax.process_index(), shard_count=nproc)

@@ -29,7 +29,7 @@ batch = {"image": rng.uniform(-1, 1, (16, 8, 8, 1)).astype(np.float32),
 def run(data, fsdp, devices):
     mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(data=data, fsdp=fsdp)), devices)
     abstract = train.abstract_state(c, model, tx)
-    shardings = parallel.state_shardings(abstract, mesh)
+    shardings = parallel.state_shardings(abstract, mesh, train.logical_specs(model))
     state = train.create_state(c, model, tx, shardings)
     step = train.make_train_step(c, model, tx, mesh=mesh, shardings=shardings)
     losses = []
@@ -51,11 +51,14 @@ for data, fsdp in ((8, 1), (1, 8), (2, 4)):
     fc1 = state.params["blocks_0"]["mlp"]["fc1"]["kernel"]  # [64, 256]
     mu = state.opt_state[1][0].mu["blocks_0"]["mlp"]["fc1"]["kernel"]
     if fsdp > 1:
-        assert "fsdp" in str(fc1.sharding.spec), fc1.sharding
-        assert fc1.addressable_shards[0].data.shape == (64, 256 // fsdp), fc1.addressable_shards[0].data.shape
-        assert mu.addressable_shards[0].data.shape == (64, 256 // fsdp)
+        # logical ("embed", "mlp") -> RULES: embed on fsdp
+        assert fc1.sharding.spec == parallel.P("fsdp"), fc1.sharding
+        assert fc1.addressable_shards[0].data.shape == (64 // fsdp, 256), fc1.addressable_shards[0].data.shape
+        assert mu.addressable_shards[0].data.shape == (64 // fsdp, 256)
         ema = state.ema_params["blocks_0"]["mlp"]["fc1"]["kernel"]
-        assert ema.addressable_shards[0].data.shape == (64, 256 // fsdp)
+        assert ema.addressable_shards[0].data.shape == (64 // fsdp, 256)
+        fc2 = state.params["blocks_0"]["mlp"]["fc2"]["kernel"]  # ("mlp", "embed") [256, 64]
+        assert fc2.sharding.spec == parallel.P(None, "fsdp"), fc2.sharding
     else:
         assert fc1.addressable_shards[0].data.shape == (64, 256)
     print(f"mesh data={data} fsdp={fsdp}: losses {losses} match single device")
@@ -72,7 +75,7 @@ mngr.wait_until_finished()
 abstract = train.abstract_state(c, model, tx)
 for data, fsdp, devices in ((4, 1, jax.devices()[:4]), (2, 2, jax.devices()[4:]), (1, 1, jax.devices()[:1])):
     mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(data=data, fsdp=fsdp)), devices)
-    shardings = parallel.state_shardings(abstract, mesh)
+    shardings = parallel.state_shardings(abstract, mesh, train.logical_specs(model))
     restored, _ = checkpoint.restore(mngr, parallel.with_shardings(abstract, shardings))
     for a, b, s in zip(jax.tree.leaves(restored), jax.tree.leaves(state8), jax.tree.leaves(shardings)):
         assert a.sharding == s, (a.sharding, s)

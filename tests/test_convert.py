@@ -1,5 +1,6 @@
 """The state-dict converter against an independent numpy transcription of the PyTorch reference
 forward (NCHW, torch Linear layout), on random weights where every layer matters."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,8 +86,7 @@ def test_converted_params_reproduce_reference_forward(learn_sigma, scan):
     segments = sit_lib.block_segments(DEPTH, targets) if scan else None
     params = from_torch(sd, target_names=["dino", "vlm"], scan_segments=segments)
     m = model(targets, scan)
-    ref_params = jax.eval_shape(lambda: m.init({"params": jax.random.PRNGKey(0)}, jnp.zeros((1, HW, HW, C)),
-                                               jnp.zeros(1), jnp.zeros(1, jnp.int32)))["params"]
+    ref_params = jax.eval_shape(lambda: sit_lib.init_params(m, jax.random.PRNGKey(0)))
     assert jax.tree.structure(ref_params) == jax.tree.structure(params)
     assert all(a.shape == b.shape for a, b in zip(jax.tree.leaves(ref_params), jax.tree.leaves(params)))
     x = rng.normal(size=(B, C, HW, HW)).astype(np.float32)

@@ -1,3 +1,4 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +16,7 @@ def test_published_sizes_shapes(size, patch):
     m = SiT(input_size=32, in_channels=4, patch_size=patch, depth=depth, hidden=hidden, heads=heads,
             num_classes=1000, targets=targets)
     x, t, y = jnp.zeros((2, 32, 32, 4)), jnp.zeros((2,)), jnp.zeros((2,), jnp.int32)
-    params = jax.eval_shape(lambda: m.init({"params": jax.random.PRNGKey(0)}, x, t, y))["params"]
+    params = jax.eval_shape(lambda: nn.unbox(m.init({"params": jax.random.PRNGKey(0)}, x, t, y)))["params"]
     out, feats = jax.eval_shape(lambda p: m.apply({"params": p}, x, t, y), params)
     assert out.shape == (2, 32, 32, 4)
     assert feats["dino"].shape == (2, (32 // patch) ** 2, 768)
@@ -36,7 +37,7 @@ def tiny(targets=(), **kw):
 def test_zero_velocity_at_init_and_reference_init():
     m = tiny((TargetSpec("a", 2, False, 7),))
     x = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 8, 3))
-    p = m.init({"params": jax.random.PRNGKey(0)}, x, jnp.ones((3,)) * 0.3, jnp.arange(3))["params"]
+    p = nn.unbox(m.init({"params": jax.random.PRNGKey(0)}, x, jnp.ones((3,)) * 0.3, jnp.arange(3)))["params"]
     out, feats = m.apply({"params": p}, x, jnp.ones((3,)) * 0.3, jnp.arange(3))
     np.testing.assert_array_equal(out, 0.0)  # adaLN-Zero + zero final layer
     assert float(jnp.abs(feats["a"]).sum()) > 0  # projectors are not zero-initialised
@@ -69,7 +70,7 @@ def test_timestep_embedding_hand_computed():
 def test_label_dropout_uses_null_class_only_in_training():
     m = tiny()
     x = jnp.zeros((64, 8, 8, 3))
-    p = m.init({"params": jax.random.PRNGKey(0)}, x, jnp.zeros((64,)), jnp.zeros((64,), jnp.int32))["params"]
+    p = nn.unbox(m.init({"params": jax.random.PRNGKey(0)}, x, jnp.zeros((64,)), jnp.zeros((64,), jnp.int32)))["params"]
     emb = lambda train: m.apply({"params": p}, jnp.zeros((64,), jnp.int32), train,
                                 method=lambda mod, y, tr: mod.y_embedder(y, tr), rngs={"label_dropout": jax.random.PRNGKey(3)})
     table = p["y_embedder"]["embedding_table"]
@@ -83,7 +84,7 @@ def test_label_dropout_uses_null_class_only_in_training():
 def test_pooled_target_projects_token_mean_and_tap_depth_checked():
     m = tiny((TargetSpec("g", 1, True, 4),))
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
-    p = m.init({"params": jax.random.PRNGKey(0)}, x, jnp.ones((2,)), jnp.zeros((2,), jnp.int32))["params"]
+    p = nn.unbox(m.init({"params": jax.random.PRNGKey(0)}, x, jnp.ones((2,)), jnp.zeros((2,), jnp.int32)))["params"]
     # at init all blocks are identity (zero gates), so the tap is the embedded input
     _, feats = m.apply({"params": p}, x, jnp.ones((2,)), jnp.zeros((2,), jnp.int32))
     h = m.apply({"params": p}, x, method=lambda mod, x: mod.x_embedder(x)).reshape(2, -1, 32) + sit.sincos_2d(32, 4)
@@ -100,7 +101,7 @@ def test_sit_s_works_with_projectors():
     m = SiT(input_size=8, in_channels=4, patch_size=2, depth=depth, hidden=hidden, heads=heads, num_classes=10,
             targets=(TargetSpec("dino", 4, False, 768),), projector_width=64)
     x = jnp.ones((2, 8, 8, 4))
-    p = m.init({"params": jax.random.PRNGKey(0)}, x, jnp.ones((2,)), jnp.zeros((2,), jnp.int32))["params"]
+    p = nn.unbox(m.init({"params": jax.random.PRNGKey(0)}, x, jnp.ones((2,)), jnp.zeros((2,), jnp.int32)))["params"]
     g = jax.grad(lambda p: m.apply({"params": p}, x, jnp.ones((2,)) * .5, jnp.zeros((2,), jnp.int32))[1]["dino"].sum())(p)
     assert float(jnp.abs(g["projectors_dino"]["dense_0"]["kernel"]).sum()) > 0
 
@@ -111,8 +112,8 @@ def test_remat_keeps_params_and_gradients(policy):
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
     t, y = jnp.array([0.3, 0.9]), jnp.array([1, 2])
     plain, rem = tiny(targets), tiny(targets, remat=policy)
-    p = plain.init({"params": jax.random.PRNGKey(0)}, x, t, y)["params"]
-    p_rem = rem.init({"params": jax.random.PRNGKey(0)}, x, t, y)["params"]
+    p = nn.unbox(plain.init({"params": jax.random.PRNGKey(0)}, x, t, y))["params"]
+    p_rem = nn.unbox(rem.init({"params": jax.random.PRNGKey(0)}, x, t, y))["params"]
     assert jax.tree.structure(p) == jax.tree.structure(p_rem)  # checkpoints and the converter still apply
     p = jax.tree.map(lambda a: a + 0.05 * jnp.sin(jnp.arange(a.size).reshape(a.shape)), p)  # non-zero gates
 
@@ -131,7 +132,7 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
     t, y = jnp.array([0.3, 0.9]), jnp.array([1, 2])
     f32, bf16 = tiny(targets), tiny(targets, dtype=jnp.bfloat16)
-    p = bf16.init({"params": jax.random.PRNGKey(0)}, x, t, y)["params"]
+    p = nn.unbox(bf16.init({"params": jax.random.PRNGKey(0)}, x, t, y))["params"]
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(p))
     p = jax.tree.map(lambda a: a + 0.05 * jnp.cos(jnp.arange(a.size).reshape(a.shape)), p)
     out32, f32_feats = f32.apply({"params": p}, x, t, y)
@@ -152,12 +153,12 @@ def test_scan_over_blocks_matches_per_block_model(remat):
     m_scan = m.clone(scan=True, remat=remat)
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
     t, y = jnp.array([0.3, 0.9]), jnp.array([1, 2])
-    p = m.init({"params": jax.random.PRNGKey(0)}, x, t, y)["params"]
+    p = nn.unbox(m.init({"params": jax.random.PRNGKey(0)}, x, t, y))["params"]
     p = jax.tree.map(lambda a: a + 0.05 * jnp.sin(jnp.arange(a.size).reshape(a.shape)), p)  # non-zero gates
     segments = sit.block_segments(4, targets)
     assert segments == [(0, 1), (1, 3), (3, 4)]
     p_scan = sit.stack_blocks(p, segments)
-    shapes = jax.eval_shape(lambda: m_scan.init({"params": jax.random.PRNGKey(0)}, x, t, y))["params"]
+    shapes = jax.eval_shape(lambda: nn.unbox(m_scan.init({"params": jax.random.PRNGKey(0)}, x, t, y)))["params"]
     assert jax.tree.structure(shapes) == jax.tree.structure(p_scan)
     assert shapes["blocks_1_to_2"]["attn"]["qkv"]["kernel"].shape == (2, 32, 96)
     out, feats = m.apply({"params": p}, x, t, y)

@@ -10,6 +10,10 @@ target gets `[B, T, z_dim]` (projector on every token of the raw residual stream
 model with `with_projectors=False`, which skips every projector.
 
 Submodule names follow the reference state dict so `reed_jax.convert.sit` is a rename table.
+
+Every parameter carries logical axis names (flax logical partitioning; `LOGICAL_AXES` lists
+them, `reed_jax.parallel.RULES` maps them to mesh axes). `init_params` returns plain arrays;
+`logical_specs` returns the names as a tree of PartitionSpecs.
 """
 from __future__ import annotations
 
@@ -44,6 +48,20 @@ zeros = nn.initializers.zeros
 normal002 = nn.initializers.normal(stddev=0.02)
 # The reference flattens the conv kernel [D, C, p, p] -> [D, C*p*p] before xavier init.
 patch_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=(0, 1, 2), out_axis=3)
+
+# Logical axis names of the parameters: embed = the residual width D; mlp = the MLP hidden 4D;
+# qkv = 3D; heads = attention output (heads x head_dim) into the output projection; adaln = the
+# 6D / 2D modulation; temb = the timestep MLP hidden; freq = the 256 timestep frequencies; vocab =
+# label table rows; patch = p*p*C pixel outputs; patch_in = conv kernel spatial/channel axes;
+# proj / proj_in = projector width; target = target width z_dim; layers = stacked blocks (scan).
+LOGICAL_AXES = ("embed", "mlp", "qkv", "heads", "adaln", "temb", "freq", "vocab", "patch", "patch_in",
+                "proj", "proj_in", "target", "layers")
+
+
+def dense(features: int, axes: tuple[str, str], init=xavier, dtype: Any = jnp.float32, name: str | None = None):
+    """nn.Dense whose kernel [in, out] carries logical names `axes` and its bias `axes[1]`."""
+    return nn.Dense(features, dtype=dtype, name=name, kernel_init=nn.with_logical_partitioning(init, axes),
+                    bias_init=nn.with_logical_partitioning(zeros, axes[1:]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +126,8 @@ class TimestepEmbedder(nn.Module):
     @nn.compact
     def __call__(self, t):
         h = timestep_frequencies(t, self.freq_dim).astype(self.dtype)
-        h = nn.Dense(self.hidden, kernel_init=normal002, dtype=self.dtype, name="mlp_0")(h)
-        return nn.Dense(self.hidden, kernel_init=normal002, dtype=self.dtype, name="mlp_2")(nn.silu(h))
+        h = dense(self.hidden, ("freq", "temb"), normal002, self.dtype, name="mlp_0")(h)
+        return dense(self.hidden, ("temb", "embed"), normal002, self.dtype, name="mlp_2")(nn.silu(h))
 
 
 class LabelEmbedder(nn.Module):
@@ -121,7 +139,8 @@ class LabelEmbedder(nn.Module):
 
     @nn.compact
     def __call__(self, y, train: bool):
-        table = self.param("embedding_table", normal002, (self.num_classes + 1, self.hidden))
+        table = self.param("embedding_table", nn.with_logical_partitioning(normal002, ("vocab", "embed")),
+                           (self.num_classes + 1, self.hidden))
         if train and self.dropout > 0:
             drop = jax.random.uniform(self.make_rng("label_dropout"), y.shape) < self.dropout
             y = jnp.where(drop, self.num_classes, y)
@@ -137,11 +156,11 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x):
         b, n, d = x.shape
-        qkv = nn.Dense(3 * d, kernel_init=xavier, dtype=self.dtype, name="qkv")(x)
+        qkv = dense(3 * d, ("embed", "qkv"), xavier, self.dtype, name="qkv")(x)
         qkv = qkv.reshape(b, n, 3, self.heads, d // self.heads)  # reference order: (3, heads, head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)  # [B, N, heads, head_dim]
-        return nn.Dense(d, kernel_init=xavier, dtype=self.dtype, name="proj")(out.reshape(b, n, d))
+        return dense(d, ("heads", "embed"), xavier, self.dtype, name="proj")(out.reshape(b, n, d))
 
 
 class Mlp(nn.Module):
@@ -151,9 +170,9 @@ class Mlp(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        h = nn.Dense(int(self.hidden * self.ratio), kernel_init=xavier, dtype=self.dtype, name="fc1")(x)
+        h = dense(int(self.hidden * self.ratio), ("embed", "mlp"), xavier, self.dtype, name="fc1")(x)
         h = nn.gelu(h, approximate=True)
-        return nn.Dense(self.hidden, kernel_init=xavier, dtype=self.dtype, name="fc2")(h)
+        return dense(self.hidden, ("mlp", "embed"), xavier, self.dtype, name="fc2")(h)
 
 
 class SiTBlock(nn.Module):
@@ -165,7 +184,7 @@ class SiTBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, c):
-        mod = nn.Dense(6 * self.hidden, kernel_init=zeros, dtype=self.dtype, name="adaLN_modulation")(nn.silu(c))
+        mod = dense(6 * self.hidden, ("embed", "adaln"), zeros, self.dtype, name="adaLN_modulation")(nn.silu(c))
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
         h = modulate(layer_norm()(x), shift_msa, scale_msa)
         x = x + gate_msa[:, None] * Attention(self.hidden, self.heads, self.dtype, self.attention, name="attn")(h)
@@ -217,10 +236,10 @@ class FinalLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x, c):
-        mod = nn.Dense(2 * self.hidden, kernel_init=zeros, dtype=self.dtype, name="adaLN_modulation")(nn.silu(c))
+        mod = dense(2 * self.hidden, ("embed", "adaln"), zeros, self.dtype, name="adaLN_modulation")(nn.silu(c))
         shift, scale = jnp.split(mod, 2, axis=-1)
         x = modulate(layer_norm()(x), shift, scale)
-        return nn.Dense(self.out_dim, kernel_init=zeros, dtype=self.dtype, name="linear")(x)
+        return dense(self.out_dim, ("embed", "patch"), zeros, self.dtype, name="linear")(x)
 
 
 class Projector(nn.Module):
@@ -230,9 +249,9 @@ class Projector(nn.Module):
 
     @nn.compact
     def __call__(self, h):
-        h = nn.silu(nn.Dense(self.width, kernel_init=xavier, name="dense_0")(h))
-        h = nn.silu(nn.Dense(self.width, kernel_init=xavier, name="dense_2")(h))
-        return nn.Dense(self.z_dim, kernel_init=xavier, name="dense_4")(h)
+        h = nn.silu(dense(self.width, ("embed", "proj"), name="dense_0")(h))
+        h = nn.silu(dense(self.width, ("proj_in", "proj"), name="dense_2")(h))
+        return dense(self.z_dim, ("proj_in", "target"), name="dense_4")(h)
 
 
 class SiT(nn.Module):
@@ -260,8 +279,9 @@ class SiT(nn.Module):
             if not 1 <= spec.depth <= self.depth:
                 raise ValueError(f"targets.{spec.name}.depth={spec.depth} is outside 1..model.depth={self.depth}")
         p = self.patch_size
-        self.x_embedder = nn.Conv(self.hidden, (p, p), strides=(p, p), padding="VALID",
-                                  kernel_init=patch_init, dtype=self.dtype)
+        self.x_embedder = nn.Conv(self.hidden, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                                  kernel_init=nn.with_logical_partitioning(patch_init, (None, None, "patch_in", "embed")),
+                                  bias_init=nn.with_logical_partitioning(zeros, ("embed",)))
         self.t_embedder = TimestepEmbedder(self.hidden, dtype=self.dtype)
         self.y_embedder = LabelEmbedder(self.num_classes, self.hidden, self.label_dropout, self.dtype)
         if self.remat not in REMAT_POLICIES:
@@ -272,7 +292,8 @@ class SiT(nn.Module):
             body = _ScanBody if self.remat == "none" else nn.remat(_ScanBody, policy=policy, prevent_cse=False)
             self.segments = block_segments(self.depth, self.targets)
             self.blocks = [nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
-                                   in_axes=nn.broadcast, length=b - a)(*args, name=segment_name(a, b))
+                                   in_axes=nn.broadcast, length=b - a, metadata_params={nn.PARTITION_NAME: "layers"}
+                                   )(*args, name=segment_name(a, b))
                            for a, b in self.segments]
         else:
             block = SiTBlock if self.remat == "none" else nn.remat(SiTBlock, policy=policy)
@@ -313,6 +334,25 @@ class SiT(nn.Module):
                 feats[spec.name] = self.projectors[spec.name](tap)
         out = self.unpatchify(self.final_layer(h, c))
         return out.astype(jnp.float32), feats
+
+
+def _example_inputs(model: SiT):
+    return (jnp.zeros((1, model.input_size, model.input_size, model.in_channels)), jnp.zeros((1,)),
+            jnp.zeros((1,), jnp.int32))
+
+
+def init_params(model: SiT, rng: jax.Array, inputs=None, **kw) -> dict:
+    """Plain (unboxed) params. rng: the 'params' key (label dropout gets a fold of it); inputs:
+    optional (x, t, y) to init with (default: one zero example)."""
+    x, t, y = inputs if inputs is not None else _example_inputs(model)
+    rngs = {"params": rng, "label_dropout": jax.random.fold_in(rng, 1)}
+    return nn.unbox(model.init(rngs, x, t, y, **kw)["params"])
+
+
+def logical_specs(model: SiT) -> dict:
+    """The logical axis names of every param: a tree like the params of PartitionSpecs."""
+    boxed = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)}, *_example_inputs(model))["params"])
+    return nn.get_partition_spec(boxed)
 
 
 def build_sit(model_cfg: Mapping[str, Any], data_shape: Sequence[int], num_classes: int,

@@ -1,0 +1,80 @@
+"""Regenerate the PyTorch parity fixtures in tests/fixtures/ (run by hand, never in CI).
+
+    python3 -m venv /tmp/fixvenv
+    /tmp/fixvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 numpy && /tmp/fixvenv/bin/pip install --no-deps pytorch-fid==0.3.0
+    /tmp/fixvenv/bin/python tools/make_parity_fixtures.py inception
+
+inception: pytorch-fid's FID InceptionV3 (`fid_inception_v3`, its FIDInceptionA/C/E blocks) with
+deterministic random weights (tests/fixture_weights.py; the pretrained download is bypassed),
+batch-norm statistics calibrated on a random batch so activations stay O(1) through the depth,
+run in eval mode on 80x80 uint8 images scaled (x - 128) / 128. Stores the key list, shapes,
+seed, the calibrated BN statistics, the images and pool_3, Mixed_6d branch1x1[:7] (flattened h, w,
+c) and pool_3 @ fc.weight.T.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+from fixture_weights import random_state_dict  # noqa: E402
+
+OUT = os.path.join(HERE, "..", "tests", "fixtures")
+
+
+def inception():
+    from pytorch_fid import inception as pf
+
+    pf.load_state_dict_from_url = lambda *a, **k: None  # no download: random weights below
+    orig = torch.nn.Module.load_state_dict
+    torch.nn.Module.load_state_dict = lambda self, sd, *a, **k: None if sd is None else orig(self, sd, *a, **k)
+    net = pf.fid_inception_v3()
+    model = pf.InceptionV3([3], resize_input=False, normalize_input=False, use_fid_inception=True)
+    torch.nn.Module.load_state_dict = orig
+    sd = net.state_dict()
+    keys = list(sd)
+    shapes = [tuple(v.shape) for v in sd.values()]
+    seed = 0
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in random_state_dict(keys, shapes, seed).items()})
+
+    # the wrapper's own blocks come from another fid_inception_v3(): point them at `net`
+    model.blocks = torch.nn.ModuleList([
+        torch.nn.Sequential(net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, torch.nn.MaxPool2d(3, 2)),
+        torch.nn.Sequential(net.Conv2d_3b_1x1, net.Conv2d_4a_3x3, torch.nn.MaxPool2d(3, 2)),
+        torch.nn.Sequential(net.Mixed_5b, net.Mixed_5c, net.Mixed_5d, net.Mixed_6a, net.Mixed_6b, net.Mixed_6c,
+                            net.Mixed_6d, net.Mixed_6e),
+        torch.nn.Sequential(net.Mixed_7a, net.Mixed_7b, net.Mixed_7c, torch.nn.AdaptiveAvgPool2d((1, 1))),
+    ])
+    rng = np.random.default_rng(1)
+    calib = torch.from_numpy((rng.integers(0, 256, (8, 3, 80, 80)).astype(np.float32) - 128) / 128)
+    for m in model.modules():  # running statistics := this batch's statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        model(calib)
+    model.eval()
+
+    images = rng.integers(0, 256, (2, 80, 80, 3)).astype(np.uint8)
+    x = torch.from_numpy((images.astype(np.float32) - 128) / 128).permute(0, 3, 1, 2)
+    captured = {}
+    net.Mixed_6d.branch1x1.register_forward_hook(lambda m, i, o: captured.update(b1=o))
+    with torch.no_grad():
+        pool = model(x)[0][:, :, 0, 0]
+    spatial = captured["b1"][:, :7].permute(0, 2, 3, 1).reshape(2, -1)
+    logits = (pool @ net.fc.weight.T).detach()
+    stats = {f"stat:{k}": v.numpy() for k, v in net.state_dict().items() if "running_" in k}
+    np.savez_compressed(os.path.join(OUT, "inception_parity.npz"), keys=np.array(keys), seed=seed,
+                        shapes=np.array([np.array(s + (0,) * (4 - len(s))) for s in shapes]),
+                        ndims=np.array([len(s) for s in shapes]), images=images, pool_3=pool.numpy(),
+                        spatial=spatial.numpy(), logits=logits.numpy(), **stats)
+    print("pool_3", pool.shape, float(pool.abs().mean()), "spatial", spatial.shape, "logits", logits.shape)
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:] or ["inception"]:
+        {"inception": inception}[name]()

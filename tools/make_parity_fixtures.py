@@ -2,7 +2,7 @@
 
     python3 -m venv /tmp/fixvenv
     /tmp/fixvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 numpy && /tmp/fixvenv/bin/pip install --no-deps pytorch-fid==0.3.0
-    /tmp/fixvenv/bin/python tools/make_parity_fixtures.py inception
+    /tmp/fixvenv/bin/python tools/make_parity_fixtures.py [inception] [torch_files]
 
 inception: pytorch-fid's FID InceptionV3 (`fid_inception_v3`, its FIDInceptionA/C/E blocks) with
 deterministic random weights (tests/fixture_weights.py; the pretrained download is bypassed),
@@ -10,6 +10,8 @@ batch-norm statistics calibrated on a random batch so activations stay O(1) thro
 run in eval mode on 80x80 uint8 images scaled (x - 128) / 128. Stores the key list, shapes,
 seed, the calibrated BN statistics, the images and pool_3, Mixed_6d branch1x1[:7] (flattened h, w,
 c) and pool_3 @ fc.weight.T.
+
+torch_files: tiny checkpoints in both torch.save formats for the torch-free reader.
 """
 from __future__ import annotations
 
@@ -75,6 +77,31 @@ def inception():
     print("pool_3", pool.shape, float(pool.abs().mean()), "spatial", spatial.shape, "logits", logits.shape)
 
 
+def torch_files():
+    """Small checkpoints in both torch.save formats (zip and legacy) with the dtypes, views and
+    nesting a real checkpoint has, and the arrays they hold."""
+    import collections
+
+    g = torch.Generator().manual_seed(0)
+    sd = collections.OrderedDict()
+    sd["a.weight"] = torch.randn(3, 4, generator=g)
+    sd["a.bias"] = torch.randn(4, generator=g).double()
+    sd["t"] = torch.randn(5, 6, generator=g).t()  # non-contiguous
+    sd["h"] = torch.randn(2, 3, generator=g).half()
+    sd["b"] = torch.randn(2, 3, generator=g).bfloat16()
+    sd["i"] = torch.arange(6).reshape(2, 3)
+    sd["n"] = torch.tensor(7)
+    base = torch.randn(10, generator=g)
+    sd["v1"], sd["v2"] = base[2:5], base[5:9].view(2, 2)  # views sharing one storage
+    ckpt = {"model": sd, "ema": {k: v * 2 for k, v in sd.items() if v.is_floating_point()},
+            "args": {"lr": 1e-4}, "steps": 3}
+    torch.save(ckpt, os.path.join(OUT, "ckpt_zip.pt"))
+    torch.save(ckpt, os.path.join(OUT, "ckpt_legacy.pt"), _use_new_zipfile_serialization=False)
+    as_np = lambda v: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+    np.savez(os.path.join(OUT, "ckpt_expected.npz"), **{f"model/{k}": as_np(v) for k, v in sd.items()},
+             **{f"ema/{k}": as_np(v) for k, v in ckpt["ema"].items()})
+
+
 if __name__ == "__main__":
-    for name in sys.argv[1:] or ["inception"]:
-        {"inception": inception}[name]()
+    for name in sys.argv[1:] or ["inception", "torch_files"]:
+        {"inception": inception, "torch_files": torch_files}[name]()

@@ -2,7 +2,8 @@
 
     python main.py --config=configs/<file>.py[:arg] --workdir=DIR [--mode=train] [--config.key=value ...]
 
-Modes: precompute (frozen encoders -> shards), train (resumes automatically), sample (EMA grid).
+Modes: precompute (frozen encoders -> shards), train (resumes automatically), sample (EMA grid),
+evaluate (FID/sFID/IS/precision-recall of the latest checkpoint; resumable).
 """
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -10,7 +11,7 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for shards, checkpoints, summaries and samples.")
-flags.DEFINE_enum("mode", "train", ["precompute", "train", "sample"], "Job to run.")
+flags.DEFINE_enum("mode", "train", ["precompute", "train", "sample", "evaluate"], "Job to run.")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (TPU pods, SLURM, "
                   "or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -36,6 +37,9 @@ def main(argv):
         print("final evaluation:", ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                              for k, v in result.items()))
         print(f"outputs in {FLAGS.workdir}: checkpoints/, tensorboard/, samples/, results.json")
+    elif FLAGS.mode == "evaluate":
+        result = train.evaluate_mode(config, FLAGS.workdir)
+        print("evaluation:", ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
     else:
         train.sample_mode(config, FLAGS.workdir)
 

@@ -77,7 +77,19 @@ def base_config() -> ml_collections.ConfigDict:
                    checkpoint_every=10_000, keep_checkpoints=3, max_consecutive_skips=20)
     c.sample = dict(method="sde", num_steps=250, cfg_scale=1.0, guidance_lo=0.0, guidance_hi=1.0,
                     batch_size=256, grid_per_class=10)
-    c.eval = dict(num_samples=1000)  # digits-FD / accuracy samples per evaluation
+    c.eval = dict(
+        num_samples=1000,      # digits-FD / accuracy samples per evaluation (digits only)
+        # FID / sFID / IS / precision-recall (--mode=evaluate, and in training every fid_every steps)
+        inception_path="",     # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or a converted .npz)
+        reference="",          # reference batch .npz (arr_0 images and/or mu, sigma, mu_s, sigma_s)
+        fid_samples=50_000,    # samples of --mode=evaluate
+        fid_batch_size=0,      # sampling batch of the evaluation; 0 = sample.batch_size
+        inception_batch_size=100,
+        inception_size=299,    # Inception input size: 299 is the protocol (smaller only for fast tests)
+        save_npz=False,        # also write samples.npz (arr_0, uint8 NHWC) for the official evaluator
+        fid_every=0,           # in-training FID every this many steps (0 = off) ...
+        fid_every_samples=10_000,  # ... on this many samples (FID-10K)
+    )
     c.precompute = dict(encoder_steps=500, encoder_seed=1, fd_steps=800, fd_seed=2)
     return c
 
@@ -196,6 +208,17 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     for key in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips"):
         if c.train[key] <= 0:
             raise ConfigError(f"train.{key}={c.train[key]} must be positive")
+    e = c.eval
+    if e.inception_size < 75:
+        raise ConfigError(f"eval.inception_size={e.inception_size} must be >= 75 (299 is the FID protocol)")
+    for key in ("fid_samples", "inception_batch_size", "fid_every_samples"):
+        if e[key] <= 0:
+            raise ConfigError(f"eval.{key}={e[key]} must be positive")
+    fid_bs = e.fid_batch_size or c.sample.batch_size
+    if fid_bs <= 0 or fid_bs % num_devices:
+        raise ConfigError(f"eval.fid_batch_size={fid_bs} must be a positive multiple of the device count {num_devices}")
+    if e.fid_every < 0:
+        raise ConfigError(f"eval.fid_every={e.fid_every} must be >= 0 (0 = off)")
     if not 0.0 <= c.optim.ema_decay < 1.0:
         raise ConfigError(f"optim.ema_decay={c.optim.ema_decay} must be in [0, 1)")
     g = c.curriculum.gen

@@ -246,6 +246,9 @@ def _train(config, workdir: str, log, stop: "StopOnSignal") -> dict:
     config_lib.validate(config, jax.device_count())
     data_dir = precompute.data_dir(config, workdir)
     check_data(config, data_dir)
+    if config.eval.fid_every:  # the in-training FID's inputs are checked before any compute
+        from reed_jax.evaluation import fid_eval
+        fid_eval.check_inputs(config.eval, f"eval.fid_every={config.eval.fid_every}")
     model, tx = build_model(config), make_optimizer(config)
     mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
     sig = signature(config)
@@ -320,6 +323,11 @@ def _train(config, workdir: str, log, stop: "StopOnSignal") -> dict:
                 with open(results_path, "w") as fh:
                     json.dump({"final": last, "evals": history}, fh, indent=1)
             bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
+        if config.eval.fid_every and (step % config.eval.fid_every == 0 or step == total):
+            r = fid_evaluate(config, workdir, state.ema_params, step, mesh, config.eval.fid_every_samples,
+                             log=bar.write)
+            writer.write_scalars(step, {f"fid{r['num_samples']}/{k}": v for k, v in r.items()
+                                        if isinstance(v, float) and k != "seconds"})
         saved = step % config.train.checkpoint_every == 0 or step == total
         if saved:
             save(step)
@@ -332,6 +340,68 @@ def _train(config, workdir: str, log, stop: "StopOnSignal") -> dict:
     mngr.wait_until_finished()
     writer.flush()
     return last or {}
+
+
+def fid_evaluate(config, workdir: str, params, step: int, mesh=None, num_samples: int | None = None,
+                 decode: Callable | None = None, log=print) -> dict:
+    """FID/sFID/IS/precision-recall of `params` (EMA) on `num_samples` (default eval.fid_samples)
+    samples; resumable per batch (see reed_jax.evaluation.fid_eval). Returns the metrics."""
+    from reed_jax.evaluation import fid_eval
+
+    e, s = config.eval, config.sample
+    if config.data.kind == "latents" and decode is None:
+        raise fid_eval.EvalError("data.kind='latents' needs the SD-VAE decoder to turn samples into images "
+                                 "(pass decode=...); pixel-space data is scored as it is")
+    n = num_samples or e.fid_samples
+    bs = e.fid_batch_size or s.batch_size
+    extractor = fid_eval.Extractor(fid_eval.load_inception_params(e.inception_path), e.inception_batch_size,
+                                   e.inception_size)
+    eval_root = os.path.join(workdir, "eval")
+    ref = fid_eval.load_reference(e.reference, extractor, eval_root, log)
+    tag = (f"step{step:07d}_{s.method}{s.num_steps}_cfg{s.cfg_scale:g}_{s.guidance_lo:g}-{s.guidance_hi:g}"
+           f"_n{n}_seed{config.seed}" + ("" if e.inception_size == 299 else f"_inception{e.inception_size}"))
+    out_dir = os.path.join(eval_root, tag)
+    sample_fn = make_sample_fn(config, build_model(config))
+
+    def make_images(b):
+        labels = fid_eval.batch_labels(config.seed, b, bs, config.data.num_classes)
+        x = generate(sample_fn, params, labels, bs, seed=config.seed * 1_000_003 + b, mesh=mesh)
+        return fid_eval.to_rgb_uint8(decode(x) if decode is not None else x)
+
+    t0 = time.time()
+    paths = fid_eval.run_batches(os.path.join(out_dir, "batches"), n, bs, make_images, extractor, e.save_npz, log)
+    result = dict(fid_eval.score(paths, n, ref), step=step, tag=tag, seconds=time.time() - t0)
+    if jax.process_index() == 0:
+        with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
+            json.dump(result, fh, indent=1)
+        if e.save_npz:
+            fid_eval.write_samples_npz(paths, n, os.path.join(out_dir, "samples.npz"))
+    log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    return result
+
+
+def evaluate_mode(config, workdir: str, log=print) -> dict:
+    """`--mode=evaluate`: FID-`eval.fid_samples` of the latest checkpoint's EMA params."""
+    from reed_jax.evaluation import fid_eval
+
+    config_lib.validate(config, jax.device_count())
+    fid_eval.check_inputs(config.eval, "--mode=evaluate")
+    model, tx = build_model(config), make_optimizer(config)
+    mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
+    if mngr.latest_step() is None:
+        raise FileNotFoundError(f"no checkpoint in {mngr.directory}: train first (--mode=train)")
+    checkpoint.check_signature(mngr, signature(config), workdir)
+    mesh = parallel.make_mesh(config.mesh)
+    abstract = abstract_state(config, model, tx)
+    shardings = parallel.state_shardings(abstract, mesh, logical_specs(model))
+    state, _ = checkpoint.restore(mngr, parallel.with_shardings(abstract, shardings))
+    step = int(state.step)
+    result = fid_evaluate(config, workdir, state.ema_params, step, mesh, log=log)
+    writer = _writer(workdir)
+    writer.write_scalars(step, {f"fid{result['num_samples']}/{k}": v for k, v in result.items()
+                                if isinstance(v, float) and k != "seconds"})
+    writer.flush()
+    return result
 
 
 class StopOnSignal:

@@ -19,6 +19,7 @@ paths. Weights: a local `pt_inception-2015-12-05-6726825d.pth` converted with
 """
 from __future__ import annotations
 
+import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -173,14 +174,16 @@ class InceptionE(nn.Module):
 
 
 class FIDInception(nn.Module):
-    """See the module docstring. `num_classes` is the softmax width of the graph (1008)."""
+    """See the module docstring. `num_classes` is the softmax width of the graph (1008); `size` the
+    resize target (299 is the protocol; anything >= 75 runs, for fast tests)."""
     num_classes: int = 1008
+    size: int = SIZE
 
     @nn.compact
     def __call__(self, images, resize: bool = True):
         x = images.astype(jnp.float32)
         if resize:
-            x = resize_tf1(x)
+            x = resize_tf1(x, self.size)
         x = (x - 128.0) / 128.0
         x = BasicConv(32, (3, 3), strides=2, name="Conv2d_1a_3x3")(x)
         x = BasicConv(32, (3, 3), name="Conv2d_2a_3x3")(x)
@@ -213,7 +216,8 @@ def init_params(seed: int = 0, size: int = SIZE) -> dict:
     return net.init(jax.random.PRNGKey(seed), jnp.zeros((1, size, size, 3)), resize=False)["params"]
 
 
-def feature_fn():
-    """A jitted (params, uint8 images [N, H, W, 3]) -> {pool_3, spatial, logits}."""
-    net = FIDInception()
+@functools.lru_cache(maxsize=None)
+def feature_fn(size: int = SIZE):
+    """A jitted (params, uint8 images [N, H, W, 3]) -> {pool_3, spatial, logits}, resized to `size`."""
+    net = FIDInception(size=size)
     return jax.jit(lambda params, images: net.apply({"params": params}, images))

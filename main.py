@@ -3,7 +3,8 @@
     python main.py --config=configs/<file>.py[:arg] --workdir=DIR [--mode=train] [--config.key=value ...]
 
 Modes: precompute (frozen encoders -> shards), train (resumes automatically), sample (EMA grid),
-evaluate (FID/sFID/IS/precision-recall of the latest checkpoint; resumable).
+evaluate (FID/sFID/IS/precision-recall of the latest checkpoint; resumable), import (a PyTorch
+SiT/REPA/REED checkpoint -> orbax, `--torch_checkpoint=PATH [--torch_key=ema] [--import_step=N]`).
 """
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -11,7 +12,12 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for shards, checkpoints, summaries and samples.")
-flags.DEFINE_enum("mode", "train", ["precompute", "train", "sample", "evaluate"], "Job to run.")
+flags.DEFINE_enum("mode", "train", ["precompute", "train", "sample", "evaluate", "import"], "Job to run.")
+flags.DEFINE_string("torch_checkpoint", None, "--mode=import: a PyTorch SiT/REPA/REED .pt file.")
+flags.DEFINE_string("torch_key", None, "--mode=import: entry holding the state dict (default: ema, else model).")
+flags.DEFINE_integer("import_step", 0, "--mode=import: the step the imported checkpoint is saved as.")
+flags.DEFINE_string("torch_projectors", None, "--mode=import: target names of projectors.0,1,... "
+                    "(default: token-level targets, then pooled ones).")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (TPU pods, SLURM, "
                   "or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -37,6 +43,12 @@ def main(argv):
         print("final evaluation:", ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                              for k, v in result.items()))
         print(f"outputs in {FLAGS.workdir}: checkpoints/, tensorboard/, samples/, results.json")
+    elif FLAGS.mode == "import":
+        if not FLAGS.torch_checkpoint:
+            raise app.UsageError("--mode=import needs --torch_checkpoint=PATH")
+        from reed_jax import importer
+        importer.import_checkpoint(config, FLAGS.workdir, FLAGS.torch_checkpoint, FLAGS.torch_key, FLAGS.import_step,
+                                   FLAGS.torch_projectors)
     elif FLAGS.mode == "evaluate":
         result = train.evaluate_mode(config, FLAGS.workdir)
         print("evaluation:", ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))

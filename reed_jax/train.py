@@ -263,7 +263,10 @@ def _train(config, workdir: str, log, stop: "StopOnSignal") -> dict:
     it = iter(loader)
     if mngr.latest_step() is not None:
         state, meta = checkpoint.restore(mngr, parallel.with_shardings(abstract, shardings))
-        it.set_state(meta["data_iterator"].encode())
+        if meta.get("data_iterator"):
+            it.set_state(meta["data_iterator"].encode())
+        else:  # an imported checkpoint: no data position to continue from
+            log("checkpoint has no data-iterator state (imported): data order starts from the beginning")
         log(f"resumed from {mngr.directory} at step {int(state.step)}")
     else:
         state = create_state(config, model, tx, shardings)

@@ -2,7 +2,7 @@
 
     python3 -m venv /tmp/fixvenv
     /tmp/fixvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 numpy && /tmp/fixvenv/bin/pip install --no-deps pytorch-fid==0.3.0
-    /tmp/fixvenv/bin/python tools/make_parity_fixtures.py [inception] [torch_files]
+    /tmp/fixvenv/bin/python tools/make_parity_fixtures.py [inception] [torch_files] [sit_checkpoint]
 
 inception: pytorch-fid's FID InceptionV3 (`fid_inception_v3`, its FIDInceptionA/C/E blocks) with
 deterministic random weights (tests/fixture_weights.py; the pretrained download is bypassed),
@@ -12,6 +12,7 @@ seed, the calibrated BN statistics, the images and pool_3, Mixed_6d branch1x1[:7
 c) and pool_3 @ fc.weight.T.
 
 torch_files: tiny checkpoints in both torch.save formats for the torch-free reader.
+sit_checkpoint: a tiny REED-style SiT training checkpoint for the importer.
 """
 from __future__ import annotations
 
@@ -102,6 +103,41 @@ def torch_files():
              **{f"ema/{k}": as_np(v) for k, v in ckpt["ema"].items()})
 
 
+def sit_checkpoint():
+    """A REED-style training checkpoint of a tiny SiT (tests/test_convert.py's sizes: C=3, 8x8,
+    patch 2, D=16, depth 2, 2 heads, 5 classes, projectors of width 12 onto 8 (tokens) and 6 dims),
+    as REPA's train.py saves it: {'model', 'ema', 'opt', 'args', 'steps'}, keys prefixed as the
+    reference names them. `model` and `ema` differ so a test can tell which one was imported."""
+    C, P, D, DEPTH, NCLS, W = 3, 2, 16, 2, 5, 12
+    rng = np.random.default_rng(7)
+    sd = {}
+
+    def lin(name, i, o):
+        sd[name + ".weight"] = rng.normal(size=(o, i)).astype(np.float32) * 0.3
+        sd[name + ".bias"] = rng.normal(size=(o,)).astype(np.float32) * 0.1
+
+    sd["x_embedder.proj.weight"] = rng.normal(size=(D, C, P, P)).astype(np.float32) * 0.3
+    sd["x_embedder.proj.bias"] = rng.normal(size=(D,)).astype(np.float32) * 0.1
+    sd["y_embedder.embedding_table.weight"] = rng.normal(size=(NCLS + 1, D)).astype(np.float32)
+    lin("t_embedder.mlp.0", 256, D)
+    lin("t_embedder.mlp.2", D, D)
+    for i in range(DEPTH):
+        for name, a, b in (("attn.qkv", D, 3 * D), ("attn.proj", D, D), ("mlp.fc1", D, 4 * D),
+                           ("mlp.fc2", 4 * D, D), ("adaLN_modulation.1", D, 6 * D)):
+            lin(f"blocks.{i}.{name}", a, b)
+    lin("final_layer.adaLN_modulation.1", D, 2 * D)
+    lin("final_layer.linear", D, P * P * C)
+    for k, z in enumerate((8, 6)):
+        lin(f"projectors.{k}.0", D, W)
+        lin(f"projectors.{k}.2", W, W)
+        lin(f"projectors.{k}.4", W, z)
+    ema = {k: torch.from_numpy(v) for k, v in sd.items()}
+    model = {k: torch.from_numpy(v * 1.5) for k, v in sd.items()}
+    torch.save({"model": model, "ema": ema, "opt": {"state": {}}, "args": {"lr": 1e-4}, "steps": 1234},
+               os.path.join(OUT, "sit_tiny_checkpoint.pt"))
+
+
 if __name__ == "__main__":
-    for name in sys.argv[1:] or ["inception", "torch_files"]:
-        {"inception": inception, "torch_files": torch_files}[name]()
+    targets = {"inception": inception, "torch_files": torch_files, "sit_checkpoint": sit_checkpoint}
+    for name in sys.argv[1:] or list(targets):
+        targets[name]()

@@ -54,8 +54,8 @@ def test_resize_is_tf1_bilinear():
 
 
 def test_full_size_shapes():
-    params = inception.init_params(0)
-    out = inception.feature_fn()(params, jnp.zeros((1, 256, 256, 3), jnp.uint8))
+    params = jax.eval_shape(lambda: inception.init_params(0))
+    out = jax.eval_shape(inception.feature_fn(), params, jax.ShapeDtypeStruct((1, 256, 256, 3), jnp.uint8))
     assert out["pool_3"].shape == (1, 2048)
     assert out["spatial"].shape == (1, 17 * 17 * 7)
     assert out["logits"].shape == (1, 1008)

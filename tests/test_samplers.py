@@ -52,6 +52,17 @@ def test_cfg_with_guidance_interval():
     np.testing.assert_allclose(g(x, jnp.array([0.7, 0.7]), y), 1.0)  # outside: conditional
     np.testing.assert_allclose(g(x, jnp.array([0.3, 0.7]), y), [[4.0] * 3, [1.0] * 3])
     assert samplers.guided(model, 1.0, 10) is model  # no guidance at scale 1
+    # outside the interval the doubled (cond + null) batch is not evaluated at all
+    sizes = []
+    counting = samplers.guided(lambda x, t, y: (sizes.append(x.shape[0]), model(x, t, y))[1], 4.0, 10, (0.0, 0.5))
+    jax.make_jaxpr(counting)(x, jnp.array([0.7, 0.7]), y)
+    assert sorted(sizes) == [2, 4]  # both branches traced once; lax.cond runs one
+    calls = []
+    eager = samplers.guided(lambda x, t, y: (calls.append(x.shape[0]), model(x, t, y))[1], 4.0, 10, (0.0, 0.5))
+    with jax.disable_jit():
+        eager(x, jnp.array([0.7, 0.7]), y)
+        eager(x, jnp.array([0.3, 0.3]), y)
+    assert calls == [2, 4]
     # Euler over linspace(1, 0, 11): 5 steps start at t > 0.5 (velocity 1), 5 at t <= 0.5 (velocity 4)
     out = samplers.ode(g, jnp.zeros((2, 3)), y, 10, "euler")
     np.testing.assert_allclose(out, -(5 * 0.1 * 1 + 5 * 0.1 * 4), rtol=1e-5)

@@ -28,7 +28,9 @@ def guided(model_fn: VelocityFn, scale: float, null_class: int, interval=(0.0, 1
     """CFG velocity: model_fn(x, t, y) evaluated on [cond; null] in one batch when guidance is on.
 
     Guidance is on where `scale > 1` and `lo <= t <= hi`; elsewhere the conditional velocity is
-    returned (as the reference does, which then skips the unconditional pass).
+    returned, and when no sample of the batch is inside the interval (the samplers share one t
+    per step) the doubled batch is skipped (`lax.cond`): with REPA's interval [0, 0.7] a 250-step
+    sampler costs 1.7 rather than 2 forward passes per step.
     """
     lo, hi = interval
     if scale <= 1.0:
@@ -36,11 +38,15 @@ def guided(model_fn: VelocityFn, scale: float, null_class: int, interval=(0.0, 1
 
     def fn(x, t, y):
         b = x.shape[0]
-        both = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
-                        jnp.concatenate([y, jnp.full_like(y, null_class)]))
-        cond, uncond = both[:b], both[b:]
-        on = ((t >= lo) & (t <= hi)).reshape((b,) + (1,) * (x.ndim - 1))
-        return jnp.where(on, uncond + scale * (cond - uncond), cond)
+        on = (t >= lo) & (t <= hi)
+
+        def with_guidance():
+            both = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
+                            jnp.concatenate([y, jnp.full_like(y, null_class)]))
+            cond, uncond = both[:b], both[b:]
+            return jnp.where(on.reshape((b,) + (1,) * (x.ndim - 1)), uncond + scale * (cond - uncond), cond)
+
+        return jax.lax.cond(jnp.any(on), with_guidance, lambda: model_fn(x, t, y))
 
     return fn
 

@@ -27,7 +27,7 @@ case "$cmd" in
   run)
     [ $# -ge 2 ] || { echo "usage: $0 run CONFIG WORKDIR [main.py flags...]" >&2; exit 2; }
     config=$1; workdir=$2; shift 2
-    ssh_all "cd $REMOTE_DIR && nohup python main.py --multihost --config=$config --workdir=$workdir $* > run.log 2>&1 &" ;;
+    ssh_all "cd $REMOTE_DIR && nohup python main.py --multihost --config=$config --workdir=$workdir --mode=${MODE:-train} $* > run.log 2>&1 &" ;;
   logs)
     run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$TPU_ZONE" --worker=0 --command="tail -f $REMOTE_DIR/run.log" ;;
   delete)

@@ -4,7 +4,7 @@ import subprocess
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ["launch/gpu.sh", "launch/slurm.sbatch", "launch/tpu_vm.sh", "launch/common.sh"]
+SCRIPTS = ["launch/gpu.sh", "launch/slurm.sbatch", "launch/tpu_vm.sh", "launch/common.sh", "launch/eval_fid.sh"]
 
 
 def sh(args, **env):
@@ -41,3 +41,16 @@ def test_tpu_vm_dry_run():
     assert "tpu-vm delete t1" in sh(["launch/tpu_vm.sh", "delete"], **env).stdout
     assert sh(["launch/tpu_vm.sh", "bogus"], **env).returncode == 2
     assert sh(["launch/tpu_vm.sh", "create"]).returncode != 0  # TPU_NAME / TPU_ZONE required
+
+
+def test_eval_fid_dry_run():
+    args = ["configs/imagenet_sit_xl_2_reed.py", "/ckpt/x", "/w/inception.pth", "/w/ref.npz", "--config.sample.cfg_scale=1.8"]
+    out = sh(["launch/eval_fid.sh", "gpu", *args])
+    assert out.returncode == 0, out.stderr
+    assert ("--mode=evaluate --config.eval.inception_path=/w/inception.pth --config.eval.reference=/w/ref.npz "
+            "--config.sample.method=sde --config.sample.num_steps=250 --config.eval.fid_samples=50000 "
+            "--config.sample.cfg_scale=1.8") in out.stdout
+    out = sh(["launch/eval_fid.sh", "tpu", *args], TPU_NAME="t1", TPU_ZONE="z1")
+    assert out.returncode == 0, out.stderr
+    assert "--mode=evaluate" in out.stdout and "main.py\\ --multihost" in out.stdout
+    assert sh(["launch/eval_fid.sh", "gpu"]).returncode == 2

@@ -2,7 +2,7 @@
 
     python3 -m venv /tmp/fixvenv
     /tmp/fixvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 numpy && /tmp/fixvenv/bin/pip install --no-deps pytorch-fid==0.3.0
-    /tmp/fixvenv/bin/python tools/make_parity_fixtures.py [inception] [torch_files] [sit_checkpoint]
+    /tmp/fixvenv/bin/python tools/make_parity_fixtures.py [inception] [torch_files] [sit_checkpoint] [dinov2]
 
 inception: pytorch-fid's FID InceptionV3 (`fid_inception_v3`, its FIDInceptionA/C/E blocks) with
 deterministic random weights (tests/fixture_weights.py; the pretrained download is bypassed),
@@ -13,6 +13,8 @@ c) and pool_3 @ fc.weight.T.
 
 torch_files: tiny checkpoints in both torch.save formats for the torch-free reader.
 sit_checkpoint: a tiny REED-style SiT training checkpoint for the importer.
+dinov2: tiny transformers DINOv2 models (plain, SwiGLU, registers) on REPA's preprocessing
+(needs `pip install transformers` in the same venv).
 """
 from __future__ import annotations
 
@@ -137,7 +139,44 @@ def sit_checkpoint():
                os.path.join(OUT, "sit_tiny_checkpoint.pt"))
 
 
+def dinov2():
+    """transformers' Dinov2Model (plain, SwiGLU) and Dinov2WithRegistersModel with tiny random
+    configurations (D=16, 2 layers, 2 heads, patch 14, 518px position table = 37x37) on one
+    256x256 uint8 image preprocessed as REPA does (x/255, ImageNet mean/std, F.interpolate to 224
+    bicubic), plus the torch-hub position-embedding resample (scale_factor (16 + 0.1) / 37)."""
+    import torch.nn.functional as F
+    from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(11)
+    image = rng.integers(0, 256, (1, 256, 256, 3)).astype(np.uint8)
+    x = torch.from_numpy(image).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = F.interpolate((x - mean) / std, 224, mode="bicubic")
+    out = {"image": image, "preprocessed_top": x.permute(0, 2, 3, 1).numpy()[:, :40]}  # top rows: borders + interior
+    common = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, patch_size=14, image_size=518)
+    models = {"plain": Dinov2Model(Dinov2Config(**common)),
+              "swiglu": Dinov2Model(Dinov2Config(use_swiglu_ffn=True, **common)),
+              "registers": Dinov2WithRegistersModel(Dinov2WithRegistersConfig(num_register_tokens=4, **common))}
+    for name, model in models.items():
+        with torch.no_grad():
+            for p in model.parameters():  # every weight random and O(1): layer scales, tokens, norms
+                p.copy_(torch.randn_like(p) * (0.5 if p.ndim > 1 else 0.3))
+            model.eval()
+            h = model(pixel_values=x).last_hidden_state
+        for k, v in model.state_dict().items():
+            out[f"{name}/sd/{k}"] = v.numpy()
+        out[f"{name}/last_hidden_state"] = h.numpy()
+    grid = models["plain"].embeddings.position_embeddings[:, 1:].detach().reshape(1, 37, 37, 16).permute(0, 3, 1, 2)
+    hub = F.interpolate(grid, mode="bicubic", antialias=False, scale_factor=((16 + 0.1) / 37, (16 + 0.1) / 37))
+    out["hub_pos_resampled"] = hub.permute(0, 2, 3, 1).numpy()
+    np.savez_compressed(os.path.join(OUT, "dinov2_parity.npz"), **out)
+    print({k: v.shape for k, v in out.items() if "/sd/" not in k})
+
+
 if __name__ == "__main__":
-    targets = {"inception": inception, "torch_files": torch_files, "sit_checkpoint": sit_checkpoint}
+    targets = {"inception": inception, "torch_files": torch_files, "sit_checkpoint": sit_checkpoint,
+               "dinov2": dinov2}
     for name in sys.argv[1:] or list(targets):
         targets[name]()

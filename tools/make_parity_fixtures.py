@@ -2,7 +2,7 @@
 
     python3 -m venv /tmp/fixvenv
     /tmp/fixvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 numpy && /tmp/fixvenv/bin/pip install --no-deps pytorch-fid==0.3.0
-    /tmp/fixvenv/bin/python tools/make_parity_fixtures.py [inception] [torch_files] [sit_checkpoint] [dinov2]
+    /tmp/fixvenv/bin/python tools/make_parity_fixtures.py [inception] [torch_files] [sit_checkpoint] [dinov2] [vae]
 
 inception: pytorch-fid's FID InceptionV3 (`fid_inception_v3`, its FIDInceptionA/C/E blocks) with
 deterministic random weights (tests/fixture_weights.py; the pretrained download is bypassed),
@@ -13,6 +13,7 @@ c) and pool_3 @ fc.weight.T.
 
 torch_files: tiny checkpoints in both torch.save formats for the torch-free reader.
 sit_checkpoint: a tiny REED-style SiT training checkpoint for the importer.
+vae: a tiny diffusers AutoencoderKL (needs `pip install diffusers`).
 dinov2: tiny transformers DINOv2 models (plain, SwiGLU, registers) on REPA's preprocessing
 (needs `pip install transformers` in the same venv).
 """
@@ -175,8 +176,36 @@ def dinov2():
     print({k: v.shape for k, v in out.items() if "/sd/" not in k})
 
 
+def vae():
+    """diffusers AutoencoderKL with a tiny configuration (widths 16, 32; 1 ResNet block per level;
+    GroupNorm(8)) and random weights: encoder moments of a 32x32 image and the decoder output of a
+    random 16x16 latent."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    model = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
+                          layers_per_block=1, norm_num_groups=8, sample_size=32,
+                          down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.eval()
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)
+    z = rng.normal(size=(1, 4, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        post = model.encode(torch.from_numpy(x)).latent_dist
+        dec = model.decode(torch.from_numpy(z)).sample
+    out = {"x": x.transpose(0, 2, 3, 1), "z": z.transpose(0, 2, 3, 1),
+           "mean": post.mean.numpy().transpose(0, 2, 3, 1), "std": post.std.numpy().transpose(0, 2, 3, 1),
+           "decoded": dec.numpy().transpose(0, 2, 3, 1)}
+    out.update({f"sd/{k}": v.numpy() for k, v in model.state_dict().items()})
+    np.savez_compressed(os.path.join(OUT, "vae_parity.npz"), **out)
+    print({k: v.shape for k, v in out.items() if not k.startswith("sd/")}, len(model.state_dict()), "tensors")
+
+
 if __name__ == "__main__":
-    targets = {"inception": inception, "torch_files": torch_files, "sit_checkpoint": sit_checkpoint,
+    targets = {"vae": vae, "inception": inception, "torch_files": torch_files, "sit_checkpoint": sit_checkpoint,
                "dinov2": dinov2}
     for name in sys.argv[1:] or list(targets):
         targets[name]()

@@ -59,6 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
         num_classes=10,
         image_shape=(8, 8, 1),  # [H, W, C] the model sees (latent shape for latents)
         num_shards=4,
+        imagenet_dir="",       # source='imagenet': an image folder <dir>/<synset>/*.JPEG (the train split)
+        image_size=256,        # source='imagenet': ADM center-crop size of the raw images
     )
     c.model = dict(name="custom", depth=4, hidden=128, heads=4, patch_size=2, mlp_ratio=4.0,
                    label_dropout=0.1, projector_width=2048,
@@ -90,7 +92,10 @@ def base_config() -> ml_collections.ConfigDict:
         fid_every=0,           # in-training FID every this many steps (0 = off) ...
         fid_every_samples=10_000,  # ... on this many samples (FID-10K)
     )
-    c.precompute = dict(encoder_steps=500, encoder_seed=1, fd_steps=800, fd_seed=2)
+    c.precompute = dict(encoder_steps=500, encoder_seed=1, fd_steps=800, fd_seed=2,  # digits encoders
+                        vae_path="", vae_groups=32,          # source='imagenet': SD-VAE weights (diffusers names)
+                        dinov2_path="", dinov2_heads=0,      # DINOv2 weights (hub or transformers); 0 = infer
+                        dinov2_size=224, batch_size=64)      # DINOv2 input size; encoder batch
     return c
 
 

@@ -44,3 +44,14 @@ def test_refuses_foreign_files_and_classes(tmp_path):
         pickle.dump(Evil(), fh)
     with pytest.raises(torch_file.TorchFileError, match="refusing to unpickle"):
         torch_file.load(str(evil))
+
+
+def test_safetensors_reader_matches_the_library():
+    from reed_jax.convert import safetensors_file
+
+    got = safetensors_file.load(os.path.join(HERE, "tiny.safetensors"))
+    want = np.load(os.path.join(HERE, "tiny_safetensors_expected.npz"))
+    assert set(got) == set(want.files)
+    for k in want.files:
+        assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
+        np.testing.assert_array_equal(got[k], want[k])

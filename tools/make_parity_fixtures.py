@@ -2,7 +2,7 @@
 
     python3 -m venv /tmp/fixvenv
     /tmp/fixvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 numpy && /tmp/fixvenv/bin/pip install --no-deps pytorch-fid==0.3.0
-    /tmp/fixvenv/bin/python tools/make_parity_fixtures.py [inception] [torch_files] [sit_checkpoint] [dinov2] [vae]
+    /tmp/fixvenv/bin/python tools/make_parity_fixtures.py [inception] [torch_files] [sit_checkpoint] [dinov2] [vae] [safetensors_file]
 
 inception: pytorch-fid's FID InceptionV3 (`fid_inception_v3`, its FIDInceptionA/C/E blocks) with
 deterministic random weights (tests/fixture_weights.py; the pretrained download is bypassed),
@@ -204,8 +204,20 @@ def vae():
     print({k: v.shape for k, v in out.items() if not k.startswith("sd/")}, len(model.state_dict()), "tensors")
 
 
+def safetensors_file():
+    """A small .safetensors file written by the safetensors library (f32, f16, bf16, int, scalar)."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    t = {"a": torch.randn(3, 4, generator=g), "h": torch.randn(5, generator=g).half(),
+         "b": torch.randn(2, 3, generator=g).bfloat16(), "i": torch.arange(6).reshape(2, 3), "s": torch.tensor(3.5)}
+    save_file(t, os.path.join(OUT, "tiny.safetensors"), metadata={"format": "pt"})
+    np.savez(os.path.join(OUT, "tiny_safetensors_expected.npz"),
+             **{k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in t.items()})
+
+
 if __name__ == "__main__":
-    targets = {"vae": vae, "inception": inception, "torch_files": torch_files, "sit_checkpoint": sit_checkpoint,
+    targets = {"safetensors_file": safetensors_file, "vae": vae, "inception": inception, "torch_files": torch_files, "sit_checkpoint": sit_checkpoint,
                "dinov2": dinov2}
     for name in sys.argv[1:] or list(targets):
         targets[name]()

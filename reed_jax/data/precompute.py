@@ -55,10 +55,9 @@ def digits_examples(config, data_dir_: str, log=print) -> list[dict]:
 def precompute(config, workdir: str, log=print) -> str:
     """Write the shards of `config.data` (and cache the frozen networks); returns the shard directory."""
     out = data_dir(config, workdir)
-    if config.data.source != "digits":
-        raise NotImplementedError(
-            f"data.source={config.data.source!r}: this build precomputes the embedded digits only; "
-            f"point data.dir at shards in the records format for other sources")
+    if config.data.source == "imagenet":
+        from reed_jax.data import precompute_images
+        return precompute_images.precompute_images(config, out, log)
     fd_params(config, out, log)
     examples = digits_examples(config, out, log)
     schema = records.Schema.of(examples[0])

@@ -1,0 +1,97 @@
+"""Image-folder precompute: ADM crop, SD-VAE moments and DINOv2 tokens into shards, resumable
+(tiny random VAE / DINOv2 weights from the parity fixtures)."""
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from reed_jax import config as config_lib
+from reed_jax.convert import dinov2 as convert_dinov2
+from reed_jax.data import imagenet, pipeline, precompute, precompute_images, records
+from reed_jax.models.encoders import dinov2
+
+FIX = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def test_adm_center_crop():
+    rng = np.random.default_rng(0)
+    big = Image.fromarray(rng.integers(0, 256, (1100, 700, 3), np.uint8))  # W 700, H 1100
+    out = imagenet.center_crop_adm(big, 256)
+    assert out.shape == (256, 256, 3) and out.dtype == np.uint8
+    # by hand: 700x1100 -> box-halved once (short side 700 >= 512) to 350x550 -> bicubic to 256x402 -> crop rows 73..
+    half = big.resize((350, 550), resample=Image.BOX).resize((256, 402), resample=Image.BICUBIC)
+    np.testing.assert_array_equal(out, np.asarray(half)[73:73 + 256])
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("imagenet")
+    rng = np.random.default_rng(1)
+    for s, sizes in (("n01", [(40, 50), (64, 64)]), ("n02", [(90, 33)]), ("n03", [(32, 32), (70, 45), (36, 80)])):
+        os.makedirs(d / "train" / s)
+        for j, (w, h) in enumerate(sizes):
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(d / "train" / s / f"img_{j}.png")
+    vae = np.load(os.path.join(FIX, "vae_parity.npz"))
+    np.savez(d / "vae.npz", **{k[3:]: vae[k] for k in vae.files if k.startswith("sd/")})
+    dino = np.load(os.path.join(FIX, "dinov2_parity.npz"))
+    np.savez(d / "dinov2.npz", **{k[len("plain/sd/"):]: dino[k] for k in dino.files if k.startswith("plain/sd/")})
+    return d
+
+
+def folder_config(d):
+    c = config_lib.imagenet_config("S", "repa")
+    c.data.update(imagenet_dir=str(d / "train"), image_size=32, image_shape=(16, 16, 4), num_classes=3, num_shards=2)
+    c.targets.dinov2.dim = 16
+    c.precompute.update(vae_path=str(d / "vae.npz"), vae_groups=8, dinov2_path=str(d / "dinov2.npz"),
+                        dinov2_heads=2, dinov2_size=28, batch_size=4)
+    return c
+
+
+def test_folder_to_shards_matches_direct_encoders_and_resumes(folder, tmp_path):
+    c = folder_config(folder)
+    logs = []
+    out = precompute.precompute(c, str(tmp_path), logs.append)
+    data = pipeline.read_all(out, "train")
+    paths, labels, synsets = imagenet.list_folder(str(folder / "train"))
+    assert synsets == ["n01", "n02", "n03"] and list(data["label"]) == [0, 0, 1, 2, 2, 2]
+    assert list(data["index"]) == list(range(6))
+    assert data["moments"].shape == (6, 16, 16, 8) and data["target/dinov2"].shape == (6, 4, 16)
+    # the records are the encoders applied to ADM crops
+    imgs = np.stack([imagenet.load(p, 32) for p in paths])
+    model, params = precompute_images.build_vae(c.precompute.vae_path, 8)
+    moments = model.apply({"params": params}, jnp.asarray(imgs, jnp.float32) / 127.5 - 1, method=model.encode)
+    np.testing.assert_allclose(data["moments"], moments, atol=1e-5)
+    hub = convert_dinov2.transformers_to_hub(dict(np.load(c.precompute.dinov2_path)))
+    dino = dinov2.DinoV2(**convert_dinov2.model_kwargs(hub, 2))
+    tokens = dino.apply({"params": convert_dinov2.from_torch_hub(hub)}, dinov2.preprocess(imgs, 28))["x_norm_patchtokens"]
+    np.testing.assert_allclose(data["target/dinov2"], tokens, atol=1e-5)
+    assert np.all(data["moments"][..., 4:] > 0)  # std half
+    # interrupted: one shard lost, one half-written -> rerun recomputes exactly those, same bytes
+    _, manifest = records.read_manifest(out)
+    os.remove(os.path.join(out, manifest["shards"][1]["file"]))
+    logs.clear()
+    precompute.precompute(c, str(tmp_path), logs.append)
+    assert any("shard 0 of 2 already complete" in m for m in logs)
+    _, manifest2 = records.read_manifest(out)
+    assert manifest2["shards"] == manifest["shards"]
+
+
+def test_bad_inputs_are_named(folder, tmp_path):
+    c = folder_config(folder)
+    c.precompute.vae_path = str(folder / "missing.safetensors")
+    with pytest.raises(records.DataError, match="precompute.vae_path=.*missing.safetensors"):
+        precompute.precompute(c, str(tmp_path))
+    c = folder_config(folder)
+    c.data.num_classes = 1000
+    with pytest.raises(records.DataError, match="num_classes=1000 but .* has 3 class folders"):
+        precompute.precompute(c, str(tmp_path))
+    c = folder_config(folder)
+    c.targets.dinov2.dim = 768
+    with pytest.raises(records.DataError, match="dim=768 but the DINOv2 weights"):
+        precompute.precompute(c, str(tmp_path))
+    c = folder_config(folder)
+    c.data.image_shape = (32, 32, 4)
+    with pytest.raises(records.DataError, match=r"expects moments of shape \(32, 32, 8\)"):
+        precompute.precompute(c, str(tmp_path))

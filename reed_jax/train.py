@@ -353,8 +353,7 @@ def fid_evaluate(config, workdir: str, params, step: int, mesh=None, num_samples
 
     e, s = config.eval, config.sample
     if config.data.kind == "latents" and decode is None:
-        raise fid_eval.EvalError("data.kind='latents' needs the SD-VAE decoder to turn samples into images "
-                                 "(pass decode=...); pixel-space data is scored as it is")
+        decode = latent_decoder(config)
     n = num_samples or e.fid_samples
     bs = e.fid_batch_size or s.batch_size
     extractor = fid_eval.Extractor(fid_eval.load_inception_params(e.inception_path), e.inception_batch_size,
@@ -383,12 +382,25 @@ def fid_evaluate(config, workdir: str, params, step: int, mesh=None, num_samples
     return result
 
 
+def latent_decoder(config) -> Callable:
+    """latents [B, h, w, 4] (scaled by data.latent_scale) -> images [B, H, W, 3] through the SD-VAE
+    decoder of `precompute.vae_path` (the one that encoded the shards)."""
+    from reed_jax.data import precompute_images
+
+    vae, vae_params = precompute_images.build_vae(config.precompute.vae_path, config.precompute.vae_groups)
+    fn = jax.jit(lambda z: vae.apply({"params": vae_params}, z / config.data.latent_scale, method=vae.decode))
+    return lambda z: np.asarray(fn(z))
+
+
 def evaluate_mode(config, workdir: str, log=print) -> dict:
     """`--mode=evaluate`: FID-`eval.fid_samples` of the latest checkpoint's EMA params."""
     from reed_jax.evaluation import fid_eval
 
     config_lib.validate(config, jax.device_count())
     fid_eval.check_inputs(config.eval, "--mode=evaluate")
+    if config.data.kind == "latents" and not os.path.exists(config.precompute.vae_path or ""):
+        raise fid_eval.EvalError(f"--mode=evaluate of a latent model needs precompute.vae_path (the SD-VAE that "
+                                 f"encoded the shards, for its decoder); {config.precompute.vae_path!r} does not exist")
     model, tx = build_model(config), make_optimizer(config)
     mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
     if mngr.latest_step() is None:

@@ -95,3 +95,12 @@ def test_bad_inputs_are_named(folder, tmp_path):
     c.data.image_shape = (32, 32, 4)
     with pytest.raises(records.DataError, match=r"expects moments of shape \(32, 32, 8\)"):
         precompute.precompute(c, str(tmp_path))
+
+
+def test_latent_decoder_for_evaluation(folder):
+    from reed_jax import train
+
+    c = folder_config(folder)
+    f = np.load(os.path.join(FIX, "vae_parity.npz"))
+    out = train.latent_decoder(c)(jnp.asarray(f["z"]) * c.data.latent_scale)  # shards hold scaled latents
+    np.testing.assert_allclose(out, f["decoded"], atol=1e-4)  # the diffusers decoder output of z

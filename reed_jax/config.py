@@ -45,6 +45,9 @@ def target_template() -> ml_collections.ConfigDict:
         coeff=1.0,             # c_k; 0 switches the target off
         noise_weight="constant",  # a(t): one of objective.NOISE_WEIGHTS
         cutoff_lo=0.0, cutoff_hi=1.0,  # the window of noise_weight='cutoff'
+        source="",             # precompute of image folders: '' = computed (dinov2); else imported embeddings:
+                               # a dir mirroring the images (<synset>/<stem>.npy), an [N, dim] .npy in image
+                               # order, or an .npz with 'embeddings' [N, dim] and 'index' [N]
     ))
 
 

@@ -104,3 +104,39 @@ def test_latent_decoder_for_evaluation(folder):
     f = np.load(os.path.join(FIX, "vae_parity.npz"))
     out = train.latent_decoder(c)(jnp.asarray(f["z"]) * c.data.latent_scale)  # shards hold scaled latents
     np.testing.assert_allclose(out, f["decoded"], atol=1e-4)  # the diffusers decoder output of z
+
+
+def test_imported_embeddings_in_every_layout(folder, tmp_path):
+    paths, _, _ = imagenet.list_folder(str(folder / "train"))
+    emb = np.random.default_rng(2).normal(size=(len(paths), 5)).astype(np.float32)
+    per_image = tmp_path / "per_image"
+    for p, e in zip(paths, emb):
+        f = per_image / os.path.relpath(os.path.splitext(p)[0] + ".npy", folder / "train")
+        os.makedirs(f.parent, exist_ok=True)
+        np.save(f, e)
+    np.save(tmp_path / "all.npy", emb)
+    perm = np.random.default_rng(3).permutation(len(paths))
+    np.savez(tmp_path / "indexed.npz", embeddings=emb[perm], index=perm)
+    for i, src in enumerate((per_image, tmp_path / "all.npy", tmp_path / "indexed.npz")):
+        c = folder_config(folder)
+        c.targets.vlm = config_lib.target_template()
+        c.targets.vlm.update(depth=8, pooled=True, dim=5, coeff=0.5, source=str(src))
+        data = pipeline.read_all(precompute.precompute(c, str(tmp_path / f"w{i}")), "train")
+        np.testing.assert_array_equal(data["target/vlm"], emb)
+    c = folder_config(folder)
+    c.targets.vlm = config_lib.target_template()
+    c.targets.vlm.update(pooled=True, dim=6, source=str(tmp_path / "all.npy"))
+    with pytest.raises(records.DataError, match="width 5; targets.vlm.dim=6"):
+        precompute.precompute(c, str(tmp_path / "bad"))
+    np.savez(tmp_path / "dup.npz", embeddings=emb, index=np.r_[perm[:-1], perm[0]])
+    c.targets.vlm.update(dim=5, source=str(tmp_path / "dup.npz"))
+    with pytest.raises(records.DataError, match="exactly once"):
+        precompute.precompute(c, str(tmp_path / "bad"))
+    np.save(tmp_path / "short.npy", emb[:-1])
+    c.targets.vlm.source = str(tmp_path / "short.npy")
+    with pytest.raises(records.DataError, match=r"expected \[6 images"):
+        precompute.precompute(c, str(tmp_path / "bad"))
+    os.remove(per_image / "n02" / "img_0.npy")
+    c.targets.vlm.source = str(per_image)
+    with pytest.raises(records.DataError, match="1 of 6 images have no embedding file"):
+        precompute.precompute(c, str(tmp_path / "bad"))

@@ -9,8 +9,10 @@
 Per image (sorted synset folders, label = synset index): ADM center crop to `data.image_size`
 (256), then the VAE moments (mean, std) of the crop in [-1, 1] (field `moments`, [32, 32, 8])
 and, for a target named `dinov2`, the final-LayerNorm patch tokens of REPA's preprocessing
-(x / 255, ImageNet mean/std, bicubic to `precompute.dinov2_size` = 224; [256, 768]), plus
-`label` and `index`. Weights are local files: `.safetensors`, torch `.pth`/`.pt`/`.bin` (read
+(x / 255, ImageNet mean/std, bicubic to `precompute.dinov2_size` = 224; [256, 768]), any
+imported embedding (`targets.<name>.source`: REED's VLM vectors as one `.npy` per image in a
+folder mirroring the images, one [N, D] `.npy` in image order, or an `.npz` of `embeddings` and
+`index`; count, width and alignment checked first), plus `label` and `index`. Weights are local files: `.safetensors`, torch `.pth`/`.pt`/`.bin` (read
 without torch) or `.npz`; DINOv2 in the torch-hub or the transformers naming, the VAE in the
 diffusers naming. The encoders run data-parallel over the local devices; with several processes
 each writes its own shards (shard k on process k mod P). A finished shard (its record count
@@ -70,6 +72,51 @@ def build_dinov2(path: str, heads: int | None):
     return model, convert_dinov2.from_torch_hub(hub)
 
 
+def external_embeddings(name: str, target, paths: list[str], root: str):
+    """i -> [dim] float32 for an imported target (`targets.<name>.source`), checked for count, width
+    and alignment before any compute. See config.target_template for the accepted layouts."""
+    src, n, dim = target.source, len(paths), target.dim
+    key = f"targets.{name}.source={src!r}"
+    if os.path.isdir(src):
+        files = [os.path.join(src, os.path.splitext(os.path.relpath(p, root))[0] + ".npy") for p in paths]
+        missing = [f for f in files if not os.path.exists(f)]
+        if missing:
+            raise records.DataError(f"{key}: {len(missing)} of {n} images have no embedding file, e.g. {missing[0]}")
+        shape = np.load(files[0], mmap_mode="r").shape
+        if shape[-1] != dim or int(np.prod(shape)) != dim:
+            raise records.DataError(f"{key}: {files[0]} has shape {shape}; targets.{name}.dim={dim}")
+
+        def get(i):
+            v = np.load(files[i]).reshape(-1).astype(np.float32)
+            if v.shape != (dim,):
+                raise records.DataError(f"{key}: {files[i]} has {v.size} values, expected {dim}")
+            return v
+        return get
+    if not os.path.exists(src):
+        raise records.DataError(f"{key} does not exist")
+    if src.endswith(".npz"):
+        with np.load(src) as f:
+            if "embeddings" not in f.files or "index" not in f.files:
+                raise records.DataError(f"{key}: an .npz needs arrays 'embeddings' [N, dim] and 'index' [N]; has {f.files}")
+            emb, idx = f["embeddings"], f["index"].astype(np.int64)
+        if len(idx) != len(emb):
+            raise records.DataError(f"{key}: {len(emb)} embeddings but {len(idx)} indices")
+        if len(idx) != n or not np.array_equal(np.sort(idx), np.arange(n)):
+            raise records.DataError(f"{key}: the index must hold every image index 0..{n - 1} exactly once "
+                                    f"({len(idx)} entries, {len(np.unique(idx))} distinct, range "
+                                    f"{idx.min() if len(idx) else None}..{idx.max() if len(idx) else None})")
+        order = np.empty(n, np.int64)
+        order[idx] = np.arange(n)
+        emb = emb[order]
+    else:
+        emb = np.load(src, mmap_mode="r")
+        if emb.ndim != 2 or emb.shape[0] != n:
+            raise records.DataError(f"{key}: shape {emb.shape}; expected [{n} images (sorted folder order), {dim}]")
+    if emb.shape[1] != dim:
+        raise records.DataError(f"{key}: embeddings of width {emb.shape[1]}; targets.{name}.dim={dim}")
+    return lambda i: np.asarray(emb[i], np.float32)
+
+
 def _shard_done(path: str, count: int) -> bool:
     if not os.path.exists(path):
         return False
@@ -88,15 +135,17 @@ def precompute_images(config, out_dir: str, log=print) -> str:
     from tqdm import tqdm
 
     d, p = config.data, config.precompute
-    unknown = [n for n, t in config.targets.items() if n != TOKEN_TARGET]
+    unknown = [n for n, t in config.targets.items() if n != TOKEN_TARGET and not t.source]
     if unknown:
-        raise records.DataError(f"targets {unknown}: image-folder precompute computes the '{TOKEN_TARGET}' token target "
-                                f"only; import other embeddings (e.g. the VLM vectors) into the shards separately")
+        raise records.DataError(f"targets {unknown}: image-folder precompute computes the '{TOKEN_TARGET}' token target; "
+                                f"give other targets (e.g. the VLM vectors) a targets.<name>.source to import")
     paths, labels, synsets = imagenet.list_folder(d.imagenet_dir)
+    external = {n: external_embeddings(n, t, paths, d.imagenet_dir) for n, t in config.targets.items() if t.source}
     if len(synsets) != d.num_classes:
         raise records.DataError(f"data.num_classes={d.num_classes} but {d.imagenet_dir!r} has {len(synsets)} class folders")
     vae, vae_params = build_vae(p.vae_path, p.vae_groups)
-    dino = build_dinov2(p.dinov2_path, p.dinov2_heads) if TOKEN_TARGET in config.targets else None
+    dino = (build_dinov2(p.dinov2_path, p.dinov2_heads)
+            if TOKEN_TARGET in config.targets and not config.targets[TOKEN_TARGET].source else None)
     if dino is not None and dino[0].hidden != config.targets[TOKEN_TARGET].dim:
         raise records.DataError(f"targets.{TOKEN_TARGET}.dim={config.targets[TOKEN_TARGET].dim} but the DINOv2 weights "
                                 f"in {p.dinov2_path!r} have width {dino[0].hidden}")
@@ -123,7 +172,8 @@ def precompute_images(config, out_dir: str, log=print) -> str:
             feats = jax.device_get(encode(np.concatenate([imgs, np.zeros((pad,) + imgs.shape[1:], imgs.dtype)])))
             for j, i in enumerate(idx):
                 yield {"moments": feats["moments"][j], "label": labels[i], "index": np.int64(i),
-                       **{k: v[j] for k, v in feats.items() if k.startswith(records.TARGET_PREFIX)}}
+                       **{k: v[j] for k, v in feats.items() if k.startswith(records.TARGET_PREFIX)},
+                       **{records.TARGET_PREFIX + n: get(i) for n, get in external.items()}}
 
     first = next(examples(0, 1))
     schema = records.Schema.of(first)

@@ -74,6 +74,7 @@ def test_folder_to_shards_matches_direct_encoders_and_resumes(folder, tmp_path):
     logs.clear()
     precompute.precompute(c, str(tmp_path), logs.append)
     assert any("shard 0 of 2 already complete" in m for m in logs)
+    assert any("6 images x" in m and "GB of shards" in m for m in logs)  # the storage estimate, printed first
     _, manifest2 = records.read_manifest(out)
     assert manifest2["shards"] == manifest["shards"]
 

@@ -192,6 +192,8 @@ def precompute_images(config, out_dir: str, log=print) -> str:
         json.dump(schema.to_json(), fh, indent=1)
 
     n, k = len(paths), d.num_shards
+    log(f"{n} images x {schema.record_bytes / 1024:.1f} KiB per record = {n * schema.record_bytes / 1e9:.2f} GB of "
+        f"shards in {out_dir} ({', '.join(f'{f.name} {f.shape}' for f in schema.fields)})")
     bounds = np.linspace(0, n, k + 1).astype(int)
     mine = [i for i in range(k) if i % jax.process_count() == jax.process_index()]
     bar = tqdm(total=sum(bounds[i + 1] - bounds[i] for i in mine), unit="img", desc="precompute", dynamic_ncols=True)

@@ -118,12 +118,15 @@ def test_imported_embeddings_in_every_layout(folder, tmp_path):
     np.save(tmp_path / "all.npy", emb)
     perm = np.random.default_rng(3).permutation(len(paths))
     np.savez(tmp_path / "indexed.npz", embeddings=emb[perm], index=perm)
-    for i, src in enumerate((per_image, tmp_path / "all.npy", tmp_path / "indexed.npz")):
-        c = folder_config(folder)
-        c.targets.vlm = config_lib.target_template()
-        c.targets.vlm.update(depth=8, pooled=True, dim=5, coeff=0.5, source=str(src))
-        data = pipeline.read_all(precompute.precompute(c, str(tmp_path / f"w{i}")), "train")
-        np.testing.assert_array_equal(data["target/vlm"], emb)
+    c = folder_config(folder)
+    c.targets.vlm = config_lib.target_template()
+    c.targets.vlm.update(depth=8, pooled=True, dim=5, coeff=0.5, source=str(per_image))
+    data = pipeline.read_all(precompute.precompute(c, str(tmp_path / "w")), "train")
+    np.testing.assert_array_equal(data["target/vlm"], emb)  # end to end into the shards
+    for src in (tmp_path / "all.npy", tmp_path / "indexed.npz"):  # the other layouts, same vectors
+        c.targets.vlm.source = str(src)
+        get = precompute_images.external_embeddings("vlm", c.targets.vlm, paths, str(folder / "train"))
+        np.testing.assert_array_equal(np.stack([get(i) for i in range(len(paths))]), emb)
     c = folder_config(folder)
     c.targets.vlm = config_lib.target_template()
     c.targets.vlm.update(pooled=True, dim=6, source=str(tmp_path / "all.npy"))

@@ -34,9 +34,11 @@ def test_evaluate_mode_metrics_resume_and_npz(digits_shards, tmp_path, eval_inpu
     c.data.dir = digits_shards
     c.train.update(steps=2, eval_every=2, checkpoint_every=2)
     c.eval.update(inception_path=inception_path, reference=ref_path, fid_samples=20, fid_batch_size=8,
-                  inception_batch_size=8, inception_size=SIZE, save_npz=True)
-    train.train_and_evaluate(c, str(tmp_path), log=lambda *_: None)
-    r = train.evaluate_mode(c, str(tmp_path), log=lambda *_: None)
+                  inception_batch_size=8, inception_size=SIZE, save_npz=True, fid_every=2, fid_every_samples=20)
+    train.train_and_evaluate(c, str(tmp_path), log=lambda *_: None)  # in-training FID at step 2 (same batches)
+    logs = []
+    r = train.evaluate_mode(c, str(tmp_path), log=logs.append)
+    assert any("3 of 3 batches already done" in m for m in logs)  # written by the in-training evaluation
     assert r["num_samples"] == 20 and r["fid"] > 0 and r["sfid"] > 0 and r["inception_score"] >= 1.0
     assert 0.0 <= r["precision"] <= 1.0 and 0.0 <= r["recall"] <= 1.0
     out = os.path.join(tmp_path, "eval", r["tag"])

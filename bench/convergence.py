@@ -93,9 +93,9 @@ def shared_init(configs: dict, seed: int) -> dict:
         if missing:
             raise ValueError(f"variant {name}: modules {sorted(missing)} are not in the shared initialisation")
         out[name] = {k: ref[k] for k in shapes}
-        jax.tree.map(lambda a, b: None if a.shape == b.shape else
-                     (_ for _ in ()).throw(ValueError(f"variant {name}: shape {b.shape} != {a.shape}")),
-                     out[name], shapes)
+        for a, b in zip(jax.tree.leaves(out[name]), jax.tree.leaves(shapes)):
+            if a.shape != b.shape:
+                raise ValueError(f"variant {name}: shape {b.shape} != {a.shape}")
     return out
 
 

@@ -131,7 +131,6 @@ def _shard_done(path: str, count: int) -> bool:
 
 
 def precompute_images(config, out_dir: str, log=print) -> str:
-    from array_record.python.array_record_module import ArrayRecordWriter
     from tqdm import tqdm
 
     d, p = config.data, config.precompute
@@ -204,19 +203,15 @@ def precompute_images(config, out_dir: str, log=print) -> str:
             log(f"shard {i} of {k} already complete, kept")
             bar.update(count)
             continue
-        w = ArrayRecordWriter(path + ".tmp", "group_size:1")
-        for ex in examples(bounds[i], bounds[i + 1]):
-            w.write(records.encode(schema, ex))
-            bar.update(1)
-        w.close()
-        os.replace(path + ".tmp", path)
+        records.write_shard(out_dir, records.shard_name("train", i, k), schema, examples(bounds[i], bounds[i + 1]),
+                            on_write=lambda: bar.update(1))
     bar.close()
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("precompute shards written")
     if jax.process_index() == 0:
-        rows = [{"file": records.shard_name("train", i, k), "split": "train", "count": int(bounds[i + 1] - bounds[i]),
-                 "sha256": records._sha256(os.path.join(out_dir, records.shard_name("train", i, k)))} for i in range(k)]
+        rows = [records.manifest_row(out_dir, records.shard_name("train", i, k), "train", bounds[i + 1] - bounds[i])
+                for i in range(k)]
         records.write_manifest(out_dir, schema, rows, {"source": "imagenet_folder", "root": d.imagenet_dir,
                                                        "synsets": synsets})
         log(f"wrote {n} records in {k} shards to {out_dir} ({schema.record_bytes} bytes/record)")

@@ -110,26 +110,41 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def manifest_row(out_dir: str, name: str, split: str, count: int) -> dict:
+    """The manifest entry of a finished shard file (count and sha256)."""
+    return {"file": name, "split": split, "count": int(count), "sha256": _sha256(os.path.join(out_dir, name))}
+
+
+def write_shard(out_dir: str, name: str, schema: Schema, examples: Iterable[Mapping[str, np.ndarray]],
+                on_write=None) -> int:
+    """Write `examples` into `<out_dir>/<name>` under a temporary name, renamed when complete (a
+    half-written shard never has the final name). Returns the record count."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    path = os.path.join(out_dir, name)
+    w = ArrayRecordWriter(path + ".tmp", "group_size:1")
+    n = 0
+    for ex in examples:
+        w.write(encode(schema, ex))
+        n += 1
+        if on_write is not None:
+            on_write()
+    w.close()
+    os.replace(path + ".tmp", path)
+    return n
+
+
 def write_split(out_dir: str, split: str, schema: Schema, examples: Sequence[Mapping[str, np.ndarray]],
                 num_shards: int) -> list[dict]:
     """Write `examples` into `num_shards` ArrayRecord files (contiguous ranges). Each shard is written
     under a temporary name and renamed when complete. Returns manifest rows."""
-    from array_record.python.array_record_module import ArrayRecordWriter
-
     os.makedirs(out_dir, exist_ok=True)
-    n = len(examples)
-    bounds = np.linspace(0, n, num_shards + 1).astype(int)
+    bounds = np.linspace(0, len(examples), num_shards + 1).astype(int)
     rows = []
     for i in range(num_shards):
         name = shard_name(split, i, num_shards)
-        path = os.path.join(out_dir, name)
-        tmp = path + ".tmp"
-        w = ArrayRecordWriter(tmp, "group_size:1")
-        for j in range(bounds[i], bounds[i + 1]):
-            w.write(encode(schema, examples[j]))
-        w.close()
-        os.replace(tmp, path)
-        rows.append({"file": name, "split": split, "count": int(bounds[i + 1] - bounds[i]), "sha256": _sha256(path)})
+        count = write_shard(out_dir, name, schema, (examples[j] for j in range(bounds[i], bounds[i + 1])))
+        rows.append(manifest_row(out_dir, name, split, count))
     return rows
 
 

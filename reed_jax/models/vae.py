@@ -90,30 +90,22 @@ class Upsample(nn.Module):
         return _conv(self.channels, 3, "conv")(x)
 
 
-class DownBlock(nn.Module):
+class Level(nn.Module):
+    """`layers` ResNet blocks, then the level's resampler (`Downsample` in the encoder, `Upsample`
+    in the decoder, none at the last level), named as diffusers names them."""
     out: int
     layers: int
     groups: int
-    downsample: bool
+    resample: type | None = None  # Downsample or Upsample
 
     @nn.compact
     def __call__(self, x):
         for j in range(self.layers):
             x = ResnetBlock(self.out, self.groups, name=f"resnets_{j}")(x)
-        return Downsample(self.out, name="downsamplers_0")(x) if self.downsample else x
-
-
-class UpBlock(nn.Module):
-    out: int
-    layers: int
-    groups: int
-    upsample: bool
-
-    @nn.compact
-    def __call__(self, x):
-        for j in range(self.layers):
-            x = ResnetBlock(self.out, self.groups, name=f"resnets_{j}")(x)
-        return Upsample(self.out, name="upsamplers_0")(x) if self.upsample else x
+        if self.resample is None:
+            return x
+        name = "downsamplers_0" if self.resample is Downsample else "upsamplers_0"
+        return self.resample(self.out, name=name)(x)
 
 
 class Encoder(nn.Module):
@@ -126,7 +118,8 @@ class Encoder(nn.Module):
     def __call__(self, x):
         x = _conv(self.widths[0], 3, "conv_in")(x)
         for i, w in enumerate(self.widths):
-            x = DownBlock(w, self.layers, self.groups, i < len(self.widths) - 1, name=f"down_blocks_{i}")(x)
+            last = i == len(self.widths) - 1
+            x = Level(w, self.layers, self.groups, None if last else Downsample, name=f"down_blocks_{i}")(x)
         x = MidBlock(self.widths[-1], self.groups, name="mid_block")(x)
         x = nn.silu(_norm(self.groups, "conv_norm_out")(x))
         return _conv(2 * self.latent, 3, "conv_out")(x)
@@ -144,7 +137,8 @@ class Decoder(nn.Module):
         x = _conv(rev[0], 3, "conv_in")(z)
         x = MidBlock(rev[0], self.groups, name="mid_block")(x)
         for i, w in enumerate(rev):
-            x = UpBlock(w, self.layers + 1, self.groups, i < len(rev) - 1, name=f"up_blocks_{i}")(x)
+            last = i == len(rev) - 1
+            x = Level(w, self.layers + 1, self.groups, None if last else Upsample, name=f"up_blocks_{i}")(x)
         x = nn.silu(_norm(self.groups, "conv_norm_out")(x))
         return _conv(self.out_channels, 3, "conv_out")(x)
 

@@ -372,7 +372,7 @@ def fid_evaluate(config, workdir: str, params, step: int, mesh=None, num_samples
 
     t0 = time.time()
     paths = fid_eval.run_batches(os.path.join(out_dir, "batches"), n, bs, make_images, extractor, e.save_npz, log)
-    result = dict(fid_eval.score(paths, n, ref), step=step, tag=tag, seconds=time.time() - t0)
+    result = dict(fid_eval.score(paths, n, ref, frechet_method=config.eval.frechet_method), step=step, tag=tag, seconds=time.time() - t0)
     if jax.process_index() == 0:
         with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
             json.dump(result, fh, indent=1)

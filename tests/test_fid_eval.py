@@ -34,7 +34,8 @@ def test_evaluate_mode_metrics_resume_and_npz(digits_shards, tmp_path, eval_inpu
     c.data.dir = digits_shards
     c.train.update(steps=2, eval_every=2, checkpoint_every=2)
     c.eval.update(inception_path=inception_path, reference=ref_path, fid_samples=20, fid_batch_size=8,
-                  inception_batch_size=8, inception_size=SIZE, save_npz=True, fid_every=2, fid_every_samples=20)
+                  inception_batch_size=8, inception_size=SIZE, save_npz=True, fid_every=2, fid_every_samples=20,
+                  frechet_method="eigh")  # sqrtm == eigh is tested in test_metrics
     train.train_and_evaluate(c, str(tmp_path), log=lambda *_: None)  # in-training FID at step 2 (same batches)
     logs = []
     r = train.evaluate_mode(c, str(tmp_path), log=logs.append)
@@ -51,8 +52,8 @@ def test_evaluate_mode_metrics_resume_and_npz(digits_shards, tmp_path, eval_inpu
     # the metrics are those of the saved samples, computed directly
     f = fid_eval.Extractor(fid_eval.load_inception_params(inception_path), 8, SIZE)(arr)
     from reed_jax.evaluation import frechet
-    assert r["fid"] == pytest.approx(frechet.frechet_distance(*frechet.statistics(f["pool_3"]), ref["mu"], ref["sigma"]),
-                                     rel=1e-6)
+    assert r["fid"] == pytest.approx(frechet.frechet_distance(*frechet.statistics(f["pool_3"]), ref["mu"], ref["sigma"],
+                                                                    method="eigh"), rel=1e-6)
     # a killed run resumes: remove one batch, corrupt another; the rerun recomputes exactly those
     os.remove(os.path.join(out, "batches", "batch_00001.npz"))
     with open(os.path.join(out, "batches", "batch_00002.npz"), "wb") as fh:

@@ -44,6 +44,19 @@ def test_fid_matches_direct_formula_and_survives_singular_covariances():
     assert fid == pytest.approx(ref, rel=1e-3)
 
 
+def test_eigh_frechet_equals_the_sqrtm_protocol():
+    rng = np.random.default_rng(3)
+    mix = rng.normal(size=(64, 64))
+    x, y = rng.normal(size=(300, 64)) @ mix, rng.normal(size=(250, 64)) @ mix * 0.7 + 0.3
+    stats = (*frechet.statistics(x), *frechet.statistics(y))
+    a, b = frechet.frechet_distance(*stats), frechet.frechet_distance(*stats, method="eigh")
+    assert b == pytest.approx(a, rel=1e-10) and a == pytest.approx(direct_fid(x, y), rel=1e-10)
+    lo = (*frechet.statistics(x[:20]), *frechet.statistics(y[:30]))  # rank-deficient
+    assert frechet.frechet_distance(*lo, method="eigh") == pytest.approx(frechet.frechet_distance(*lo), rel=1e-5)
+    with pytest.raises(ValueError, match="'svd'"):
+        frechet.frechet_distance(*stats, method="svd")
+
+
 def test_streaming_inception_score_equals_adm_formula():
     rng = np.random.default_rng(2)
     logits = rng.normal(size=(23, 10)) * 3

@@ -216,8 +216,9 @@ def run_batches(out_dir: str, num_samples: int, batch_size: int, make_images: Ca
     return paths
 
 
-def score(paths: Iterable[str], num_samples: int, ref: dict, pr_k: int = 3) -> dict:
-    """Stream batch files (the first `num_samples` samples) into FID, sFID, IS and precision/recall."""
+def score(paths: Iterable[str], num_samples: int, ref: dict, pr_k: int = 3, frechet_method: str = "sqrtm") -> dict:
+    """Stream batch files (the first `num_samples` samples) into FID, sFID, IS and precision/recall
+    (`frechet_method`: see frechet.frechet_distance)."""
     pool_m, spatial_m, is_ = metrics.Moments(2048), None, metrics.InceptionScore()
     pools, seen = [], 0
     for p in paths:
@@ -237,8 +238,9 @@ def score(paths: Iterable[str], num_samples: int, ref: dict, pr_k: int = 3) -> d
             pools.append(f["pool_3"][:take])
         seen += take
     out = {"num_samples": seen,
-           "fid": metrics.fid_from_moments(pool_m, ref["mu"], ref["sigma"]),
-           "sfid": metrics.fid_from_moments(spatial_m, ref["mu_s"], ref["sigma_s"]) if "mu_s" in ref else None,
+           "fid": metrics.fid_from_moments(pool_m, ref["mu"], ref["sigma"], frechet_method),
+           "sfid": (metrics.fid_from_moments(spatial_m, ref["mu_s"], ref["sigma_s"], frechet_method)
+                    if "mu_s" in ref else None),
            "inception_score": is_.score()}
     if "pool_3" in ref:
         out["precision"], out["recall"] = metrics.ManifoldPR(k=pr_k)(ref["pool_3"], np.concatenate(pools))

@@ -166,6 +166,6 @@ class ManifoldPR:
         return precision, recall
 
 
-def fid_from_moments(a: Moments, b_mu: np.ndarray, b_sigma: np.ndarray) -> float:
+def fid_from_moments(a: Moments, b_mu: np.ndarray, b_sigma: np.ndarray, method: str = "sqrtm") -> float:
     mu, sigma = a.stats()
-    return frechet.frechet_distance(mu, sigma, b_mu, b_sigma)
+    return frechet.frechet_distance(mu, sigma, b_mu, b_sigma, method=method)

@@ -213,7 +213,8 @@ class FIDInception(nn.Module):
 def init_params(seed: int = 0, size: int = SIZE) -> dict:
     """Random params (tests; real weights come from the converter)."""
     net = FIDInception()
-    return net.init(jax.random.PRNGKey(seed), jnp.zeros((1, size, size, 3)), resize=False)["params"]
+    init = jax.jit(lambda key: net.init(key, jnp.zeros((1, size, size, 3)), resize=False)["params"])
+    return init(jax.random.PRNGKey(seed))
 
 
 @functools.lru_cache(maxsize=None)

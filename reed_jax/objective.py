@@ -38,8 +38,9 @@ def noise_weight(kind: str, t: jax.Array, lo: float = 0.0, hi: float = 1.0) -> j
 
 
 def _normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """F.normalize: x / max(||x||, eps) along the last axis."""
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+    """F.normalize: x / max(||x||, eps) along the last axis, as sqrt(max(||x||^2, eps^2)) so an all-zero
+    row (a padded residue) has a zero gradient instead of NaN."""
+    return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
 def alignment_loss(pred: jax.Array, target: jax.Array, mask: jax.Array | None = None) -> jax.Array:

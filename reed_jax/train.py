@@ -21,7 +21,7 @@ import optax
 from reed_jax import checkpoint, config as config_lib, curriculum, objective, parallel, visualize
 from reed_jax.data import pipeline, precompute, records
 from reed_jax.diffusion import interpolants, samplers
-from reed_jax.models import sit as sit_lib
+from reed_jax.models import encoders, sit as sit_lib
 from reed_jax.models.sit import TargetSpec, build_sit
 
 # ----------------------------------------------------------------------------- model and optimizer
@@ -32,12 +32,17 @@ def target_specs(config) -> list[TargetSpec]:
 
 
 def build_model(config):
+    """The backbone of `config.track` with its projectors: SiT (image) or ProteinREED (protein)."""
+    if config.track == "protein":
+        from reed_jax.protein import model as protein_model
+        return protein_model.build_model(config)
     return build_sit(config.model, tuple(config.data.image_shape), config.data.num_classes, target_specs(config))
 
 
 def logical_specs(model) -> Any:
-    """Logical axis names of the backbone's params (what `parallel.RULES` maps to the mesh)."""
-    return sit_lib.logical_specs(model)
+    """Logical axis names of the backbone's params (what `parallel.RULES` maps to the mesh); None
+    for backbones without names (their arrays get the size-based FSDP tactic)."""
+    return sit_lib.logical_specs(model) if isinstance(model, sit_lib.SiT) else None
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -49,6 +54,11 @@ def make_optimizer(config) -> optax.GradientTransformation:
 def signature(config) -> dict:
     """What must match for a checkpoint to belong to this run's model."""
     m = config.model
+    if config.track == "protein":
+        p = config.protein
+        return {"track": "protein", "model": [m.hidden, p.enc_layers, p.dec_layers, p.k, m.projector_width],
+                "max_length": p.max_length,
+                "targets": {n: [t.tap, t.dim, t.proj_width] for n, t in config.targets.items()}}
     return {"model": [m.depth, m.hidden, m.heads, m.patch_size, m.mlp_ratio, m.projector_width],
             "scan": bool(m.scan),  # the param layout: per-block or stacked runs
             "data_shape": list(config.data.image_shape), "num_classes": config.data.num_classes,
@@ -73,12 +83,15 @@ class NonFiniteError(RuntimeError):
 
 
 def init_state(config, model, tx) -> TrainState:
-    h, w, c = config.data.image_shape
     key = jax.random.PRNGKey(config.seed)
     k_init, k_drop, k_run = jax.random.split(key, 3)
-    x = jnp.zeros((1, h, w, c))
-    params = flax.linen.unbox(model.init({"params": k_init, "label_dropout": k_drop}, x, jnp.zeros((1,)),
-                                         jnp.zeros((1,), jnp.int32), train=True)["params"])
+    if config.track == "protein":
+        from reed_jax.protein import model as protein_model
+        params = protein_model.init_params(config, model, k_init)
+    else:
+        x = jnp.zeros((1,) + tuple(config.data.image_shape))
+        params = flax.linen.unbox(model.init({"params": k_init, "label_dropout": k_drop}, x, jnp.zeros((1,)),
+                                             jnp.zeros((1,), jnp.int32), train=True)["params"])
     zero = lambda: jnp.zeros((), jnp.int32)  # distinct buffers: the step donates every leaf
     return TrainState(step=zero(), params=params, ema_params=jax.tree.map(jnp.copy, params),
                       opt_state=tx.init(params), rng=k_run, skipped=zero(), consecutive_skips=zero())
@@ -103,8 +116,21 @@ def image_losses(config, model, params, batch, rng):
     return objective.mse_per_sample(pred, v), align, t
 
 
-def make_train_step(config, model, tx, losses_fn: Callable = image_losses, mesh=None, shardings=None):
+def track_losses(config) -> Callable:
+    """The track's (config, model, params, batch, rng) -> (gen [B], align {name: [B]}, t [B])."""
+    if config.track == "protein":
+        from reed_jax.protein import model as protein_model
+        return protein_model.losses
+    return image_losses
+
+
+def make_train_step(config, model, tx, losses_fn: Callable | None = None, mesh=None, shardings=None,
+                    frozen: dict | None = None):
     """(state, batch) -> (state, metrics). batch: {field: [B, ...]} arrays.
+
+    `frozen` ({target name: encoders.FrozenEncoder}, `encoder.mode='online'`): those targets are
+    computed inside the step from the batch's `pixels` (uint8 crops), under stop_gradient; the
+    encoders' weights are a (replicated) argument of the jitted step, not constants baked into it.
 
     A step whose loss, gradients or update are not finite keeps params, EMA and optimizer state
     as they were (the step counter still advances past the batch) and counts the skip.
@@ -116,7 +142,13 @@ def make_train_step(config, model, tx, losses_fn: Callable = image_losses, mesh=
     targets = {n: dict(t) for n, t in config.targets.items()}
     decay = config.optim.ema_decay
 
-    def step(state: TrainState, batch):
+    frozen = frozen or {}
+    losses_fn = losses_fn or track_losses(config)
+
+    def step(state: TrainState, batch, frozen_params):
+        if frozen:
+            batch = dict(batch, **{records.TARGET_PREFIX + n: jax.lax.stop_gradient(
+                enc.apply(frozen_params[n], batch["pixels"]).astype(jnp.float32)) for n, enc in frozen.items()})
         rng = jax.random.fold_in(state.rng, state.step)
 
         def loss_fn(params):
@@ -138,10 +170,40 @@ def make_train_step(config, model, tx, losses_fn: Callable = image_losses, mesh=
                        skipped=new.skipped, consecutive_skips=new.consecutive_skips)
         return new, metrics
 
+    if not frozen:
+        plain = lambda state, batch: step(state, batch, {})
+        if mesh is None:
+            return jax.jit(plain, donate_argnums=0)
+        return jax.jit(plain, in_shardings=(shardings, parallel.batch_sharding(mesh)),
+                       out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+    params = {n: enc.params for n, enc in frozen.items()}
     if mesh is None:
-        return jax.jit(step, donate_argnums=0)
-    return jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                   out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+        fn, params = jax.jit(step, donate_argnums=0), jax.device_put(params)
+    else:
+        fn = jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
+                     out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+        params = jax.device_put(params, parallel.replicated(mesh))
+    return lambda state, batch: fn(state, batch, params)
+
+
+def online_encoders(config) -> dict:
+    """{target name: FrozenEncoder} run inside the step (`encoder.mode='online'`), else {}; each one's
+    output shape is checked against its target before any compute."""
+    from reed_jax.data import precompute_images
+
+    if config.encoder.mode != "online":
+        return {}
+    shapes = config_lib.target_shapes(config)
+    out = {}
+    for name, t in precompute_images.image_targets(config).items():
+        enc = encoders.build(name, t, config)
+        s = config.data.image_size
+        have = jax.eval_shape(enc.apply, enc.params, jax.ShapeDtypeStruct((1, s, s, 3), jnp.uint8)).shape[1:]
+        if tuple(have) != tuple(shapes[name]):
+            raise records.DataError(f"targets.{name}: encoder {t.encoder} gives features of shape {tuple(have)} on "
+                                    f"{s}x{s} crops; the config expects {tuple(shapes[name])}")
+        out[name] = enc
+    return out
 
 
 def create_state(config, model, tx, shardings):
@@ -186,17 +248,33 @@ def generate(sample_fn, params, labels: np.ndarray, batch_size: int, seed: int, 
 
 
 def grid_labels(config) -> np.ndarray:
-    """One row per class, `sample.grid_per_class` columns."""
-    return np.repeat(np.arange(config.data.num_classes), config.sample.grid_per_class).astype(np.int32)
+    """One row per class (`sample.grid_classes` of them spread over the labels, 0 = all),
+    `sample.grid_per_class` columns."""
+    n, k = config.data.num_classes, config.sample.grid_classes
+    classes = np.arange(n) if not k or k >= n else np.linspace(0, n - 1, k).round().astype(int)
+    return np.repeat(classes, config.sample.grid_per_class).astype(np.int32)
 
 # ----------------------------------------------------------------------------- the loop
 
 
 def check_data(config, data_dir: str) -> None:
     """Shards exist, hold the configured targets with the configured widths, and one batch fits."""
+    from reed_jax.data import precompute_images
+
     schema, manifest = records.read_manifest(data_dir)
     records.split_files(data_dir, manifest, "train")
-    records.check_targets(schema, config_lib.target_shapes(config), data_dir)
+    if config.track == "protein":
+        from reed_jax.protein import model as protein_model
+        return protein_model.check_data(config, schema, data_dir)
+    shapes = config_lib.target_shapes(config)
+    if config.encoder.mode == "online":
+        for name in precompute_images.image_targets(config):
+            shapes.pop(name)
+        s = config.data.image_size
+        if "pixels" not in schema.names or tuple(schema.field("pixels").shape) != (s, s, 3):
+            raise records.DataError(f"encoder.mode='online' needs crops (field 'pixels' [{s}, {s}, 3]) in the shards "
+                                    f"in {data_dir!r}; they hold {schema.names}: precompute with encoder.mode='online'")
+    records.check_targets(schema, shapes, data_dir)
     x_field = "image" if config.data.kind == "pixels" else "moments"
     want = tuple(config.data.image_shape)
     if x_field == "moments":
@@ -214,10 +292,10 @@ def _writer(workdir):
 
 
 def evaluate(config, workdir: str, sample_fn, params, step: int, scorer=None, log=print,
-             mesh=None) -> tuple[dict, np.ndarray]:
-    """Sample a grid (PNG, one row per class) and, for digits, digits-FD and sample accuracy.
-    Returns (result, grid samples [N, H, W, C] in [-1, 1])."""
-    grid = generate(sample_fn, params, grid_labels(config), config.sample.batch_size, config.seed + 1, mesh)
+             mesh=None, render: Callable = lambda x: x) -> tuple[dict, np.ndarray]:
+    """Sample a grid (PNG, one row per class; `render` turns samples into images) and, for digits,
+    digits-FD and sample accuracy. Returns (result, grid images [N, H, W, C] in [-1, 1])."""
+    grid = render(generate(sample_fn, params, grid_labels(config), config.sample.batch_size, config.seed + 1, mesh))
     path = os.path.join(workdir, "samples", f"grid_{step:07d}.png")
     if jax.process_index() == 0:  # files from process 0 only
         visualize.save_grid(grid, config.sample.grid_per_class, path, upscale=4)
@@ -228,6 +306,21 @@ def evaluate(config, workdir: str, sample_fn, params, step: int, scorer=None, lo
         images = generate(sample_fn, params, labels, config.sample.batch_size, config.seed + 2, mesh)
         result.update(scorer(images, labels))
     return result, grid
+
+
+def make_evaluator(config, workdir: str, data_dir: str, model, mesh, render: Callable, log=print) -> Callable:
+    """(params, step) -> (result dict, grid images or None): the track's periodic evaluation."""
+    if config.track == "protein":
+        from reed_jax.protein import evaluate as protein_eval, model as protein_model
+        batches = protein_model.eval_batches(data_dir, "validation", config.sample.batch_size)
+        return protein_eval.make_evaluator(config, model, batches)
+    scorer = None
+    if config.data.source == "digits":
+        from reed_jax.data import digits
+        from reed_jax.evaluation.digits_fd import DigitsScorer
+        scorer = DigitsScorer(precompute.fd_params(config, data_dir, log), digits.load()[0])
+    sample_fn = make_sample_fn(config, model)
+    return lambda params, step: evaluate(config, workdir, sample_fn, params, step, scorer, log, mesh, render)
 
 
 def train_and_evaluate(config, workdir: str, log=print) -> dict:
@@ -246,6 +339,8 @@ def _train(config, workdir: str, log, stop: "StopOnSignal") -> dict:
     config_lib.validate(config, jax.device_count())
     data_dir = precompute.data_dir(config, workdir)
     check_data(config, data_dir)
+    frozen = online_encoders(config)
+    render = grid_renderer(config, log)
     if config.eval.fid_every:  # the in-training FID's inputs are checked before any compute
         from reed_jax.evaluation import fid_eval
         fid_eval.check_inputs(config.eval, f"eval.fid_every={config.eval.fid_every}")
@@ -273,14 +368,9 @@ def _train(config, workdir: str, log, stop: "StopOnSignal") -> dict:
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     log(f"model {config.model.name}: {n_params / 1e6:.2f}M parameters (projectors included); workdir {workdir}")
 
-    scorer = None
-    if config.data.source == "digits":
-        from reed_jax.data import digits
-        from reed_jax.evaluation.digits_fd import DigitsScorer
-        scorer = DigitsScorer(precompute.fd_params(config, data_dir, log), digits.load()[0])
+    run_eval = make_evaluator(config, workdir, data_dir, model, mesh, render, log)
 
-    train_step = make_train_step(config, model, tx, mesh=mesh, shardings=shardings)
-    sample_fn = make_sample_fn(config, model)
+    train_step = make_train_step(config, model, tx, mesh=mesh, shardings=shardings, frozen=frozen)
     writer = _writer(workdir)
     writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
     start, total = int(state.step), config.train.steps
@@ -317,11 +407,12 @@ def _train(config, workdir: str, log, stop: "StopOnSignal") -> dict:
             writer.write_scalars(step, metrics)
             bar.set_postfix(loss=f"{metrics['loss/total']:.4f}", gen=f"{metrics['loss/gen']:.4f}")
         if step % config.train.eval_every == 0 or step == total:
-            last, grid_images = evaluate(config, workdir, sample_fn, state.ema_params, step, scorer, log, mesh)
+            last, grid_images = run_eval(state.ema_params, step)
             history.append(last)
             writer.write_scalars(step, {f"eval/{k}": v for k, v in last.items() if isinstance(v, float)})
-            grid_png = visualize.grid(visualize.to_uint8(grid_images), config.sample.grid_per_class)
-            writer.write_images(step, {"samples": grid_png[None]})
+            if grid_images is not None:
+                grid_png = visualize.grid(visualize.to_uint8(grid_images), config.sample.grid_per_class)
+                writer.write_images(step, {"samples": grid_png[None]})
             if jax.process_index() == 0:
                 with open(results_path, "w") as fh:
                     json.dump({"final": last, "evals": history}, fh, indent=1)
@@ -382,14 +473,36 @@ def fid_evaluate(config, workdir: str, params, step: int, mesh=None, num_samples
     return result
 
 
+def decoder_path(config) -> tuple[str, str]:
+    """(path, config key) of the SD-VAE whose decoder renders latents: eval.vae_decoder_path (the
+    protocol's sd-vae-ft-ema), else precompute.vae_path (the encoder of the shards)."""
+    if config.eval.vae_decoder_path:
+        return config.eval.vae_decoder_path, "eval.vae_decoder_path"
+    return config.precompute.vae_path, "precompute.vae_path"
+
+
 def latent_decoder(config) -> Callable:
-    """latents [B, h, w, 4] (scaled by data.latent_scale) -> images [B, H, W, 3] through the SD-VAE
-    decoder of `precompute.vae_path` (the one that encoded the shards)."""
+    """latents [B, h, w, 4] (scaled by data.latent_scale) -> images [B, H, W, 3] in [-1, 1] through
+    the SD-VAE decoder of `decoder_path(config)`."""
     from reed_jax.data import precompute_images
 
-    vae, vae_params = precompute_images.build_vae(config.precompute.vae_path, config.precompute.vae_groups)
-    fn = jax.jit(lambda z: vae.apply({"params": vae_params}, z / config.data.latent_scale, method=vae.decode))
-    return lambda z: np.asarray(fn(z))
+    path, key = decoder_path(config)
+    vae, vae_params = precompute_images.build_vae(path, config.precompute.vae_groups, key)
+    fn = jax.jit(lambda p, z: vae.apply({"params": p}, z / config.data.latent_scale, method=vae.decode))
+    vae_params = jax.device_put(vae_params)
+    return lambda z: np.asarray(fn(vae_params, z))
+
+
+def grid_renderer(config, log=print) -> Callable:
+    """samples -> images in [-1, 1] for PNG grids: pixels as they are; latents decoded by the VAE
+    decoder when its weights exist, else (training without them) latent channels 0-2 rescaled."""
+    if config.data.kind == "pixels":
+        return lambda x: x
+    path, key = decoder_path(config)
+    if path and os.path.exists(path):
+        return latent_decoder(config)
+    log(f"{key}={path!r} does not exist: sample grids show latent channels 0-2, not decoded images")
+    return lambda z: np.clip(np.asarray(z)[..., :3] / 2.0, -1.0, 1.0)
 
 
 def evaluate_mode(config, workdir: str, log=print) -> dict:
@@ -398,9 +511,10 @@ def evaluate_mode(config, workdir: str, log=print) -> dict:
 
     config_lib.validate(config, jax.device_count())
     fid_eval.check_inputs(config.eval, "--mode=evaluate")
-    if config.data.kind == "latents" and not os.path.exists(config.precompute.vae_path or ""):
-        raise fid_eval.EvalError(f"--mode=evaluate of a latent model needs precompute.vae_path (the SD-VAE that "
-                                 f"encoded the shards, for its decoder); {config.precompute.vae_path!r} does not exist")
+    path, key = decoder_path(config)
+    if config.data.kind == "latents" and not os.path.exists(path or ""):
+        raise fid_eval.EvalError(f"--mode=evaluate of a latent model needs {key} (an SD-VAE whose decoder renders "
+                                 f"the samples; eval.vae_decoder_path, else precompute.vae_path); {path!r} does not exist")
     model, tx = build_model(config), make_optimizer(config)
     mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
     if mngr.latest_step() is None:
@@ -449,10 +563,12 @@ def sample_mode(config, workdir: str, log=print) -> str:
     checkpoint.check_signature(mngr, signature(config), workdir)
     state, _ = checkpoint.restore(mngr, abstract_state(config, model, tx))
     labels = grid_labels(config)
-    images = generate(make_sample_fn(config, model), state.ema_params, labels, config.sample.batch_size, config.seed + 3)
+    samples = generate(make_sample_fn(config, model), state.ema_params, labels, config.sample.batch_size, config.seed + 3)
+    images = grid_renderer(config, log)(samples)
     step = int(state.step)
     out = os.path.join(workdir, "samples", f"sample_{step:07d}.png")
     visualize.save_grid(images, config.sample.grid_per_class, out, upscale=4)
-    np.savez(out.replace(".png", ".npz"), arr_0=visualize.to_uint8(images), labels=labels)
+    np.savez(out.replace(".png", ".npz"), arr_0=visualize.to_uint8(images), labels=labels,
+             **({"latents": samples} if config.data.kind == "latents" else {}))
     log(f"wrote {out} and {out.replace('.png', '.npz')}")
     return out

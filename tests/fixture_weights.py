@@ -27,3 +27,17 @@ def random_state_dict(keys, shapes, seed: int) -> dict[str, np.ndarray]:
             fan_in = int(np.prod(shape[1:]))
             out[k] = rng.normal(0, np.sqrt(2.0 / fan_in), shape).astype(np.float32)
     return out
+
+
+def write_tiny_image_weights(d) -> tuple[str, str]:
+    """The parity fixtures' tiny random SD-VAE (diffusers names, 8 groups, x2 down) and DINOv2
+    (transformers names, width 16, 2 heads) as .npz weight files in `d`: (vae path, dinov2 path)."""
+    import os
+
+    fix = os.path.join(os.path.dirname(__file__), "fixtures")
+    vae = np.load(os.path.join(fix, "vae_parity.npz"))
+    np.savez(os.path.join(d, "vae.npz"), **{k[3:]: vae[k] for k in vae.files if k.startswith("sd/")})
+    dino = np.load(os.path.join(fix, "dinov2_parity.npz"))
+    np.savez(os.path.join(d, "dinov2.npz"), **{k[len("plain/sd/"):]: dino[k] for k in dino.files
+                                               if k.startswith("plain/sd/")})
+    return os.path.join(d, "vae.npz"), os.path.join(d, "dinov2.npz")

@@ -60,3 +60,48 @@ def test_every_sit_size_has_imagenet_reed_taps(size):
     c = config_lib.imagenet_config(size, "reed")
     config_lib.validate(c)
     assert c.targets.dinov2.depth < c.targets.vlm.depth <= c.model.depth
+
+
+def test_imagenet_config_paths_follow_paths_root_and_name_encoders():
+    c = load_config("imagenet_sit_xl_2_reed")
+    assert c.data.imagenet_dir == "/data/reed/imagenet/train" and c.targets.dinov2.encoder == "dinov2_vitb14"
+    c.paths_root = "/mnt/x"  # what --config.paths_root=/mnt/x does: every derived path moves
+    assert c.data.dir == "/mnt/x/shards/imagenet256"
+    assert c.precompute.vae_path == "/mnt/x/weights/sd-vae-ft-mse.safetensors"
+    assert c.eval.vae_decoder_path == "/mnt/x/weights/sd-vae-ft-ema.safetensors"  # the protocol's decoder
+    assert c.targets.dinov2.weights == "/mnt/x/weights/dinov2_vitb14.pth" and c.targets.dinov2.dtype == "bfloat16"
+    assert c.targets.vlm.encoder == "external" and c.targets.vlm.source == "/mnt/x/embeddings/qwen2vl7b_l15"
+    c.data.dir = "/elsewhere"  # one path overridden alone
+    assert c.data.dir == "/elsewhere" and c.data.imagenet_dir == "/mnt/x/imagenet/train"
+
+
+def test_encoder_registry_names():
+    from reed_jax.models import encoders
+
+    names = encoders.names()
+    for n in ("dinov2_vits14", "dinov2_vitb14", "dinov2_vitb14_reg", "dinov2_vitl14", "dinov2_vitg14_reg",
+              "dinov2", "external", "digits"):
+        assert n in names
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda c: c.targets.dinov2.update(encoder="clip"), "targets.dinov2.encoder='clip' is not one of"),
+    (lambda c: c.targets.vlm.update(source=""), "imported embeddings need encoder='external' and a source"),
+    (lambda c: c.targets.dinov2.update(source="/x.npy"), "imported embeddings need encoder='external'"),
+    (lambda c: c.targets.dinov2.update(encoder="digits"), "does not fit data.source='imagenet'"),
+    (lambda c: c.targets.dinov2.update(dtype="float16"), "targets.dinov2.dtype='float16'"),
+    (lambda c: c.encoder.update(mode="lazy"), "encoder.mode='lazy'"),
+    (lambda c: c.data.update(image_source="s3"), "data.image_source='s3'"),
+])
+def test_target_encoder_keys_are_validated(edit, match):
+    c = config_lib.imagenet_config("B", "reed")
+    edit(c)
+    with pytest.raises(config_lib.ConfigError, match=match):
+        config_lib.validate(c)
+
+
+def test_online_mode_needs_an_image_source():
+    c = load_config("demo")
+    c.encoder.mode = "online"
+    with pytest.raises(config_lib.ConfigError, match="encoder.mode='online' .* needs data.source='imagenet'"):
+        config_lib.validate(c)

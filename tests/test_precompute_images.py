@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fixture_weights import write_tiny_image_weights
 from reed_jax import config as config_lib
-from reed_jax.convert import dinov2 as convert_dinov2
-from reed_jax.data import imagenet, pipeline, precompute, precompute_images, records
+from reed_jax.convert import dinov2 as convert_dinov2, weight_file
+from reed_jax.data import image_sources, imagenet, pipeline, precompute, precompute_images, records
 from reed_jax.models.encoders import dinov2
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -33,19 +34,17 @@ def folder(tmp_path_factory):
         os.makedirs(d / "train" / s)
         for j, (w, h) in enumerate(sizes):
             Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(d / "train" / s / f"img_{j}.png")
-    vae = np.load(os.path.join(FIX, "vae_parity.npz"))
-    np.savez(d / "vae.npz", **{k[3:]: vae[k] for k in vae.files if k.startswith("sd/")})
-    dino = np.load(os.path.join(FIX, "dinov2_parity.npz"))
-    np.savez(d / "dinov2.npz", **{k[len("plain/sd/"):]: dino[k] for k in dino.files if k.startswith("plain/sd/")})
+    write_tiny_image_weights(d)
     return d
 
 
 def folder_config(d):
     c = config_lib.imagenet_config("S", "repa")
-    c.data.update(imagenet_dir=str(d / "train"), image_size=32, image_shape=(16, 16, 4), num_classes=3, num_shards=2)
-    c.targets.dinov2.dim = 16
-    c.precompute.update(vae_path=str(d / "vae.npz"), vae_groups=8, dinov2_path=str(d / "dinov2.npz"),
-                        dinov2_heads=2, dinov2_size=28, batch_size=4)
+    c.data.update(dir="", imagenet_dir=str(d / "train"), image_size=32, image_shape=(16, 16, 4), num_classes=3,
+                  num_shards=2)
+    c.targets.dinov2.update(dim=16, encoder="dinov2", weights=str(d / "dinov2.npz"), dtype="float32")
+    c.precompute.update(vae_path=str(d / "vae.npz"), vae_groups=8, dinov2_heads=2, dinov2_size=28, batch_size=4)
+    c.eval.vae_decoder_path = ""  # decode with the encoding VAE
     return c
 
 
@@ -63,7 +62,7 @@ def test_folder_to_shards_matches_direct_encoders_and_resumes(folder, tmp_path):
     model, params = precompute_images.build_vae(c.precompute.vae_path, 8)
     moments = model.apply({"params": params}, jnp.asarray(imgs, jnp.float32) / 127.5 - 1, method=model.encode)
     np.testing.assert_allclose(data["moments"], moments, atol=1e-5)
-    hub = convert_dinov2.transformers_to_hub(dict(np.load(c.precompute.dinov2_path)))
+    hub = convert_dinov2.transformers_to_hub(dict(np.load(c.targets.dinov2.weights)))
     dino = dinov2.DinoV2(**convert_dinov2.model_kwargs(hub, 2))
     tokens = dino.apply({"params": convert_dinov2.from_torch_hub(hub)}, dinov2.preprocess(imgs, 28))["x_norm_patchtokens"]
     np.testing.assert_allclose(data["target/dinov2"], tokens, atol=1e-5)
@@ -82,15 +81,19 @@ def test_folder_to_shards_matches_direct_encoders_and_resumes(folder, tmp_path):
 def test_bad_inputs_are_named(folder, tmp_path):
     c = folder_config(folder)
     c.precompute.vae_path = str(folder / "missing.safetensors")
-    with pytest.raises(records.DataError, match="precompute.vae_path=.*missing.safetensors"):
+    with pytest.raises(weight_file.WeightsError, match="precompute.vae_path=.*missing.safetensors"):
         precompute.precompute(c, str(tmp_path))
     c = folder_config(folder)
     c.data.num_classes = 1000
-    with pytest.raises(records.DataError, match="num_classes=1000 but .* has 3 class folders"):
+    with pytest.raises(records.DataError, match="num_classes=1000 but the folder source has 3 classes"):
         precompute.precompute(c, str(tmp_path))
     c = folder_config(folder)
     c.targets.dinov2.dim = 768
-    with pytest.raises(records.DataError, match="dim=768 but the DINOv2 weights"):
+    with pytest.raises(ValueError, match="targets.dinov2.dim=768 but the dinov2 weights .* have width 16"):
+        precompute.precompute(c, str(tmp_path))
+    c = folder_config(folder)
+    c.targets.dinov2.encoder = "dinov2_vitb14"  # a registry name promises the released architecture
+    with pytest.raises(ValueError, match=r"targets.dinov2.weights=.*dinov2.npz' holds a DINOv2 with .*'hidden': 16"):
         precompute.precompute(c, str(tmp_path))
     c = folder_config(folder)
     c.data.image_shape = (32, 32, 4)
@@ -109,6 +112,7 @@ def test_latent_decoder_for_evaluation(folder):
 
 def test_imported_embeddings_in_every_layout(folder, tmp_path):
     paths, _, _ = imagenet.list_folder(str(folder / "train"))
+    relpaths = image_sources.FolderSource(str(folder / "train"), 32).relpaths
     emb = np.random.default_rng(2).normal(size=(len(paths), 5)).astype(np.float32)
     per_image = tmp_path / "per_image"
     for p, e in zip(paths, emb):
@@ -120,16 +124,16 @@ def test_imported_embeddings_in_every_layout(folder, tmp_path):
     np.savez(tmp_path / "indexed.npz", embeddings=emb[perm], index=perm)
     c = folder_config(folder)
     c.targets.vlm = config_lib.target_template()
-    c.targets.vlm.update(depth=8, pooled=True, dim=5, coeff=0.5, source=str(per_image))
+    c.targets.vlm.update(depth=8, pooled=True, dim=5, coeff=0.5, encoder="external", source=str(per_image))
     data = pipeline.read_all(precompute.precompute(c, str(tmp_path / "w")), "train")
     np.testing.assert_array_equal(data["target/vlm"], emb)  # end to end into the shards
     for src in (tmp_path / "all.npy", tmp_path / "indexed.npz"):  # the other layouts, same vectors
         c.targets.vlm.source = str(src)
-        get = precompute_images.external_embeddings("vlm", c.targets.vlm, paths, str(folder / "train"))
+        get = precompute_images.external_embeddings("vlm", c.targets.vlm, len(paths), relpaths)
         np.testing.assert_array_equal(np.stack([get(i) for i in range(len(paths))]), emb)
     c = folder_config(folder)
     c.targets.vlm = config_lib.target_template()
-    c.targets.vlm.update(pooled=True, dim=6, source=str(tmp_path / "all.npy"))
+    c.targets.vlm.update(pooled=True, dim=6, encoder="external", source=str(tmp_path / "all.npy"))
     with pytest.raises(records.DataError, match="width 5; targets.vlm.dim=6"):
         precompute.precompute(c, str(tmp_path / "bad"))
     np.savez(tmp_path / "dup.npz", embeddings=emb, index=np.r_[perm[:-1], perm[0]])
@@ -144,3 +148,36 @@ def test_imported_embeddings_in_every_layout(folder, tmp_path):
     c.targets.vlm.source = str(per_image)
     with pytest.raises(records.DataError, match="1 of 6 images have no embedding file"):
         precompute.precompute(c, str(tmp_path / "bad"))
+
+
+def test_online_encoder_mode_stores_crops_and_gives_the_precomputed_loss(folder, tmp_path):
+    """encoder.mode='online': shards hold the crops, the step runs DINOv2 on them; same loss as from
+    the stored tokens."""
+    import jax
+
+    from reed_jax import train
+
+    c = folder_config(folder)
+    c.model.update(depth=2, hidden=32, heads=2, projector_width=32, patch_size=8)  # 2x2 tokens, as DINOv2 at 28
+    c.targets.dinov2.depth = 1
+    on = folder_config(folder)
+    on.model, on.targets = c.model, c.targets
+    on.encoder.mode = "online"
+    stored = pipeline.read_all(precompute.precompute(c, str(tmp_path / "pre")), "train")
+    crops = pipeline.read_all(precompute.precompute(on, str(tmp_path / "on")), "train")
+    assert "target/dinov2" not in crops and crops["pixels"].shape == (6, 32, 32, 3)
+    np.testing.assert_array_equal(crops["moments"], stored["moments"])
+    paths, _, _ = imagenet.list_folder(str(folder / "train"))
+    np.testing.assert_array_equal(crops["pixels"], np.stack([imagenet.load(p, 32) for p in paths]))
+    train.check_data(on, str(tmp_path / "on" / "data"))
+    with pytest.raises(records.DataError, match="field 'pixels'"):
+        train.check_data(on, str(tmp_path / "pre" / "data"))  # stored tokens but no crops
+    model, tx = train.build_model(c), train.make_optimizer(c)
+    state = train.init_state(c, model, tx)
+    copy = lambda: jax.tree.map(jnp.copy, state)  # the step donates its input state
+    take = lambda data, keys: {k: data[k][:4] for k in keys}
+    _, m_pre = train.make_train_step(c, model, tx)(copy(), take(stored, ["moments", "label", "target/dinov2"]))
+    frozen = train.online_encoders(on)
+    _, m_on = train.make_train_step(on, model, tx, frozen=frozen)(copy(), take(crops, ["moments", "label", "pixels"]))
+    assert float(m_on["loss/align_dinov2"]) == pytest.approx(float(m_pre["loss/align_dinov2"]), abs=1e-5)
+    assert float(m_on["loss/total"]) == pytest.approx(float(m_pre["loss/total"]), abs=1e-5)

@@ -26,6 +26,14 @@ class DataError(ValueError):
     """Bad or missing shards; the message names the file, field or shape."""
 
 
+def np_dtype(name: str) -> np.dtype:
+    """numpy dtype of a schema dtype name, `bfloat16` included (ml_dtypes, as jax uses)."""
+    if name == "bfloat16":
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
 @dataclasses.dataclass(frozen=True)
 class Field:
     name: str
@@ -34,7 +42,7 @@ class Field:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return int(np.prod(self.shape, dtype=np.int64)) * np_dtype(self.dtype).itemsize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +90,7 @@ def encode(schema: Schema, example: Mapping[str, np.ndarray]) -> bytes:
         a = np.asarray(example[f.name])
         if a.shape != f.shape:
             raise DataError(f"field {f.name!r}: shape {a.shape} does not match schema {f.shape}")
-        parts.append(np.ascontiguousarray(a, dtype=np.dtype(f.dtype).newbyteorder("<")).tobytes())
+        parts.append(np.ascontiguousarray(a, dtype=np_dtype(f.dtype).newbyteorder("<")).tobytes())
     return b"".join(parts)
 
 
@@ -92,8 +100,9 @@ def decode(schema: Schema, record: bytes) -> dict[str, np.ndarray]:
         raise DataError(f"record of {len(record)} bytes does not match the schema's {schema.record_bytes}")
     out, off = {}, 0
     for f in schema.fields:
-        dt = np.dtype(f.dtype).newbyteorder("<")
-        out[f.name] = np.frombuffer(record, dt, count=f.nbytes // dt.itemsize, offset=off).reshape(f.shape).astype(f.dtype)
+        dt = np_dtype(f.dtype).newbyteorder("<")
+        out[f.name] = np.frombuffer(record, dt, count=f.nbytes // dt.itemsize, offset=off).reshape(f.shape).astype(
+            np_dtype(f.dtype))
         off += f.nbytes
     return out
 

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reed_jax.models.projector import Projector, dense, xavier, zeros  # noqa: F401  (re-exported)
+
 # (depth, hidden, heads) of the published sizes; the patch size is chosen separately.
 SIT_SIZES: dict[str, tuple[int, int, int]] = {
     "S": (12, 384, 6),
@@ -43,8 +45,6 @@ REMAT_POLICIES = {
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
-xavier = nn.initializers.xavier_uniform()
-zeros = nn.initializers.zeros
 normal002 = nn.initializers.normal(stddev=0.02)
 # The reference flattens the conv kernel [D, C, p, p] -> [D, C*p*p] before xavier init.
 patch_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=(0, 1, 2), out_axis=3)
@@ -56,12 +56,6 @@ patch_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis
 # proj / proj_in = projector width; target = target width z_dim; layers = stacked blocks (scan).
 LOGICAL_AXES = ("embed", "mlp", "qkv", "heads", "adaln", "temb", "freq", "vocab", "patch", "patch_in",
                 "proj", "proj_in", "target", "layers")
-
-
-def dense(features: int, axes: tuple[str, str], init=xavier, dtype: Any = jnp.float32, name: str | None = None):
-    """nn.Dense whose kernel [in, out] carries logical names `axes` and its bias `axes[1]`."""
-    return nn.Dense(features, dtype=dtype, name=name, kernel_init=nn.with_logical_partitioning(init, axes),
-                    bias_init=nn.with_logical_partitioning(zeros, axes[1:]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,18 +234,6 @@ class FinalLayer(nn.Module):
         shift, scale = jnp.split(mod, 2, axis=-1)
         x = modulate(layer_norm()(x), shift, scale)
         return dense(self.out_dim, ("embed", "patch"), zeros, self.dtype, name="linear")(x)
-
-
-class Projector(nn.Module):
-    """Linear(D, width) - SiLU - Linear(width, width) - SiLU - Linear(width, z_dim), xavier init."""
-    width: int
-    z_dim: int
-
-    @nn.compact
-    def __call__(self, h):
-        h = nn.silu(dense(self.width, ("embed", "proj"), name="dense_0")(h))
-        h = nn.silu(dense(self.width, ("proj_in", "proj"), name="dense_2")(h))
-        return dense(self.z_dim, ("proj_in", "target"), name="dense_4")(h)
 
 
 class SiT(nn.Module):

@@ -1,16 +1,73 @@
-"""Frozen target encoders: a registry name -> how to get (and cache) the encoder.
+"""Frozen target encoders and their registry: a config names each target's encoder.
 
-A registered encoder turns clean samples into named target features; shard fields are
-`target/<encoder>_<output>` (e.g. `target/digits_tokens`). Trained-here encoders (the digits
-one) are fitted once and cached with orbax under `<data dir>/encoders/<name>`.
+`targets.<name>.encoder` is one of `names()`:
+- an image encoder registered by a module of this package (`dinov2_vitb14`, `dinov2_vitb14_reg`,
+  ..., `dinov2` for any width): `build(name, target, config)` returns a `FrozenEncoder` whose
+  `apply(params, images)` maps uint8 ADM crops [B, S, S, 3] to the target's features, [B, T, D]
+  for token targets (`pooled=False`) or [B, D] for pooled ones; it runs in `--mode=precompute`
+  (features stored in the shards) or inside the train step (`encoder.mode='online'`);
+- `external`: embeddings computed elsewhere (REED's VLM vectors) imported from `targets.<name>.source`;
+- `digits`: the embedded digits encoder (fitted here once and cached, `data.source='digits'`);
+- `proteinmpnn`: the protein track's frozen teacher, ProteinMPNN with released weights
+  (reed_jax/protein/teacher.py), run on the native chain.
+
+Adding an image encoder is one module: define a builder, decorate it with `@register('<name>')`,
+and list the module in `_MODULES`.
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import os
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import orbax.checkpoint as ocp
+
+EXTERNAL, DIGITS, PROTEIN_TEACHER = "external", "digits", "proteinmpnn"
+_MODULES = ("dinov2",)  # modules of this package that register image encoders
+_BUILDERS: dict[str, Callable] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenEncoder:
+    """apply(params, images uint8 [B, S, S, 3]) -> [B, T, D] or [B, D] float32 (jit-able, frozen)."""
+    name: str
+    apply: Callable[[Any, Any], Any]
+    params: Any
+    dim: int
+
+
+def register(name: str):
+    """Decorator: `builder(target, config) -> FrozenEncoder` under `name`."""
+    def deco(fn):
+        if name in _BUILDERS:
+            raise ValueError(f"encoder {name!r} is registered twice")
+        _BUILDERS[name] = fn
+        return fn
+    return deco
+
+
+def image_encoders() -> tuple[str, ...]:
+    for m in _MODULES:
+        importlib.import_module(f"{__name__}.{m}")
+    return tuple(sorted(_BUILDERS))
+
+
+def names() -> tuple[str, ...]:
+    return image_encoders() + (EXTERNAL, DIGITS, PROTEIN_TEACHER)
+
+
+def build(target_name: str, target, config) -> FrozenEncoder:
+    """The frozen encoder of `targets.<target_name>` (weights from `targets.<target_name>.weights`)."""
+    if target.encoder not in image_encoders():
+        raise ValueError(f"targets.{target_name}.encoder={target.encoder!r} is not an image encoder; "
+                         f"expected one of {image_encoders()}")
+    enc = _BUILDERS[target.encoder](target_name, target, config)
+    if enc.dim != target.dim:
+        raise ValueError(f"targets.{target_name}.dim={target.dim} but the {target.encoder} weights in "
+                         f"{target.weights!r} have width {enc.dim}")
+    return enc
 
 
 def load_or_fit(path: str, fit_fn: Callable[[], dict], log=print) -> dict:

@@ -132,3 +132,43 @@ def build(size: str, registers: bool = False, **overrides) -> DinoV2:
               interpolate_offset=0.0 if registers else 0.1, interpolate_antialias=registers)
     kw.update(overrides)
     return DinoV2(**kw)
+
+
+# ----------------------------------------------------------------------------- registry
+
+def _builder(size: str | None, registers: bool):
+    """Registry builder for a released DINOv2 (size, registers), or any width when size is None."""
+    def build_encoder(target_name: str, target, config):
+        from reed_jax.convert import dinov2 as convert, weight_file
+        from reed_jax.models.encoders import FrozenEncoder
+
+        key = f"targets.{target_name}.weights"
+        sd = weight_file.load(target.weights, key)
+        hub = sd if any(k.startswith("blocks.") for k in sd) else convert.transformers_to_hub(sd)
+        kw = convert.model_kwargs(hub, config.precompute.dinov2_heads or None)
+        if size is not None:
+            want = dict(hidden=SIZES[size][0], depth=SIZES[size][1], registers=4 if registers else 0)
+            have = {k: kw[k] for k in want}
+            if have != want:
+                raise ValueError(f"{key}={target.weights!r} holds a DINOv2 with {have}, not "
+                                 f"{target.encoder} ({want})")
+        model, params = DinoV2(**kw), convert.from_torch_hub(hub)
+        output = "x_norm_clstoken" if target.pooled else "x_norm_patchtokens"
+        res = config.precompute.dinov2_size
+
+        def apply(p, images):
+            return model.apply({"params": p}, preprocess(images, res))[output]
+        return FrozenEncoder(target.encoder, apply, params, kw["hidden"])
+    return build_encoder
+
+
+def _register_all():
+    from reed_jax.models.encoders import register
+
+    register("dinov2")(_builder(None, False))  # any width (heads: precompute.dinov2_heads, else the released size's)
+    for s in SIZES:
+        for reg in (False, True):
+            register(f"dinov2_vit{s.lower()}14{'_reg' if reg else ''}")(_builder(s, reg))
+
+
+_register_all()

@@ -1,0 +1,1 @@
+"""The protein track: structure-conditioned sequence design (inverse folding) with REED."""

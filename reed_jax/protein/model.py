@@ -1,0 +1,181 @@
+"""The protein backbone with REED projectors, and its losses (what the shared train step calls).
+
+`ProteinREED` = `MPNN` + one projector per target on the named tap (see mpnn.py for the taps):
+node taps give [B, L, z] per residue, `decoder_edges` / `encoder_edges` give [B, L, k, z] per kNN
+edge. `losses(config, model, params, batch, rng)` returns what `objective.combine` takes:
+per-chain generative loss [B] (label-smoothed CE summed over the chain's real residues, times
+B / protein.loss_norm, so the batch mean is ProteinMPNN's sum / 2000), per-chain alignment
+losses {name: [B]} and the clean fraction t [B].
+
+Edge targets are stored at the teacher's edges (`target/<name>` [L, Kt, D] with
+`target/<name>_idx` [L, Kt]) and gathered at the model's own kNN edges, which move with the
+backbone noise; a model edge the teacher does not have is left out of the loss.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import numpy as np
+import jax
+import jax.numpy as jnp
+
+from reed_jax import objective
+from reed_jax.data import records
+from reed_jax.models.projector import Projector
+from reed_jax.protein import masked_diffusion, mpnn, residues
+
+EDGE_TAPS = ("encoder_edges", "decoder_edges")
+
+
+def tap_names(p) -> tuple[str, ...]:
+    """Taps of a `config.protein` model."""
+    return ("encoder_nodes", "encoder_edges", "decoder_edges") + tuple(
+        f"decoder{i}_nodes" for i in range(1, p.dec_layers + 1))
+
+
+def is_edge(tap: str) -> bool:
+    return tap in EDGE_TAPS
+
+
+@dataclasses.dataclass(frozen=True)
+class ProteinTarget:
+    name: str
+    tap: str
+    width: int
+    z_dim: int
+
+
+class ProteinREED(nn.Module):
+    net: mpnn.MPNN
+    targets: tuple[ProteinTarget, ...] = ()
+
+    @nn.compact
+    def __call__(self, coords, mask, residue_idx, tokens, train: bool = False, with_projectors: bool = True):
+        logits, taps = self.net(coords, mask, residue_idx, tokens, train)
+        feats = {}
+        if with_projectors:
+            for t in self.targets:
+                feats[t.name] = Projector(t.width, t.z_dim, hidden_layers=1, name=f"projectors_{t.name}")(taps[t.tap])
+        return logits, feats, taps["e_idx"]
+
+
+def build_model(config) -> ProteinREED:
+    p = config.protein
+    net = mpnn.MPNN(hidden=config.model.hidden, encoder_layers=p.enc_layers, decoder_layers=p.dec_layers, k=p.k,
+                    dropout=p.dropout, backbone_noise=p.backbone_noise)
+    targets = tuple(ProteinTarget(n, t.tap, t.proj_width or config.model.projector_width, t.dim)
+                    for n, t in config.targets.items())
+    return ProteinREED(net, targets)
+
+
+def example_batch(config, batch: int = 1) -> dict:
+    l = config.protein.max_length
+    return {"coords": jnp.zeros((batch, l, 4, 3)), "mask": jnp.ones((batch, l)),
+            "residue_idx": jnp.tile(jnp.arange(l), (batch, 1)), "tokens": jnp.zeros((batch, l), jnp.int32)}
+
+
+def init_params(config, model: ProteinREED, rng: jax.Array) -> dict:
+    b = example_batch(config)
+    k_p, k_d, k_n = jax.random.split(rng, 3)
+    coords = jax.random.normal(k_n, b["coords"].shape) * 10.0  # distinct points for the kNN
+    return model.init({"params": k_p, "dropout": k_d, "noise": k_n}, coords, b["mask"], b["residue_idx"],
+                      b["tokens"])["params"]
+
+
+def standardize(x: jax.Array, valid: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Per-channel (last axis) standardisation with statistics over the valid entries of the batch.
+    x [..., D], valid [...] -> [..., D]."""
+    w = valid[..., None].astype(jnp.float32)
+    n = jnp.maximum(w.sum(), 1.0)
+    axes = tuple(range(x.ndim - 1))
+    mu = (x * w).sum(axes) / n
+    var = (((x - mu) ** 2) * w).sum(axes) / n
+    return (x - mu) / jnp.sqrt(var + eps)
+
+
+def gather_edge_target(target: jax.Array, target_idx: jax.Array, e_idx: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Target at the teacher's edges [B, L, Kt, D] / [B, L, Kt] -> at the model's edges e_idx [B, L, k]:
+    ([B, L, k, D], found [B, L, k])."""
+    match = e_idx[..., :, None] == target_idx[..., None, :]  # [B, L, k, Kt]
+    pos = jnp.argmax(match, -1)
+    return jnp.take_along_axis(target, pos[..., None], axis=2), match.any(-1)
+
+
+def alignment(pred: jax.Array, target: jax.Array, valid: jax.Array, standardize_targets: bool) -> jax.Array:
+    """Per-chain negative cosine over valid residues/edges: pred, target [B, *S, D], valid [B, *S] -> [B]."""
+    target = target.astype(jnp.float32)
+    if standardize_targets:
+        target = standardize(target, valid)
+    b, d = pred.shape[0], pred.shape[-1]
+    return objective.alignment_loss(pred.reshape(b, -1, d), target.reshape(b, -1, d), valid.reshape(b, -1))
+
+
+def losses(config, model: ProteinREED, params, batch, rng):
+    p = config.protein
+    k_c, k_d, k_n = jax.random.split(rng, 3)
+    mask = batch["mask"].astype(jnp.float32)
+    tokens = batch["tokens"]
+    noisy, t, _ = masked_diffusion.corrupt(k_c, tokens, mask, p.t_min, p.t_max)
+    logits, feats, e_idx = model.apply({"params": params}, batch["coords"], mask, batch["residue_idx"], noisy,
+                                       train=True, rngs={"dropout": k_d, "noise": k_n})
+    ce = masked_diffusion.smoothed_cross_entropy(logits, tokens, p.label_smoothing) * mask
+    gen = ce.sum(-1) * tokens.shape[0] / p.loss_norm
+    align = {}
+    node_valid = mask > 0
+    edge_valid = node_valid[:, :, None] & (jax.vmap(lambda m, i: m[i])(mask, e_idx) > 0)
+    for tgt in model.targets:
+        y = batch[records.TARGET_PREFIX + tgt.name]
+        if is_edge(tgt.tap):
+            y, found = gather_edge_target(y, batch[records.TARGET_PREFIX + tgt.name + "_idx"], e_idx)
+            align[tgt.name] = alignment(feats[tgt.name], y, edge_valid & found, p.standardize_targets)
+        else:
+            align[tgt.name] = alignment(feats[tgt.name], y, node_valid, p.standardize_targets)
+    return gen, align, t
+
+
+def logits_fn(model: ProteinREED, params, batch):
+    """tokens [B, L] -> logits [B, L, 21] on the batch's backbones (eval mode, no projectors)."""
+    def fn(tokens):
+        return model.apply({"params": params}, batch["coords"], batch["mask"], batch["residue_idx"], tokens,
+                           with_projectors=False)[0]
+    return fn
+
+
+def native_tokens(batch) -> jax.Array:
+    return jnp.where(batch["mask"] > 0, batch["tokens"], residues.X)
+
+
+def check_data(config, schema: records.Schema, data_dir: str) -> None:
+    """Protein shards: padded to protein.max_length, with every configured target of the right width."""
+    l = config.protein.max_length
+    for name, shape in (("coords", (l, 4, 3)), ("mask", (l,)), ("tokens", (l,)), ("residue_idx", (l,))):
+        have = tuple(schema.field(name).shape)
+        if have != shape:
+            raise records.DataError(f"protein.max_length={l} expects field {name!r} of shape {shape}; shards in "
+                                    f"{data_dir!r} hold {have} (precompute again with this max_length)")
+    for n, t in config.targets.items():
+        f = schema.field(records.TARGET_PREFIX + n)
+        want = (l, None, t.dim) if is_edge(t.tap) else (l, t.dim)
+        if len(f.shape) != len(want) or any(w is not None and w != h for w, h in zip(want, f.shape)):
+            raise records.DataError(f"targets.{n} (tap {t.tap}) expects features of shape "
+                                    f"{tuple('K' if w is None else w for w in want)}; field {f.name!r} in {data_dir!r} "
+                                    f"has {tuple(f.shape)}")
+        if is_edge(t.tap):
+            schema.field(records.TARGET_PREFIX + n + "_idx")
+
+
+def eval_batches(data_dir: str, split: str, batch_size: int) -> list[dict]:
+    """Every chain of `split` in fixed-size batches (the last padded with empty chains)."""
+    from reed_jax.data import pipeline
+
+    d = pipeline.read_all(data_dir, split, ["coords", "mask", "residue_idx", "tokens"])
+    n = len(d["mask"])
+    out = []
+    for i in range(0, n, batch_size):
+        b = {k: v[i:i + batch_size] for k, v in d.items()}
+        pad = batch_size - len(b["mask"])
+        if pad:
+            b = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in b.items()}
+        out.append({k: jnp.asarray(v) for k, v in b.items()})
+    return out

@@ -1,0 +1,209 @@
+"""Protein track data: PDB / mmCIF / CATH readers, the mdanalysistests archive, filters, splits,
+precompute with the teacher, and training end to end on tiny chains."""
+import gzip
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import pytest
+
+from reed_jax import config as config_lib, train
+from reed_jax.data import pipeline, precompute, records
+from reed_jax.protein import data, residues, structure
+
+FIX = os.path.join(os.path.dirname(__file__), "fixtures")
+
+PDB = """\
+REMARK   2 RESOLUTION.    1.90 ANGSTROMS.
+ATOM      1  N   MET A   1       0.000   0.000   0.000  1.00 10.00           N
+ATOM      2  CA AMET A   1       1.458   0.000   0.000  0.50 10.00           C
+ATOM      3  CA BMET A   1       9.999   9.999   9.999  0.50 10.00           C
+ATOM      4  C   MET A   1       2.009   1.420   0.000  1.00 10.00           C
+ATOM      5  O   MET A   1       1.251   2.390   0.000  1.00 10.00           O
+ATOM      6  CB  MET A   1       1.988  -0.773  -1.199  1.00 10.00           C
+HETATM    7  N   MSE A   2       3.332   1.536   0.000  1.00 10.00           N
+HETATM    8  CA  MSE A   2       3.988   2.839   0.000  1.00 10.00           C
+HETATM    9  C   MSE A   2       5.504   2.693   0.000  1.00 10.00           C
+HETATM   10  O   MSE A   2       6.030   1.580   0.000  1.00 10.00           O
+ATOM     11  N   GLY A   2A      6.210   3.820   0.000  1.00 10.00           N
+ATOM     12  CA  GLY A   2A      7.660   3.840   0.000  1.00 10.00           C
+ATOM     13  C   GLY A   2A      8.200   5.260   0.000  1.00 10.00           C
+HETATM   14  O   HOH A 100      50.000  50.000  50.000  1.00 10.00           O
+ATOM     15  N   ALA B   1      10.000  10.000  10.000  1.00 10.00           N
+ENDMDL
+ATOM     16  N   ALA A   9      99.000  99.000  99.000  1.00 10.00           N
+"""
+
+CIF = """\
+data_test
+_refine.ls_d_res_high 2.10
+loop_
+_atom_site.group_PDB
+_atom_site.id
+_atom_site.label_atom_id
+_atom_site.label_comp_id
+_atom_site.label_asym_id
+_atom_site.label_seq_id
+_atom_site.auth_seq_id
+_atom_site.auth_asym_id
+_atom_site.pdbx_PDB_ins_code
+_atom_site.Cartn_x
+_atom_site.Cartn_y
+_atom_site.Cartn_z
+_atom_site.pdbx_PDB_model_num
+ATOM 1 N   TRP A 1 5 X ? 0.0 0.0 0.0 1
+ATOM 2 CA  TRP A 1 5 X ? 1.5 0.0 0.0 1
+ATOM 3 C   TRP A 1 5 X ? 2.0 1.4 0.0 1
+ATOM 4 O   TRP A 1 5 X ? 1.2 2.4 0.0 1
+ATOM 5 N   "UNK" A 2 6 X ? 3.3 1.5 0.0 1
+ATOM 6 N   TRP A 1 5 X ? 9.0 9.0 9.0 2
+#
+"""
+
+
+def test_pdb_reader_altloc_modified_missing_atoms_and_models():
+    ch = structure.parse_pdb(PDB, "t")
+    assert ch.name == "t.A" and ch.sequence == "MMG" and ch.resolution == 1.9
+    np.testing.assert_allclose(ch.coords[0, 1], [1.458, 0, 0])  # first altloc
+    np.testing.assert_array_equal(ch.backbone_mask, [True, True, False])  # GLY 2A has no O
+    assert np.isnan(ch.coords[2, 3]).all()
+    assert structure.parse_pdb(PDB, "t", chain="B").sequence == "A"  # later models ignored
+    with pytest.raises(structure.StructureError, match="no chain 'C'"):
+        structure.parse_pdb(PDB, "t", chain="C")
+
+
+def test_mmcif_and_cath_readers(tmp_path):
+    ch = structure.parse_mmcif(CIF, "c")
+    assert ch.name == "c.X" and ch.sequence == "WX" and ch.resolution == 2.1
+    np.testing.assert_allclose(ch.coords[0, 1], [1.5, 0, 0])
+    assert not ch.backbone_mask[1]
+    entry = {"name": "1abc.A", "seq": "GAV", "coords": {a: [[i, 0, 0], [i, 1, 0], None] for i, a in
+                                                         enumerate("N CA C O".split())}}
+    entry["coords"] = {a: [[1.0 * i, 0, 0], [i, 1.0, 0], [np.nan] * 3] for i, a in enumerate(("N", "CA", "C", "O"))}
+    (tmp_path / "chain_set.jsonl").write_text(json.dumps(entry).replace("NaN", "null") + "\n")
+    chains = structure.read_cath_jsonl(str(tmp_path / "chain_set.jsonl"))
+    assert chains[0].sequence == "GAV" and chains[0].coords.shape == (3, 4, 3)
+    np.testing.assert_array_equal(chains[0].backbone_mask, [True, True, False])
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"name": "x", "seq": "GA", "coords": entry["coords"]}) + "\n")
+    with pytest.raises(structure.StructureError, match=r"coords \(3, 4, 3\) for 2 residues"):
+        structure.read_cath_jsonl(str(tmp_path / "bad.jsonl"))
+
+
+def helix(n, seed):
+    """An ideal-ish alpha helix backbone with noise: [n, 4, 3]."""
+    rng = np.random.default_rng(seed)
+    i = np.arange(n)[:, None]
+    base = np.concatenate([2.3 * np.cos(i * 1.75), 2.3 * np.sin(i * 1.75), 1.5 * i], axis=1)
+    offs = np.array([[-0.5, 0.8, -0.6], [0, 0, 0], [0.6, 0.9, 0.7], [1.1, 1.8, 1.1]])
+    return base[:, None] + offs[None] + rng.normal(0, 0.05, (n, 4, 3))
+
+
+def pdb_text(seq, coords):
+    three = {v: k for k, v in residues.THREE_TO_ONE.items() if k not in ("MSE", "SEC", "PYL", "HYP", "SEP", "TPO",
+                                                                          "PTR", "CSO")}
+    lines, k = [], 1
+    for r, (a, xyz) in enumerate(zip(seq, coords)):
+        for name, p in zip(("N", "CA", "C", "O"), xyz):
+            lines.append(f"ATOM  {k:5d}  {name:<3s} {three[a]} A{r + 1:4d}    {p[0]:8.3f}{p[1]:8.3f}{p[2]:8.3f}"
+                         f"  1.00 10.00           {name[0]}")
+            k += 1
+    return "\n".join(lines) + "\nEND\n"
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """A stand-in for the mdanalysistests sdist: the same layout, 10 small helices (+ one too short, one failing)."""
+    d = tmp_path_factory.mktemp("mda")
+    path = d / "mdanalysistests-0.tar.gz"
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as tar:
+        for j in range(12):
+            n = 8 if j == 10 else int(rng.integers(24, 40))
+            seq = "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), n))
+            name = f"{j}abc{'A'}{'_failing' if j == 11 else ''}.pdb.gz"
+            blob = gzip.compress(pdb_text(seq, helix(n, j)).encode())
+            info = tarfile.TarInfo(f"mdanalysistests-0/MDAnalysisTests/data/dssp/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return str(path)
+
+
+def tiny_protein_config(archive_path, variant="reed"):
+    c = config_lib.protein_config(variant)
+    c.model.update(hidden=16, projector_width=16)
+    c.protein.update(archive=archive_path, teacher_path=os.path.join(FIX, "proteinmpnn_tiny.pkl"), max_length=40,
+                     min_length=20, k=6, enc_layers=2, dec_layers=2, validation_fraction=0.2, sample_steps=4,
+                     eval_samples=2)
+    for t in c.targets.values():
+        t.update(dim=16, proj_width=16)
+    if variant == "reed":
+        c.targets.single.tap = "decoder2_nodes"
+    c.train.update(batch_size=4, steps=4, log_every=2, eval_every=4, checkpoint_every=2)
+    c.sample.batch_size = 4
+    c.curriculum.update(gen=dict(start=0, warmup=1, decay="constant", total_steps=0),
+                        align=dict(coeff=0.2, decay="cosine", decay_steps=4))
+    return c
+
+
+def test_archive_filters_and_split(archive):
+    chains = data.read_mdanalysistests(archive)
+    assert len(chains) == 11 and all(not ch.name.endswith("_failing") for ch in chains)  # the failing file skipped
+    p = tiny_protein_config(archive).protein
+    logs = []
+    kept = data.filter_chains(chains, p, logs.append)
+    assert len(kept) == 10 and "skipped: 1 by length" in logs[0]
+    s = data.split_chains(kept, p)
+    assert len(s["validation"]) == 2 and len(s["train"]) == 8
+    assert not {c.name for c in s["train"]} & {c.name for c in s["validation"]}
+    assert [c.name for c in data.split_chains(kept, p)["validation"]] == [c.name for c in s["validation"]]
+    # clusters: the held-out split takes whole clusters
+    groups = {ch.name.split(".")[0]: i // 5 for i, ch in enumerate(kept)}
+    p.validation_fraction = 0.5
+    g = data.split_chains(kept, p, groups)
+    assert len(g["validation"]) == 5
+
+
+def test_precompute_train_evaluate_end_to_end(archive, tmp_path):
+    c = tiny_protein_config(archive)
+    logs = []
+    out = precompute.precompute(c, str(tmp_path), logs.append)
+    tr = pipeline.read_all(out, "train")
+    va = pipeline.read_all(out, "validation")
+    assert len(tr["mask"]) == 8 and len(va["mask"]) == 2
+    assert tr["target/pair"].shape == (8, 40, 8, 16) and tr["target/pair_idx"].shape == (8, 40, 8)
+    assert tr["target/structure"].shape == (8, 40, 16)
+    # the stored targets are the teacher run on the native chain
+    from reed_jax.protein import teacher
+    m, p = teacher.load(c.protein.teacher_path)
+    outs = teacher.make_fn(m, p)(tr["coords"][:2], tr["mask"][:2], tr["residue_idx"][:2], tr["tokens"][:2])
+    np.testing.assert_allclose(tr["target/single"][:2], outs["single"], atol=1e-5)
+    n0 = int(tr["length"][0])
+    assert np.all(tr["mask"][0, n0:] == 0) and np.all(tr["tokens"][0, n0:] == residues.X)
+    c.data.dir = out
+    res = train.train_and_evaluate(c, str(tmp_path / "run"), log=lambda *_: None)
+    assert res["step"] == 4 and 1.0 < res["perplexity"] < 1e3 and 0.0 <= res["recovery"] <= 1.0
+    assert res["chains"] == 2 and 0.0 <= res["diversity"] <= 1.0
+    # rerun: the shards are kept; a config asking for other widths is refused by name
+    precompute.precompute(c, str(tmp_path), logs.append)
+    assert any("keeping them" in m for m in logs)
+    bad = tiny_protein_config(archive)
+    bad.targets.pair.dim = 32
+    with pytest.raises(records.DataError, match="teacher's features are 16-d"):
+        precompute.precompute(bad, str(tmp_path / "other"))
+
+
+def test_config_errors_name_keys(archive):
+    c = tiny_protein_config(archive)
+    c.targets.pair.tap = "decoder9_nodes"
+    with pytest.raises(config_lib.ConfigError, match="targets.pair.tap='decoder9_nodes'"):
+        config_lib.validate(c)
+    c = tiny_protein_config(archive)
+    c.data.source = "digits"
+    with pytest.raises(config_lib.ConfigError, match="track='protein' with data.source='digits'"):
+        config_lib.validate(c)
+    c = tiny_protein_config(archive)
+    c.protein.archive = "/nope.tar.gz"
+    with pytest.raises(records.DataError, match="protein.archive='/nope.tar.gz' does not exist"):
+        precompute.precompute(c, "/tmp/unused")

@@ -506,10 +506,14 @@ def grid_renderer(config, log=print) -> Callable:
 
 
 def evaluate_mode(config, workdir: str, log=print) -> dict:
-    """`--mode=evaluate`: FID-`eval.fid_samples` of the latest checkpoint's EMA params."""
+    """`--mode=evaluate`: FID-`eval.fid_samples` of the latest checkpoint's EMA params (images), or
+    the protein metrics on the held-out backbones."""
     from reed_jax.evaluation import fid_eval
 
     config_lib.validate(config, jax.device_count())
+    if config.track == "protein":
+        from reed_jax.protein import evaluate as protein_eval
+        return protein_eval.evaluate_mode(config, workdir, log)
     fid_eval.check_inputs(config.eval, "--mode=evaluate")
     path, key = decoder_path(config)
     if config.data.kind == "latents" and not os.path.exists(path or ""):
@@ -553,19 +557,28 @@ class StopOnSignal:
         return False
 
 
-def sample_mode(config, workdir: str, log=print) -> str:
-    """Load the latest checkpoint's EMA params and write a sample grid and an npz (`arr_0`, uint8 NHWC)."""
-    config_lib.validate(config, jax.device_count())
+def latest_ema(config, workdir: str):
+    """(model, EMA params, step) of the latest checkpoint in `workdir` (its signature checked)."""
     model, tx = build_model(config), make_optimizer(config)
     mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
     if mngr.latest_step() is None:
         raise FileNotFoundError(f"no checkpoint in {mngr.directory}: train first (--mode=train)")
     checkpoint.check_signature(mngr, signature(config), workdir)
     state, _ = checkpoint.restore(mngr, abstract_state(config, model, tx))
+    return model, state.ema_params, int(state.step)
+
+
+def sample_mode(config, workdir: str, log=print) -> str:
+    """Load the latest checkpoint's EMA params and write samples: for images a grid and an npz
+    (`arr_0`, uint8 NHWC); for proteins designed sequences of the held-out backbones (FASTA)."""
+    config_lib.validate(config, jax.device_count())
+    if config.track == "protein":
+        from reed_jax.protein import evaluate as protein_eval
+        return protein_eval.sample_mode(config, workdir, log)
+    model, params, step = latest_ema(config, workdir)
     labels = grid_labels(config)
-    samples = generate(make_sample_fn(config, model), state.ema_params, labels, config.sample.batch_size, config.seed + 3)
+    samples = generate(make_sample_fn(config, model), params, labels, config.sample.batch_size, config.seed + 3)
     images = grid_renderer(config, log)(samples)
-    step = int(state.step)
     out = os.path.join(workdir, "samples", f"sample_{step:07d}.png")
     visualize.save_grid(images, config.sample.grid_per_class, out, upscale=4)
     np.savez(out.replace(".png", ".npz"), arr_0=visualize.to_uint8(images), labels=labels,

@@ -185,6 +185,12 @@ def test_precompute_train_evaluate_end_to_end(archive, tmp_path):
     res = train.train_and_evaluate(c, str(tmp_path / "run"), log=lambda *_: None)
     assert res["step"] == 4 and 1.0 < res["perplexity"] < 1e3 and 0.0 <= res["recovery"] <= 1.0
     assert res["chains"] == 2 and 0.0 <= res["diversity"] <= 1.0
+    fasta = train.sample_mode(c, str(tmp_path / "run"), log=lambda *_: None)
+    text = open(fasta).read().split("\n")
+    assert text[0].startswith(">index_") and text[0].endswith("native") and len(text[1]) == int(va["length"][0])
+    assert "recovery=" in text[2] and len(text[3]) == len(text[1]) and set(text[3]) <= set(residues.ALPHABET[:20])
+    ev = train.evaluate_mode(c, str(tmp_path / "run"), log=lambda *_: None)
+    assert ev["perplexity"] == pytest.approx(res["perplexity"], rel=1e-5)  # same EMA params, same masks
     # rerun: the shards are kept; a config asking for other widths is refused by name
     precompute.precompute(c, str(tmp_path), logs.append)
     assert any("keeping them" in m for m in logs)
@@ -207,3 +213,38 @@ def test_config_errors_name_keys(archive):
     c.protein.archive = "/nope.tar.gz"
     with pytest.raises(records.DataError, match="protein.archive='/nope.tar.gz' does not exist"):
         precompute.precompute(c, "/tmp/unused")
+
+
+def test_imported_alphafold_style_embeddings(archive, tmp_path):
+    """External targets: one embeddings.npz per chain (single [N, D] and pair [N, N, D]); pairs are
+    stored at the native structure's kNN edges; lengths and widths checked by name."""
+    c = tiny_protein_config(archive, "base")
+    c.targets.single = config_lib.target_template()
+    c.targets.single.update(encoder="external", source=str(tmp_path / "emb"), tap="decoder2_nodes", dim=5)
+    c.targets.pair = config_lib.target_template()
+    c.targets.pair.update(encoder="external", source=str(tmp_path / "emb"), tap="decoder_edges", dim=3)
+    config_lib.validate(c)
+    splits = data.load_splits(c.protein, log=lambda *_: None)
+    os.makedirs(tmp_path / "emb")
+    rng = np.random.default_rng(0)
+    want = {}
+    for ch in splits["train"] + splits["validation"]:
+        n = len(ch)
+        want[ch.name] = (rng.normal(size=(n, 5)).astype(np.float32), rng.normal(size=(n, n, 3)).astype(np.float32))
+        np.savez(tmp_path / "emb" / f"{ch.name}.npz", single=want[ch.name][0], pair=want[ch.name][1])
+    out = precompute.precompute(c, str(tmp_path / "w"), log=lambda *_: None)
+    d = pipeline.read_all(out, "train")
+    names = [ch.name for ch in splits["train"]]
+    for j, name in enumerate(names):
+        s, p = want[name]
+        n = len(s)
+        np.testing.assert_array_equal(d["target/single"][j, :n], s)
+        idx = d["target/pair_idx"][j, :n]
+        real = idx < n  # chains shorter than the 48 stored edges also list padding (masked in the loss)
+        got = np.take_along_axis(p, np.minimum(idx, n - 1)[..., None], axis=1)
+        np.testing.assert_array_equal(d["target/pair"][j, :n][real], got[real])
+        assert np.all(idx[:, 0] == np.arange(n))  # the nearest neighbour of a residue is itself
+    ch = splits["train"][0]
+    np.savez(tmp_path / "emb" / f"{ch.name}.npz", single=want[ch.name][0][:-1], pair=want[ch.name][1])
+    with pytest.raises(records.DataError, match=rf"single has shape \({len(ch) - 1}, 5\); chain {ch.name} has {len(ch)}"):
+        data.import_external("single", c.targets.single, ch, 40, None)

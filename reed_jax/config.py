@@ -350,7 +350,13 @@ def epochs_to_steps(epochs: float, num_train: int, batch_size: int) -> int:
     return int(round(epochs * -(-num_train // batch_size)))
 
 
-def protein_config(variant: str = "reed", root: str = ".data") -> ml_collections.ConfigDict:
+PROTEIN_SIZES = {  # (hidden, k, lr, ema_decay, steps, max_length)
+    "demo": (32, 12, 2e-3, 0.98, 400, 176),        # minutes on a laptop CPU (~0.5 s per step)
+    "reference": (128, 30, 1e-3, 0.999, 1200, 192),  # METHOD.md's width and k (~7 s per step on 2 CPU cores)
+}
+
+
+def protein_config(variant: str = "reed", size: str = "demo", root: str = ".data") -> ml_collections.ConfigDict:
     """Inverse folding by masked discrete diffusion (METHOD.md section 3) on the embedded PDB chains.
 
     reed: three targets from the frozen ProteinMPNN teacher (released weights, run on the native
@@ -359,18 +365,22 @@ def protein_config(variant: str = "reed", root: str = ".data") -> ml_collections
     (0.5, 768) and `pair` (encoder edges) on the decoder's edges (2.0, 256); w_align = 0.2 with a
     cosine decay over training, w_gen warmed up over the first quarter (the reference: 200 epochs,
     cosine over all of them, warm-up 50 epochs, converted with `epochs_to_steps`). base: no targets.
+    size: 'demo' (width 32, k 12) or 'reference' (width 128, k 30, as published).
     """
     if variant not in ("reed", "base"):
         raise ConfigError(f"protein config: unknown variant {variant!r}; expected reed or base")
+    if size not in PROTEIN_SIZES:
+        raise ConfigError(f"protein config: unknown size {size!r}; expected one of {list(PROTEIN_SIZES)}")
+    hidden, k, lr, ema, steps, max_length = PROTEIN_SIZES[size]
     c = base_config()
     c.track = "protein"
     c.data.update(source="proteins", num_shards=2)
-    c.model.update(name="MPNN-128", hidden=128, projector_width=256)
+    c.model.update(name=f"MPNN-{hidden}", hidden=hidden, projector_width=256)
     c.protein.update(source="mdanalysistests", archive=f"{root}/mdanalysistests-2.11.0.tar.gz",
-                     teacher_path=f"{root}/colabdesign-1.1.1-py3-none-any.whl", max_length=192,
+                     teacher_path=f"{root}/colabdesign-1.1.1-py3-none-any.whl", max_length=max_length, k=k,
                      sample_steps=100, eval_samples=4)
-    c.optim.update(lr=1e-3, weight_decay=0.0, grad_clip=1.0, ema_decay=0.999)
-    c.train.update(batch_size=8, steps=1200, log_every=50, eval_every=300, checkpoint_every=300)
+    c.optim.update(lr=lr, weight_decay=0.0, grad_clip=1.0, ema_decay=ema)
+    c.train.update(batch_size=8, steps=steps, log_every=50, eval_every=steps // 4, checkpoint_every=steps // 4)
     c.sample.batch_size = 8
     if variant == "reed":
         c.targets.structure = _target(tap="encoder_nodes", dim=128, coeff=1.0, proj_width=1536, encoder="proteinmpnn")

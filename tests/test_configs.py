@@ -105,3 +105,15 @@ def test_online_mode_needs_an_image_source():
     c.encoder.mode = "online"
     with pytest.raises(config_lib.ConfigError, match="encoder.mode='online' .* needs data.source='imagenet'"):
         config_lib.validate(c)
+
+
+@pytest.mark.parametrize("arg,hidden,n_targets", [("reed", 32, 3), ("base", 32, 0), ("reed,reference", 128, 3)])
+def test_protein_demo_configs_validate(arg, hidden, n_targets):
+    c = load_config("protein_demo", arg)
+    config_lib.validate(c)
+    assert c.track == "protein" and c.model.hidden == hidden and len(c.targets) == n_targets
+    if n_targets:
+        assert {n: (t.tap, t.coeff) for n, t in c.targets.items()} == {
+            "structure": ("encoder_nodes", 1.0), "single": ("decoder2_nodes", 0.5), "pair": ("decoder_edges", 2.0)}
+        assert c.curriculum.align.coeff == 0.2 and c.curriculum.align.decay == "cosine"
+    assert config_lib.epochs_to_steps(50, num_train=42, batch_size=8) == 300  # ceil(42 / 8) = 6 steps per epoch

@@ -228,10 +228,15 @@ def test_imported_alphafold_style_embeddings(archive, tmp_path):
     os.makedirs(tmp_path / "emb")
     rng = np.random.default_rng(0)
     want = {}
-    for ch in splits["train"] + splits["validation"]:
+    for i, ch in enumerate(splits["train"] + splits["validation"]):
         n = len(ch)
         want[ch.name] = (rng.normal(size=(n, 5)).astype(np.float32), rng.normal(size=(n, n, 3)).astype(np.float32))
-        np.savez(tmp_path / "emb" / f"{ch.name}.npz", single=want[ch.name][0], pair=want[ch.name][1])
+        if i % 2:  # both layouts: <chain>.npz and AlphaFold3-style <chain>/embeddings.npz
+            np.savez(tmp_path / "emb" / f"{ch.name}.npz", single=want[ch.name][0], pair=want[ch.name][1])
+        else:
+            os.makedirs(tmp_path / "emb" / ch.name)
+            np.savez(tmp_path / "emb" / ch.name / "embeddings.npz", single=want[ch.name][0], pair=want[ch.name][1],
+                     structure=np.zeros((n, 7), np.float32))
     out = precompute.precompute(c, str(tmp_path / "w"), log=lambda *_: None)
     d = pipeline.read_all(out, "train")
     names = [ch.name for ch in splits["train"]]
@@ -244,7 +249,7 @@ def test_imported_alphafold_style_embeddings(archive, tmp_path):
         got = np.take_along_axis(p, np.minimum(idx, n - 1)[..., None], axis=1)
         np.testing.assert_array_equal(d["target/pair"][j, :n][real], got[real])
         assert np.all(idx[:, 0] == np.arange(n))  # the nearest neighbour of a residue is itself
-    ch = splits["train"][0]
+    ch = splits["train"][1]
     np.savez(tmp_path / "emb" / f"{ch.name}.npz", single=want[ch.name][0][:-1], pair=want[ch.name][1])
     with pytest.raises(records.DataError, match=rf"single has shape \({len(ch) - 1}, 5\); chain {ch.name} has {len(ch)}"):
         data.import_external("single", c.targets.single, ch, 40, None)

@@ -127,10 +127,15 @@ def example(ch: structure.Chain, index: int, length: int) -> dict[str, np.ndarra
 
 
 def import_external(name: str, target, ch: structure.Chain, length: int, edge_idx: np.ndarray | None):
-    """targets.<name>.source/<chain>.npz: array `name` (or the only one) [N, D] or pair [N, N, D]."""
-    path = os.path.join(target.source, f"{ch.name}.npz")
+    """targets.<name>.source/<chain>/embeddings.npz (AlphaFold3-style: arrays single, pair, structure) or
+    <source>/<chain>.npz: array `name` (or the only one) [N, D], or a pair [N, N, D] gathered at the
+    native kNN edges `edge_idx` [length, K]."""
+    path = os.path.join(target.source, ch.name, "embeddings.npz")
     if not os.path.exists(path):
-        raise records.DataError(f"targets.{name}.source={target.source!r}: no embeddings file {path}")
+        path = os.path.join(target.source, f"{ch.name}.npz")
+    if not os.path.exists(path):
+        raise records.DataError(f"targets.{name}.source={target.source!r}: no embeddings for chain {ch.name} "
+                                f"({ch.name}/embeddings.npz or {ch.name}.npz)")
     with np.load(path) as f:
         keys = [name] if name in f.files else f.files
         if len(keys) != 1:

@@ -20,7 +20,7 @@ from reed_jax.objective import NOISE_WEIGHTS
 
 TRACKS = ("image", "protein")
 DATA_SOURCES = ("digits", "imagenet", "proteins")
-PROTEIN_SOURCES = ("mdanalysistests", "pdb_dir", "cath")
+PROTEIN_SOURCES = ("mdanalysistests", "pdb_dir", "cath", "pdb2021")
 IMAGE_SOURCES = ("folder", "tfds")
 DIGITS_FIELDS = ("digits_tokens", "digits_pooled")  # what the digits source stores, for every variant
 ENCODER_MODES = ("precomputed", "online")
@@ -130,6 +130,7 @@ def base_config() -> ml_collections.ConfigDict:
         pdb_dir="",            # source=pdb_dir: a folder of .pdb/.cif(.gz) single chains ...
         cluster_file="",       # ... and optionally a cluster list (one line per cluster: member names)
         cath_dir="",           # source=cath: chain_set.jsonl + chain_set_splits.json
+        pdb2021_dir="",        # source=pdb2021: ProteinMPNN's pdb_2021aug02 (list.csv, *_clusters.txt, pdb/)
         min_length=30, max_length=192,   # chains outside are skipped; batches are padded to max_length
         max_resolution=3.5,    # Angstrom; chains without a stated resolution are kept
         max_x_fraction=0.1,    # skip chains with more unknown residues than this

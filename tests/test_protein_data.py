@@ -253,3 +253,24 @@ def test_imported_alphafold_style_embeddings(archive, tmp_path):
     np.savez(tmp_path / "emb" / f"{ch.name}.npz", single=want[ch.name][0][:-1], pair=want[ch.name][1])
     with pytest.raises(records.DataError, match=rf"single has shape \({len(ch) - 1}, 5\); chain {ch.name} has {len(ch)}"):
         data.import_external("single", c.targets.single, ch, 40, None)
+
+
+def test_proteinmpnn_pdb2021_layout_without_torch():
+    """pdb_2021aug02 (torch.save chain files, fixture made with torch by tools/make_parity_fixtures.py
+    pdb2021): one chain per cluster, valid clusters held out, test clusters left out."""
+    root = os.path.join(FIX, "pdb2021_tiny")
+    s = data.read_pdb2021(root)
+    assert [c.name for c in s["train"]] == ["1abc_A"] and [c.name for c in s["validation"]] == ["2xyz_A"]
+    ch = s["train"][0]
+    with open(os.path.join(root, "list.csv")) as fh:
+        seq = fh.read().splitlines()[1].split(",")[-1]
+    assert ch.sequence == seq and ch.resolution == 2.0 and ch.coords.shape == (24, 4, 3)
+    assert ch.backbone_mask.sum() == 23 and not ch.backbone_mask[3]  # residue 3 has no O
+    np.testing.assert_allclose(ch.coords[0, 1], [2.3, 0.0, 0.0], atol=1e-6)
+    c = tiny_protein_config("unused", "base")
+    c.protein.update(source="pdb2021", pdb2021_dir=root, min_length=20)
+    config_lib.validate(c)
+    assert [len(v) for v in data.load_splits(c.protein, log=lambda *_: None).values()] == [1, 1]
+    c.protein.pdb2021_dir = FIX
+    with pytest.raises(records.DataError, match="has no list.csv"):
+        data.load_splits(c.protein)

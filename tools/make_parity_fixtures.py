@@ -16,6 +16,7 @@ sit_checkpoint: a tiny REED-style SiT training checkpoint for the importer.
 vae: a tiny diffusers AutoencoderKL (needs `pip install diffusers`).
 dinov2: tiny transformers DINOv2 models (plain, SwiGLU, registers) on REPA's preprocessing
 (needs `pip install transformers` in the same venv).
+pdb2021: a tiny tree in ProteinMPNN's pdb_2021aug02 layout (torch.save chain files).
 """
 from __future__ import annotations
 
@@ -216,8 +217,38 @@ def safetensors_file():
              **{k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in t.items()})
 
 
+def pdb2021():
+    """A tiny tree in ProteinMPNN's pdb_2021aug02 layout (torch.save chain files): 4 chains in 3
+    clusters (cluster 10 train with 2 members, 20 validation, 30 test), helices with one missing O."""
+    root = os.path.join(OUT, "pdb2021_tiny")
+    rng = np.random.default_rng(0)
+    rows = [("1abc_A", 10), ("1abd_B", 10), ("2xyz_A", 20), ("3qqq_A", 30)]
+    lines = ["CHAINID,DEPOSITION,RESOLUTION,HASH,CLUSTER,SEQUENCE"]
+    for cid, cluster in rows:
+        n = 24
+        seq = "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), n))
+        i = np.arange(n)[:, None]
+        ca = np.concatenate([2.3 * np.cos(i * 1.75), 2.3 * np.sin(i * 1.75), 1.5 * i], axis=1)
+        xyz = np.full((n, 14, 3), np.nan, np.float32)
+        for a, off in enumerate(([-0.5, 0.8, -0.6], [0, 0, 0], [0.6, 0.9, 0.7], [1.1, 1.8, 1.1])):
+            xyz[:, a] = ca + np.asarray(off)
+        xyz[3, 3] = np.nan  # a missing O
+        mask = np.isfinite(xyz).all(-1)
+        os.makedirs(os.path.join(root, "pdb", cid[1:3]), exist_ok=True)
+        torch.save({"seq": seq, "xyz": torch.from_numpy(xyz), "mask": torch.from_numpy(mask),
+                    "bfac": torch.zeros(n, 14), "occ": torch.ones(n, 14)},
+                   os.path.join(root, "pdb", cid[1:3], f"{cid}.pt"))
+        lines.append(f"{cid},2020-01-01,2.0,abc,{cluster},{seq}")
+    with open(os.path.join(root, "list.csv"), "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    with open(os.path.join(root, "valid_clusters.txt"), "w") as fh:
+        fh.write("20\n")
+    with open(os.path.join(root, "test_clusters.txt"), "w") as fh:
+        fh.write("30\n")
+
+
 if __name__ == "__main__":
     targets = {"safetensors_file": safetensors_file, "vae": vae, "inception": inception, "torch_files": torch_files, "sit_checkpoint": sit_checkpoint,
-               "dinov2": dinov2}
+               "dinov2": dinov2, "pdb2021": pdb2021}
     for name in sys.argv[1:] or list(targets):
         targets[name]()

@@ -7,7 +7,12 @@ Sources (`protein.source`):
   optional `protein.cluster_file` (one cluster per line, whitespace-separated member names) so the
   held-out split takes whole clusters;
 - `cath`: CATH 4.2 `chain_set.jsonl` + `chain_set_splits.json` in `protein.cath_dir` (its
-  train / validation split as given).
+  train / validation split as given);
+- `pdb2021`: ProteinMPNN's training set (`pdb_2021aug02/`: `list.csv`, `valid_clusters.txt`,
+  `test_clusters.txt`, `pdb/<id[1:3]>/<id>.pt` chain files with `seq`, `xyz` [L, 14, 3], `mask`) in
+  `protein.pdb2021_dir`, read with the torch-free reader (reed_jax.convert.torch_file: tensors and
+  containers only, the `weights_only=True` idea); one chain per cluster (the first listed),
+  validation = `valid_clusters.txt`, the test clusters left out.
 Filters: length in [min_length, max_length], resolution <= max_resolution (unknown passes), X
 fraction <= max_x_fraction; every skip is counted and printed. Without a given split, a
 `validation_fraction` of the structures (clusters) is held out, chosen by `split_seed`.
@@ -61,6 +66,42 @@ def read_pdb_dir(folder: str) -> list[structure.Chain]:
     return [structure.read_file(os.path.join(folder, f)) for f in files]
 
 
+def read_pdb2021(root: str) -> dict[str, list[structure.Chain]]:
+    """ProteinMPNN's pdb_2021aug02 layout -> {'train', 'validation'} chains (one per cluster)."""
+    import csv
+
+    from reed_jax.convert import torch_file
+
+    listing = os.path.join(root, "list.csv")
+    if not os.path.exists(listing):
+        raise records.DataError(f"protein.pdb2021_dir={root!r} has no list.csv (expected ProteinMPNN's pdb_2021aug02)")
+    held = {}
+    for split, f in (("validation", "valid_clusters.txt"), ("test", "test_clusters.txt")):
+        path = os.path.join(root, f)
+        if os.path.exists(path):
+            with open(path) as fh:
+                held.update({c: split for c in fh.read().split()})
+    out: dict[str, list[structure.Chain]] = {"train": [], "validation": []}
+    seen = set()
+    with open(listing) as fh:
+        for row in csv.DictReader(fh):
+            cluster = row["CLUSTER"]
+            split = held.get(cluster, "train")
+            if cluster in seen or split == "test":
+                continue
+            seen.add(cluster)
+            cid = row["CHAINID"]
+            path = os.path.join(root, "pdb", cid[1:3], f"{cid}.pt")
+            if not os.path.exists(path):
+                raise records.DataError(f"protein.pdb2021_dir: chain file {path} listed in list.csv is missing")
+            e = torch_file.load(path)
+            xyz, mask = np.asarray(e["xyz"], np.float32)[:, :4], np.asarray(e["mask"], bool)[:, :4]
+            xyz = np.where(mask[..., None], xyz, np.nan).astype(np.float32)
+            res = float(row["RESOLUTION"]) if row.get("RESOLUTION") not in (None, "") else math.nan
+            out[split].append(structure.Chain(cid, residues.encode(e["seq"]), xyz, res))
+    return out
+
+
 def read_clusters(path: str) -> dict[str, int]:
     """Cluster file -> {member name: cluster number}."""
     out = {}
@@ -99,6 +140,9 @@ def split_chains(chains, p, groups: dict[str, int] | None = None) -> dict[str, l
 
 
 def load_splits(p, log=print) -> dict[str, list[structure.Chain]]:
+    if p.source == "pdb2021":
+        splits = read_pdb2021(p.pdb2021_dir)
+        return {k: filter_chains(v, p, log) for k, v in splits.items()}
     if p.source == "cath":
         chains = structure.read_cath_jsonl(os.path.join(p.cath_dir, "chain_set.jsonl"))
         splits = structure.read_cath_splits(os.path.join(p.cath_dir, "chain_set_splits.json"))

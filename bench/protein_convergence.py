@@ -28,7 +28,6 @@ from reed_jax.data import pipeline, precompute  # noqa: E402
 from reed_jax.protein import evaluate as protein_eval, model as protein_model  # noqa: E402
 
 VARIANTS = ("base", "reed")
-FIELDS = ("coords", "mask", "residue_idx", "tokens")
 
 
 def variant_config(name: str, args):
@@ -76,7 +75,7 @@ def main(argv=None) -> dict:
                                  protein_eval.make_evaluator(c, model, held_out, sample_metrics=False),
                                  protein_eval.make_evaluator(c, model, held_out))
         step_fn, quick, full = steps_cache[name]
-        fields = list(FIELDS) + [k for k in data if k.startswith("target/")] if c.targets else list(FIELDS)
+        fields = list(protein_model.BATCH_FIELDS) + ([k for k in data if k.startswith("target/")] if c.targets else [])
         state = benchmark.initial_state(c, params, seed)
         it = benchmark.batches({k: data[k] for k in fields}, c.train.batch_size, seed)
         points, t0 = [], time.time()

@@ -463,7 +463,8 @@ def fid_evaluate(config, workdir: str, params, step: int, mesh=None, num_samples
 
     t0 = time.time()
     paths = fid_eval.run_batches(os.path.join(out_dir, "batches"), n, bs, make_images, extractor, e.save_npz, log)
-    result = dict(fid_eval.score(paths, n, ref, frechet_method=config.eval.frechet_method), step=step, tag=tag, seconds=time.time() - t0)
+    result = dict(fid_eval.score(paths, n, ref, frechet_method=e.frechet_method), step=step, tag=tag,
+                  seconds=time.time() - t0)
     if jax.process_index() == 0:
         with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
             json.dump(result, fh, indent=1)
@@ -519,17 +520,9 @@ def evaluate_mode(config, workdir: str, log=print) -> dict:
     if config.data.kind == "latents" and not os.path.exists(path or ""):
         raise fid_eval.EvalError(f"--mode=evaluate of a latent model needs {key} (an SD-VAE whose decoder renders "
                                  f"the samples; eval.vae_decoder_path, else precompute.vae_path); {path!r} does not exist")
-    model, tx = build_model(config), make_optimizer(config)
-    mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
-    if mngr.latest_step() is None:
-        raise FileNotFoundError(f"no checkpoint in {mngr.directory}: train first (--mode=train)")
-    checkpoint.check_signature(mngr, signature(config), workdir)
     mesh = parallel.make_mesh(config.mesh)
-    abstract = abstract_state(config, model, tx)
-    shardings = parallel.state_shardings(abstract, mesh, logical_specs(model))
-    state, _ = checkpoint.restore(mngr, parallel.with_shardings(abstract, shardings))
-    step = int(state.step)
-    result = fid_evaluate(config, workdir, state.ema_params, step, mesh, log=log)
+    _, params, step = latest_ema(config, workdir, mesh)
+    result = fid_evaluate(config, workdir, params, step, mesh, log=log)
     writer = _writer(workdir)
     writer.write_scalars(step, {f"fid{result['num_samples']}/{k}": v for k, v in result.items()
                                 if isinstance(v, float) and k != "seconds"})
@@ -557,14 +550,18 @@ class StopOnSignal:
         return False
 
 
-def latest_ema(config, workdir: str):
-    """(model, EMA params, step) of the latest checkpoint in `workdir` (its signature checked)."""
+def latest_ema(config, workdir: str, mesh=None):
+    """(model, EMA params, step) of the latest checkpoint in `workdir` (its signature checked),
+    restored into the state's shardings over `mesh` when given."""
     model, tx = build_model(config), make_optimizer(config)
     mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
     if mngr.latest_step() is None:
         raise FileNotFoundError(f"no checkpoint in {mngr.directory}: train first (--mode=train)")
     checkpoint.check_signature(mngr, signature(config), workdir)
-    state, _ = checkpoint.restore(mngr, abstract_state(config, model, tx))
+    abstract = abstract_state(config, model, tx)
+    if mesh is not None:
+        abstract = parallel.with_shardings(abstract, parallel.state_shardings(abstract, mesh, logical_specs(model)))
+    state, _ = checkpoint.restore(mngr, abstract)
     return model, state.ema_params, int(state.step)
 
 

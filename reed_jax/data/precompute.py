@@ -64,14 +64,9 @@ def precompute(config, workdir: str, log=print) -> str:
     fd_params(config, out, log)
     examples = digits_examples(config, out, log)
     schema = records.Schema.of(examples[0])
-    if os.path.exists(os.path.join(out, records.MANIFEST_FILE)):
-        have, manifest = records.read_manifest(out)
-        count = sum(r["count"] for r in manifest["shards"])
-        if have == schema and count == len(examples):
-            log(f"shards already in {out} ({count} records); keeping them")
-            return out
-        raise records.DataError(f"{out} already holds different shards (schema or count differ); "
-                                f"remove them or set data.dir elsewhere: they are not overwritten")
+    if records.matching_shards(out, schema, {"train": len(examples)}):
+        log(f"shards already in {out} ({len(examples)} records); keeping them")
+        return out
     rows = records.write_split(out, "train", schema, examples, config.data.num_shards)
     records.write_manifest(out, schema, rows, {"source": "digits"})
     log(f"wrote {len(examples)} records in {len(rows)} shards to {out} ({schema.record_bytes} bytes/record)")

@@ -181,6 +181,19 @@ def read_manifest(data_dir: str) -> tuple[Schema, dict]:
     return schema, manifest
 
 
+def matching_shards(out_dir: str, schema: Schema, counts: Mapping[str, int]) -> bool:
+    """Before writing shards: False if `out_dir` holds none, True if it holds exactly these (schema and
+    record count per split: keep them), else DataError (existing shards are never overwritten)."""
+    if not os.path.exists(os.path.join(out_dir, MANIFEST_FILE)):
+        return False
+    have, manifest = read_manifest(out_dir)
+    have_counts = {s: sum(r["count"] for r in manifest["shards"] if r["split"] == s) for s in counts}
+    if have == schema and have_counts == dict(counts):
+        return True
+    raise DataError(f"{out_dir} already holds different shards (schema or counts differ); remove them or set "
+                    f"data.dir elsewhere: they are not overwritten")
+
+
 def split_files(data_dir: str, manifest: Mapping, split: str) -> tuple[list[str], int]:
     """Paths and total record count of `split`; names a missing or empty shard file."""
     rows = [r for r in manifest["shards"] if r["split"] == split]

@@ -76,21 +76,16 @@ def make_evaluator(config, model, batches: list[dict], fold_fn: Callable | None 
     return evaluate
 
 
-def _setup(config, workdir: str):
-    from reed_jax import train
-    from reed_jax.data import precompute
-
-    model, params, step = train.latest_ema(config, workdir)
-    batches = pmodel.eval_batches(precompute.data_dir(config, workdir), "validation", config.sample.batch_size)
-    return model, params, step, batches
-
-
 def evaluate_mode(config, workdir: str, log=print) -> dict:
     """`--mode=evaluate`: the metrics of the latest EMA params on the held-out backbones -> metrics json."""
     import json
     import os
 
-    model, params, step, batches = _setup(config, workdir)
+    from reed_jax import train
+    from reed_jax.data import precompute
+
+    model, params, step = train.latest_ema(config, workdir)
+    batches = pmodel.eval_batches(precompute.data_dir(config, workdir), "validation", config.sample.batch_size)
     result, _ = make_evaluator(config, model, batches)(params, step)
     path = os.path.join(workdir, "eval", f"protein_step{step:07d}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -104,11 +99,14 @@ def sample_mode(config, workdir: str, log=print) -> str:
     """`--mode=sample`: `protein.eval_samples` designs per held-out backbone -> FASTA with recovery."""
     import os
 
+    from reed_jax import train
     from reed_jax.data import pipeline, precompute
 
-    model, params, step, batches = _setup(config, workdir)
+    model, params, step = train.latest_ema(config, workdir)
     p = config.protein
-    names = pipeline.read_all(precompute.data_dir(config, workdir), "validation", ["index", "length"])
+    names = pipeline.read_all(precompute.data_dir(config, workdir), "validation",
+                              list(pmodel.BATCH_FIELDS) + ["index", "length"])
+    batches = pmodel.pad_batches({k: names[k] for k in pmodel.BATCH_FIELDS}, config.sample.batch_size)
     design = functools.partial(sample, model=model, num_steps=p.sample_steps, temperature=p.temperature)
     lines, k = [], 0
     for bi, b in enumerate(batches):

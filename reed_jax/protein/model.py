@@ -165,11 +165,12 @@ def check_data(config, schema: records.Schema, data_dir: str) -> None:
             schema.field(records.TARGET_PREFIX + n + "_idx")
 
 
-def eval_batches(data_dir: str, split: str, batch_size: int) -> list[dict]:
-    """Every chain of `split` in fixed-size batches (the last padded with empty chains)."""
-    from reed_jax.data import pipeline
+BATCH_FIELDS = ("coords", "mask", "residue_idx", "tokens")  # what the backbone reads of a chain
 
-    d = pipeline.read_all(data_dir, split, ["coords", "mask", "residue_idx", "tokens"])
+
+def pad_batches(d: dict, batch_size: int) -> list[dict]:
+    """Stacked chains {field: [N, ...]} -> fixed-size batches (the last padded with empty chains, so
+    one compiled shape serves them all)."""
     n = len(d["mask"])
     out = []
     for i in range(0, n, batch_size):
@@ -179,3 +180,10 @@ def eval_batches(data_dir: str, split: str, batch_size: int) -> list[dict]:
             b = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in b.items()}
         out.append({k: jnp.asarray(v) for k, v in b.items()})
     return out
+
+
+def eval_batches(data_dir: str, split: str, batch_size: int) -> list[dict]:
+    """Every chain of `split` in fixed-size batches of BATCH_FIELDS."""
+    from reed_jax.data import pipeline
+
+    return pad_batches(pipeline.read_all(data_dir, split, list(BATCH_FIELDS)), batch_size)

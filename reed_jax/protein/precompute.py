@@ -9,25 +9,16 @@ identical (schema and counts) and never overwritten otherwise.
 """
 from __future__ import annotations
 
-import os
 
 import jax
 import numpy as np
 
 from reed_jax.data import records
 from reed_jax.models import encoders
-from reed_jax.protein import data, features, teacher
+from reed_jax.protein import data, features, model as protein_model, teacher
 
+TEACHER_BATCH = 8  # chains per teacher call (the last batch padded: one compile)
 PAIR_K = 48  # edges stored for imported pair targets (ProteinMPNN's released k; the student's k=30 is a subset)
-
-
-def _batched(examples: list[dict], size: int):
-    """(offset, batch) of `size` chains (the last one padded with empty chains: one compile)."""
-    for i in range(0, len(examples), size):
-        chunk = examples[i:i + size]
-        b = {k: np.stack([e[k] for e in chunk]) for k in ("coords", "mask", "residue_idx", "tokens")}
-        pad = size - len(chunk)
-        yield i, len(chunk), {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in b.items()}
 
 
 def add_targets(config, splits: dict, log=print) -> None:
@@ -48,24 +39,29 @@ def add_targets(config, splits: dict, log=print) -> None:
             if t_cfg[n].dim != model.hidden:
                 raise records.DataError(f"targets.{n}.dim={t_cfg[n].dim} but the teacher's features are {model.hidden}-d")
         log(f"teacher ProteinMPNN ({p.teacher_model}, k={model.k}) from {p.teacher_path}")
-    knn = jax.jit(lambda c, m: features.knn(c[:, :, 1], m, PAIR_K))
+    imported = {n: t for n, t in t_cfg.items() if t.encoder == encoders.EXTERNAL}
+    knn = jax.jit(lambda c, m: features.knn(c[:, :, 1], m, PAIR_K)) if imported else None
     total = sum(len(v) for v, _ in splits.values())
     bar = tqdm(total=total, desc="targets", unit="chain", dynamic_ncols=True)
     for split, (examples, chains) in splits.items():
-        for i, count, b in _batched(examples, 8):
+        if not examples:
+            continue
+        stacked = {k: np.stack([e[k] for e in examples]) for k in protein_model.BATCH_FIELDS}
+        for bi, b in enumerate(protein_model.pad_batches(stacked, TEACHER_BATCH)):
+            i = bi * TEACHER_BATCH
+            count = min(TEACHER_BATCH, len(examples) - i)
             out = jax.device_get(fn(b["coords"], b["mask"], b["residue_idx"], b["tokens"])) if fn else {}
-            e_idx = np.asarray(knn(b["coords"], b["mask"]))
+            e_idx = np.asarray(knn(b["coords"], b["mask"])) if knn else None
             for j in range(count):
                 ex, ch = examples[i + j], chains[i + j]
                 for n in names:
                     ex[records.TARGET_PREFIX + n] = np.asarray(out[n][j], np.float32)
                     if n == "pair":
                         ex[records.TARGET_PREFIX + n + "_idx"] = np.asarray(out["pair_idx"][j], np.int32)
-                for n, t in t_cfg.items():
-                    if t.encoder == encoders.EXTERNAL:
-                        ex[records.TARGET_PREFIX + n] = data.import_external(n, t, ch, p.max_length, e_idx[j])
-                        if ex[records.TARGET_PREFIX + n].ndim == 3:
-                            ex[records.TARGET_PREFIX + n + "_idx"] = e_idx[j]
+                for n, t in imported.items():
+                    ex[records.TARGET_PREFIX + n] = data.import_external(n, t, ch, p.max_length, e_idx[j])
+                    if ex[records.TARGET_PREFIX + n].ndim == 3:
+                        ex[records.TARGET_PREFIX + n + "_idx"] = e_idx[j]
                 bar.update(1)
     bar.close()
 
@@ -83,14 +79,9 @@ def precompute_proteins(config, out_dir: str, log=print) -> str:
     add_targets(config, with_examples, log)
     schema = records.Schema.of(with_examples["train"][0][0])
     counts = {s: len(v[0]) for s, v in with_examples.items()}
-    if os.path.exists(os.path.join(out_dir, records.MANIFEST_FILE)):
-        have, manifest = records.read_manifest(out_dir)
-        have_counts = {s: sum(r["count"] for r in manifest["shards"] if r["split"] == s) for s in counts}
-        if have == schema and have_counts == counts:
-            log(f"shards already in {out_dir} ({counts}); keeping them")
-            return out_dir
-        raise records.DataError(f"{out_dir} already holds different shards (schema or counts differ); remove them "
-                                f"or set data.dir elsewhere: they are not overwritten")
+    if records.matching_shards(out_dir, schema, counts):
+        log(f"shards already in {out_dir} ({counts}); keeping them")
+        return out_dir
     rows = []
     for s, (examples, _) in with_examples.items():
         if examples:

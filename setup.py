@@ -25,6 +25,7 @@ setup(
         "tqdm>=4.66",
         "matplotlib>=3.9",
         "scikit-learn>=1.5",  # the embedded default data (load_digits)
+        "rdkit>=2024.9",  # the molecule track: bonds from 3D, sanitisation, SDF, MMFF
     ],
     extras_require={"test": ["pytest>=8", "pytest-xdist>=3"]},
 )

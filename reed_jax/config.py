@@ -18,8 +18,10 @@ from reed_jax.evaluation.frechet import METHODS as FRECHET_METHODS
 from reed_jax.models.sit import REMAT_POLICIES, SIT_SIZES
 from reed_jax.objective import NOISE_WEIGHTS
 
-TRACKS = ("image", "protein")
-DATA_SOURCES = ("digits", "imagenet", "proteins")
+TRACKS = ("image", "protein", "molecule")
+DATA_SOURCES = ("digits", "imagenet", "proteins", "molecules")
+TRACK_SOURCE = {"protein": "proteins", "molecule": "molecules"}  # non-image tracks read one source each
+MOLECULE_SOURCES = ("qm9", "edm_arrays", "sdf")
 PROTEIN_SOURCES = ("mdanalysistests", "pdb_dir", "cath", "pdb2021")
 IMAGE_SOURCES = ("folder", "tfds")
 DIGITS_FIELDS = ("digits_tokens", "digits_pooled")  # what the digits source stores, for every variant
@@ -132,6 +134,8 @@ def base_config() -> ml_collections.ConfigDict:
         cath_dir="",           # source=cath: chain_set.jsonl + chain_set_splits.json
         pdb2021_dir="",        # source=pdb2021: ProteinMPNN's pdb_2021aug02 (list.csv, *_clusters.txt, pdb/)
         min_length=30, max_length=192,   # chains outside are skipped; batches are padded to max_length
+        length_buckets=(),     # e.g. (64, 128, 192): training batches cropped to the smallest bucket that
+                               # holds them (one compile per bucket); () = every batch at max_length
         max_resolution=3.5,    # Angstrom; chains without a stated resolution are kept
         max_x_fraction=0.1,    # skip chains with more unknown residues than this
         validation_fraction=0.15, split_seed=0,  # held-out structures (or clusters) when the source has no split
@@ -142,6 +146,27 @@ def base_config() -> ml_collections.ConfigDict:
         standardize_targets=True,  # per-channel, batch statistics over valid residues
         sample_steps=500, temperature=0.1,
         eval_samples=4,        # sequences sampled per validation backbone (recovery, diversity)
+    )
+    c.molecule = dict(
+        source="qm9",          # one of MOLECULE_SOURCES
+        qm9_wheel="",          # source=qm9: the qm9pack wheel (`make data` fetches it)
+        edm_path="",           # source=edm_arrays: GEOM as EDM's [M, 5] (id, Z, x, y, z) .npy
+        sdf_path="",           # source=sdf: an .sdf file or a folder of them (3D, hydrogens)
+        elements="qm9",        # atom vocabulary: 'qm9' (H C N O F) or 'drugs' (16 elements of GEOM-Drugs)
+        max_atoms=29,          # molecules padded to this many atoms (QM9 with hydrogens: 29)
+        split_seed=0, validation_fraction=0.1,  # QM9: standard split sizes; others: this fraction held out
+        train_limit=0, eval_limit=0,  # first molecules of each split (0 = all)
+        layers=6, edge_dim=32,  # EGNN depth and edge-feature width (width is model.hidden)
+        coord_scale=2.407,     # coordinates divided by this (SemlaFlow's QM9 scale) on the flow's data side
+        coord_noise=0.2,       # std of the Gaussian added to interpolated coordinates
+        time_beta=(2.0, 1.0),  # t ~ Beta(a, b), t = 1 data
+        ot=True,               # equivariant OT pairing (Hungarian permutation + Kabsch) of noise and data
+        loss_coords=1.0, loss_types=0.2, loss_bonds=1.0, loss_charges=1.0,
+        sample_steps=100,      # Euler steps on a log time grid
+        eval_samples=256,      # molecules generated per evaluation
+        energy_samples=32,     # ... of which this many valid ones get MMFF energy and strain
+        encoder_steps=2000, encoder_seed=1,  # the stand-in QM9 property encoder (targets encoder='qm9_property'):
+        encoder_hidden=32, encoder_layers=3, encoder_batch=32,  # fitting steps, seed, width, depth, batch
     )
     return c
 
@@ -251,9 +276,9 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
 
     _one_of(c.track, TRACKS, "track")
     _one_of(c.data.source, DATA_SOURCES, "data.source")
-    if (c.track == "protein") != (c.data.source == "proteins"):
+    if TRACK_SOURCE.get(c.track) != (c.data.source if c.data.source in TRACK_SOURCE.values() else None):
         raise ConfigError(f"track={c.track!r} with data.source={c.data.source!r}: the protein track reads "
-                          f"data.source='proteins', the image track the others")
+                          f"data.source='proteins', the molecule track 'molecules', the image track the others")
     for name, t in c.targets.items():
         _check_keys(t, target_template(), f"targets.{name}.")
         _one_of(t.encoder, encoders.names(), f"targets.{name}.encoder")
@@ -273,6 +298,11 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
             _one_of(t.encoder, (encoders.PROTEIN_TEACHER, encoders.EXTERNAL), f"targets.{name}.encoder")
         elif t.encoder == encoders.PROTEIN_TEACHER:
             raise ConfigError(f"targets.{name}.encoder='{encoders.PROTEIN_TEACHER}' belongs to track='protein'")
+        elif c.track == "molecule":
+            _one_of(t.tap, tuple(f"layer{i}" for i in range(1, c.molecule.layers + 1)), f"targets.{name}.tap")
+            _one_of(t.encoder, (encoders.MOLECULE_STANDIN, encoders.EXTERNAL), f"targets.{name}.encoder")
+        elif t.encoder == encoders.MOLECULE_STANDIN:
+            raise ConfigError(f"targets.{name}.encoder='{encoders.MOLECULE_STANDIN}' belongs to track='molecule'")
         elif not 1 <= t.depth <= c.model.depth:
             raise ConfigError(f"targets.{name}.depth={t.depth} is outside 1..model.depth={c.model.depth}")
         if t.coeff < 0:
@@ -285,8 +315,22 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         if not 1 <= c.protein.min_length <= c.protein.max_length:
             raise ConfigError(f"protein.min_length={c.protein.min_length} must be in 1..protein.max_length="
                               f"{c.protein.max_length}")
+        lb = tuple(c.protein.length_buckets)
+        if lb and (list(lb) != sorted(set(lb)) or lb[-1] != c.protein.max_length or lb[0] < c.protein.k):
+            raise ConfigError(f"protein.length_buckets={lb}: need strictly increasing lengths, each >= protein.k="
+                              f"{c.protein.k} (the kNN graph), the last equal to protein.max_length="
+                              f"{c.protein.max_length}")
         if not 0.0 < c.protein.t_min < c.protein.t_max < 1.0:
             raise ConfigError(f"protein.t_min={c.protein.t_min}, t_max={c.protein.t_max}: need 0 < t_min < t_max < 1")
+    if c.track == "molecule":
+        m = c.molecule
+        _one_of(m.source, MOLECULE_SOURCES, "molecule.source")
+        _one_of(m.elements, ("qm9", "drugs"), "molecule.elements")
+        if m.max_atoms < 2 or m.layers < 1 or m.sample_steps < 1:
+            raise ConfigError(f"molecule.max_atoms={m.max_atoms}, layers={m.layers}, sample_steps={m.sample_steps}: "
+                              f"need max_atoms >= 2, layers >= 1, sample_steps >= 1")
+        if len(m.time_beta) != 2 or min(m.time_beta) <= 0:
+            raise ConfigError(f"molecule.time_beta={tuple(m.time_beta)}: the (a, b) of Beta(a, b), both > 0")
     _one_of(c.data.image_source, IMAGE_SOURCES, "data.image_source")
     _one_of(c.encoder.mode, ENCODER_MODES, "encoder.mode")
     if c.encoder.mode == "online" and c.data.source != "imagenet":
@@ -389,4 +433,44 @@ def protein_config(variant: str = "reed", size: str = "demo", root: str = ".data
         c.targets.pair = _target(tap="decoder_edges", dim=128, coeff=2.0, proj_width=256, encoder="proteinmpnn")
         c.curriculum.update(gen=dict(start=0, warmup=c.train.steps // 4, decay="constant", total_steps=0),
                             align=dict(coeff=0.2, decay="cosine", decay_steps=c.train.steps))
+    return c
+
+
+MOLECULE_SIZES = {  # (hidden, layers, lr, ema_decay, steps, batch, train_limit, eval_limit, encoder_steps)
+    "demo": (64, 6, 1e-3, 0.99, 1500, 32, 4000, 400, 1000),       # minutes on a laptop CPU
+    "reference": (256, 9, 3e-4, 0.999, 300_000, 128, 0, 0, 20_000),  # full QM9 on an accelerator
+}
+
+
+def molecule_config(variant: str = "reed", size: str = "demo", root: str = ".data") -> ml_collections.ConfigDict:
+    """Unconditional 3D molecule generation by flow matching (METHOD.md section 4) on QM9.
+
+    EGNN backbone (coordinates, atom types, charges, bonds; Beta(2, 1) times; OT-paired noise).
+    reed: one target, the pooled vector of the frozen stand-in 3D encoder (`qm9_property`: an EGNN
+    fitted once on QM9's DFT properties, 128-d), aligned from layer 4's atom features summed over
+    real atoms through an MLP (hidden -> hidden -> hidden -> 128); w_align = 0.2 constant, w_gen
+    warmed up linearly over the first 15% of training (the reference: 30 of 200 epochs). base: no
+    target. size: 'demo' (width 64, 4,000 training molecules) or 'reference' (width 256, 9 layers,
+    all of QM9's 100k training molecules).
+    """
+    if variant not in ("reed", "base"):
+        raise ConfigError(f"molecule config: unknown variant {variant!r}; expected reed or base")
+    if size not in MOLECULE_SIZES:
+        raise ConfigError(f"molecule config: unknown size {size!r}; expected one of {list(MOLECULE_SIZES)}")
+    hidden, layers, lr, ema, steps, batch, n_train, n_eval, enc_steps = MOLECULE_SIZES[size]
+    c = base_config()
+    c.track = "molecule"
+    c.data.update(source="molecules", num_shards=2)
+    c.model.update(name=f"EGNN-{hidden}x{layers}", hidden=hidden, projector_width=hidden)
+    c.molecule.update(qm9_wheel=f"{root}/qm9pack-1.0.3-py3-none-any.whl", layers=layers, train_limit=n_train,
+                      eval_limit=n_eval, encoder_steps=enc_steps)
+    c.optim.update(lr=lr, weight_decay=0.0, grad_clip=1.0, ema_decay=ema)
+    c.train.update(batch_size=batch, steps=steps, log_every=min(100, steps // 10), eval_every=steps // 3,
+                   checkpoint_every=steps // 3)
+    c.sample.batch_size = 64
+    if variant == "reed":
+        c.targets.qm9_property = _target(tap="layer4", dim=128, coeff=1.0, proj_width=hidden,
+                                         encoder="qm9_property")  # models.encoders.MOLECULE_STANDIN
+        c.curriculum.update(gen=dict(start=0, warmup=int(0.15 * steps), decay="constant", total_steps=0),
+                            align=dict(coeff=0.2, decay="constant", decay_steps=0))
     return c

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from reed_jax import checkpoint, config as config_lib, curriculum, objective, parallel, visualize
+from reed_jax import checkpoint, config as config_lib, curriculum, objective, parallel, tracks, visualize
 from reed_jax.data import pipeline, precompute, records
 from reed_jax.diffusion import interpolants, samplers
 from reed_jax.models import encoders, sit as sit_lib
@@ -32,10 +32,9 @@ def target_specs(config) -> list[TargetSpec]:
 
 
 def build_model(config):
-    """The backbone of `config.track` with its projectors: SiT (image) or ProteinREED (protein)."""
-    if config.track == "protein":
-        from reed_jax.protein import model as protein_model
-        return protein_model.build_model(config)
+    """The backbone of `config.track` with its projectors: SiT (image) or the track's own."""
+    if (track := tracks.get(config)) is not None:
+        return track.build_model(config)
     return build_sit(config.model, tuple(config.data.image_shape), config.data.num_classes, target_specs(config))
 
 
@@ -54,11 +53,8 @@ def make_optimizer(config) -> optax.GradientTransformation:
 def signature(config) -> dict:
     """What must match for a checkpoint to belong to this run's model."""
     m = config.model
-    if config.track == "protein":
-        p = config.protein
-        return {"track": "protein", "model": [m.hidden, p.enc_layers, p.dec_layers, p.k, m.projector_width],
-                "max_length": p.max_length,
-                "targets": {n: [t.tap, t.dim, t.proj_width] for n, t in config.targets.items()}}
+    if (track := tracks.get(config)) is not None:
+        return track.signature(config)
     return {"model": [m.depth, m.hidden, m.heads, m.patch_size, m.mlp_ratio, m.projector_width],
             "scan": bool(m.scan),  # the param layout: per-block or stacked runs
             "data_shape": list(config.data.image_shape), "num_classes": config.data.num_classes,
@@ -85,9 +81,8 @@ class NonFiniteError(RuntimeError):
 def init_state(config, model, tx) -> TrainState:
     key = jax.random.PRNGKey(config.seed)
     k_init, k_drop, k_run = jax.random.split(key, 3)
-    if config.track == "protein":
-        from reed_jax.protein import model as protein_model
-        params = protein_model.init_params(config, model, k_init)
+    if (track := tracks.get(config)) is not None:
+        params = track.init_params(config, model, k_init)
     else:
         x = jnp.zeros((1,) + tuple(config.data.image_shape))
         params = flax.linen.unbox(model.init({"params": k_init, "label_dropout": k_drop}, x, jnp.zeros((1,)),
@@ -118,9 +113,8 @@ def image_losses(config, model, params, batch, rng):
 
 def track_losses(config) -> Callable:
     """The track's (config, model, params, batch, rng) -> (gen [B], align {name: [B]}, t [B])."""
-    if config.track == "protein":
-        from reed_jax.protein import model as protein_model
-        return protein_model.losses
+    if (track := tracks.get(config)) is not None:
+        return track.losses
     return image_losses
 
 
@@ -263,9 +257,8 @@ def check_data(config, data_dir: str) -> None:
 
     schema, manifest = records.read_manifest(data_dir)
     records.split_files(data_dir, manifest, "train")
-    if config.track == "protein":
-        from reed_jax.protein import model as protein_model
-        return protein_model.check_data(config, schema, data_dir)
+    if (track := tracks.get(config)) is not None:
+        return track.check_data(config, schema, data_dir)
     shapes = config_lib.target_shapes(config)
     if config.encoder.mode == "online":
         for name in precompute_images.image_targets(config):
@@ -310,10 +303,8 @@ def evaluate(config, workdir: str, sample_fn, params, step: int, scorer=None, lo
 
 def make_evaluator(config, workdir: str, data_dir: str, model, mesh, render: Callable, log=print) -> Callable:
     """(params, step) -> (result dict, grid images or None): the track's periodic evaluation."""
-    if config.track == "protein":
-        from reed_jax.protein import evaluate as protein_eval, model as protein_model
-        batches = protein_model.eval_batches(data_dir, "validation", config.sample.batch_size)
-        return protein_eval.make_evaluator(config, model, batches)
+    if (track := tracks.get(config)) is not None:
+        return track.make_evaluator(config, workdir, data_dir, model, log)
     scorer = None
     if config.data.source == "digits":
         from reed_jax.data import digits
@@ -321,6 +312,16 @@ def make_evaluator(config, workdir: str, data_dir: str, model, mesh, render: Cal
         scorer = DigitsScorer(precompute.fd_params(config, data_dir, log), digits.load()[0])
     sample_fn = make_sample_fn(config, model)
     return lambda params, step: evaluate(config, workdir, sample_fn, params, step, scorer, log, mesh, render)
+
+
+def train_iterator(config, data_dir: str, log=print):
+    """This process's training batches (iterator with get_state/set_state): grain over the shards, or
+    the track's own iterator (length buckets, host-side noise pairing)."""
+    nproc, batch = jax.process_count(), config.train.batch_size // jax.process_count()
+    if (track := tracks.get(config)) is not None:
+        return track.train_iterator(config, data_dir, batch, jax.process_index(), nproc, log)
+    return iter(pipeline.make_loader(data_dir, "train", batch, seed=config.seed, shard_index=jax.process_index(),
+                                     shard_count=nproc))
 
 
 def train_and_evaluate(config, workdir: str, log=print) -> dict:
@@ -353,9 +354,7 @@ def _train(config, workdir: str, log, stop: "StopOnSignal") -> dict:
     abstract = abstract_state(config, model, tx)
     shardings = parallel.state_shardings(abstract, mesh, logical_specs(model))
     nproc = jax.process_count()
-    loader = pipeline.make_loader(data_dir, "train", config.train.batch_size // nproc, seed=config.seed,
-                                  shard_index=jax.process_index(), shard_count=nproc)
-    it = iter(loader)
+    it = train_iterator(config, data_dir, log)
     if mngr.latest_step() is not None:
         state, meta = checkpoint.restore(mngr, parallel.with_shardings(abstract, shardings))
         if meta.get("data_iterator"):
@@ -512,9 +511,8 @@ def evaluate_mode(config, workdir: str, log=print) -> dict:
     from reed_jax.evaluation import fid_eval
 
     config_lib.validate(config, jax.device_count())
-    if config.track == "protein":
-        from reed_jax.protein import evaluate as protein_eval
-        return protein_eval.evaluate_mode(config, workdir, log)
+    if (track := tracks.get(config)) is not None:
+        return track.evaluate_mode(config, workdir, log)
     fid_eval.check_inputs(config.eval, "--mode=evaluate")
     path, key = decoder_path(config)
     if config.data.kind == "latents" and not os.path.exists(path or ""):
@@ -569,9 +567,8 @@ def sample_mode(config, workdir: str, log=print) -> str:
     """Load the latest checkpoint's EMA params and write samples: for images a grid and an npz
     (`arr_0`, uint8 NHWC); for proteins designed sequences of the held-out backbones (FASTA)."""
     config_lib.validate(config, jax.device_count())
-    if config.track == "protein":
-        from reed_jax.protein import evaluate as protein_eval
-        return protein_eval.sample_mode(config, workdir, log)
+    if (track := tracks.get(config)) is not None:
+        return track.sample_mode(config, workdir, log)
     model, params, step = latest_ema(config, workdir)
     labels = grid_labels(config)
     samples = generate(make_sample_fn(config, model), params, labels, config.sample.batch_size, config.seed + 3)

@@ -167,12 +167,17 @@ def test_archive_filters_and_split(archive):
 
 def test_precompute_train_evaluate_end_to_end(archive, tmp_path):
     c = tiny_protein_config(archive)
+    c.targets.pair.dtype = "bfloat16"
+    c.protein.length_buckets = (32, 40)
     logs = []
     out = precompute.precompute(c, str(tmp_path), logs.append)
     tr = pipeline.read_all(out, "train")
     va = pipeline.read_all(out, "validation")
     assert len(tr["mask"]) == 8 and len(va["mask"]) == 2
     assert tr["target/pair"].shape == (8, 40, 8, 16) and tr["target/pair_idx"].shape == (8, 40, 8)
+    assert tr["target/pair"].dtype == records.np_dtype("bfloat16") and tr["target/single"].dtype == np.float32
+    _, manifest = records.read_manifest(out)
+    assert manifest["lengths"]["train"] == tr["length"].tolist()
     assert tr["target/structure"].shape == (8, 40, 16)
     # the stored targets are the teacher run on the native chain
     from reed_jax.protein import teacher
@@ -182,7 +187,9 @@ def test_precompute_train_evaluate_end_to_end(archive, tmp_path):
     n0 = int(tr["length"][0])
     assert np.all(tr["mask"][0, n0:] == 0) and np.all(tr["tokens"][0, n0:] == residues.X)
     c.data.dir = out
-    res = train.train_and_evaluate(c, str(tmp_path / "run"), log=lambda *_: None)
+    logs = []
+    res = train.train_and_evaluate(c, str(tmp_path / "run"), log=logs.append)
+    assert any(m.startswith("length buckets [32, 40]") for m in logs), logs
     assert res["step"] == 4 and 1.0 < res["perplexity"] < 1e3 and 0.0 <= res["recovery"] <= 1.0
     assert res["chains"] == 2 and 0.0 <= res["diversity"] <= 1.0
     fasta = train.sample_mode(c, str(tmp_path / "run"), log=lambda *_: None)

@@ -55,9 +55,9 @@ def digits_examples(config, data_dir_: str, log=print) -> list[dict]:
 def precompute(config, workdir: str, log=print) -> str:
     """Write the shards of `config.data` (and cache the frozen networks); returns the shard directory."""
     out = data_dir(config, workdir)
-    if config.track == "protein":
-        from reed_jax.protein import precompute as protein_precompute
-        return protein_precompute.precompute_proteins(config, out, log)
+    from reed_jax import tracks
+    if (track := tracks.get(config)) is not None:
+        return track.precompute(config, out, log)
     if config.data.source == "imagenet":
         from reed_jax.data import precompute_images
         return precompute_images.precompute_images(config, out, log)

@@ -165,6 +165,16 @@ def check_data(config, schema: records.Schema, data_dir: str) -> None:
             schema.field(records.TARGET_PREFIX + n + "_idx")
 
 
+def crop_fields(config) -> list[str]:
+    """Fields with a leading residue axis (what length buckets crop): the chain and every target."""
+    names = list(BATCH_FIELDS)
+    for n, t in config.targets.items():
+        names.append(records.TARGET_PREFIX + n)
+        if is_edge(t.tap):
+            names.append(records.TARGET_PREFIX + n + "_idx")
+    return names
+
+
 BATCH_FIELDS = ("coords", "mask", "residue_idx", "tokens")  # what the backbone reads of a chain
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from reed_jax.data import records
+from reed_jax.data import buckets, records
 from reed_jax.models import encoders
 from reed_jax.protein import data, features, model as protein_model, teacher
 
@@ -55,11 +55,12 @@ def add_targets(config, splits: dict, log=print) -> None:
             for j in range(count):
                 ex, ch = examples[i + j], chains[i + j]
                 for n in names:
-                    ex[records.TARGET_PREFIX + n] = np.asarray(out[n][j], np.float32)
+                    ex[records.TARGET_PREFIX + n] = np.asarray(out[n][j]).astype(records.np_dtype(t_cfg[n].dtype))
                     if n == "pair":
                         ex[records.TARGET_PREFIX + n + "_idx"] = np.asarray(out["pair_idx"][j], np.int32)
                 for n, t in imported.items():
-                    ex[records.TARGET_PREFIX + n] = data.import_external(n, t, ch, p.max_length, e_idx[j])
+                    ex[records.TARGET_PREFIX + n] = data.import_external(n, t, ch, p.max_length, e_idx[j]).astype(
+                        records.np_dtype(t.dtype))
                     if ex[records.TARGET_PREFIX + n].ndim == 3:
                         ex[records.TARGET_PREFIX + n + "_idx"] = e_idx[j]
                 bar.update(1)
@@ -86,8 +87,10 @@ def precompute_proteins(config, out_dir: str, log=print) -> str:
     for s, (examples, _) in with_examples.items():
         if examples:
             rows += records.write_split(out_dir, s, schema, examples, min(config.data.num_shards, len(examples)))
-    records.write_manifest(out_dir, schema, rows, {"source": p.source, "chains": {
-        s: [ch.name for ch in v[1]] for s, v in with_examples.items()}})
+    records.write_manifest(out_dir, schema, rows, {
+        "source": p.source, "chains": {s: [ch.name for ch in v[1]] for s, v in with_examples.items()},
+        "lengths": {s: buckets.lengths_of(np.stack([e["mask"] for e in v[0]])).tolist()
+                    for s, v in with_examples.items() if v[0]}})
     log(f"wrote {counts} chains to {out_dir} ({schema.record_bytes / 1024:.1f} KiB per chain: "
         f"{', '.join(f'{f.name} {f.shape}' for f in schema.fields)})")
     return out_dir

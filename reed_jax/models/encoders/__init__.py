@@ -9,7 +9,9 @@
 - `external`: embeddings computed elsewhere (REED's VLM vectors) imported from `targets.<name>.source`;
 - `digits`: the embedded digits encoder (fitted here once and cached, `data.source='digits'`);
 - `proteinmpnn`: the protein track's frozen teacher, ProteinMPNN with released weights
-  (reed_jax/protein/teacher.py), run on the native chain.
+  (reed_jax/protein/teacher.py), run on the native chain;
+- `qm9_property`: the molecule track's stand-in 3D encoder, trained here once on QM9's DFT
+  properties and cached (reed_jax/molecule/encoder.py), its pooled vector the target.
 
 Adding an image encoder is one module: define a builder, decorate it with `@register('<name>')`,
 and list the module in `_MODULES`.
@@ -24,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import orbax.checkpoint as ocp
 
-EXTERNAL, DIGITS, PROTEIN_TEACHER = "external", "digits", "proteinmpnn"
+EXTERNAL, DIGITS, PROTEIN_TEACHER, MOLECULE_STANDIN = "external", "digits", "proteinmpnn", "qm9_property"
 _MODULES = ("dinov2",)  # modules of this package that register image encoders
 _BUILDERS: dict[str, Callable] = {}
 
@@ -55,7 +57,7 @@ def image_encoders() -> tuple[str, ...]:
 
 
 def names() -> tuple[str, ...]:
-    return image_encoders() + (EXTERNAL, DIGITS, PROTEIN_TEACHER)
+    return image_encoders() + (EXTERNAL, DIGITS, PROTEIN_TEACHER, MOLECULE_STANDIN)
 
 
 def build(target_name: str, target, config) -> FrozenEncoder:

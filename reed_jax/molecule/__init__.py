@@ -1,0 +1,1 @@
+"""Molecule track: unconditional 3D molecule generation by flow matching with REED (METHOD.md section 4)."""

@@ -1,0 +1,35 @@
+"""The protein track's hooks for the shared trainer (see reed_jax/tracks.py)."""
+from __future__ import annotations
+
+from reed_jax.data import pipeline
+from reed_jax.protein import evaluate as protein_eval, model as protein_model
+from reed_jax.protein.model import build_model, check_data, init_params, losses  # noqa: F401 (hooks)
+from reed_jax.protein.evaluate import evaluate_mode, sample_mode  # noqa: F401 (hooks)
+
+
+def signature(config) -> dict:
+    m, p = config.model, config.protein
+    return {"track": "protein", "model": [m.hidden, p.enc_layers, p.dec_layers, p.k, m.projector_width],
+            "max_length": p.max_length,
+            "targets": {n: [t.tap, t.dim, t.proj_width] for n, t in config.targets.items()}}
+
+
+def train_iterator(config, data_dir: str, batch_size: int, shard_index: int, shard_count: int, log=print):
+    """grain over the shards, or length-bucketed batches when protein.length_buckets is set."""
+    if config.protein.length_buckets:
+        from reed_jax.data import buckets
+        return buckets.make_loader(data_dir, "train", batch_size, config.protein.length_buckets,
+                                   protein_model.crop_fields(config), seed=config.seed, shard_index=shard_index,
+                                   shard_count=shard_count, log=log)
+    return iter(pipeline.make_loader(data_dir, "train", batch_size, seed=config.seed, shard_index=shard_index,
+                                     shard_count=shard_count))
+
+
+def make_evaluator(config, workdir: str, data_dir: str, model, log=print):
+    batches = protein_model.eval_batches(data_dir, "validation", config.sample.batch_size)
+    return protein_eval.make_evaluator(config, model, batches)
+
+
+def precompute(config, out_dir: str, log=print) -> str:
+    from reed_jax.protein import precompute as protein_precompute
+    return protein_precompute.precompute_proteins(config, out_dir, log)

@@ -1,0 +1,252 @@
+"""Molecule track: chemistry round trips, equivariance, OT pairing, categorical flows, valence-table
+stability, target import and an end-to-end run on real QM9 rows (tests/fixtures/qm9_rows.csv)."""
+import csv
+import io
+import os
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reed_jax import config as config_lib, train
+from reed_jax.data import pipeline, precompute, records
+from reed_jax.molecule import chem, data, egnn, flow, metrics, model as molecule_model
+
+FIX = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def fixture_rows():
+    with open(os.path.join(FIX, "qm9_rows.csv")) as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def molecules():
+    mols = [data.qm9_molecule(r) for r in fixture_rows()]
+    return [m for m in mols if m is not None]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    """A stand-in for the qm9pack wheel: the same member paths, the fixture's real rows split in three."""
+    path = tmp_path_factory.mktemp("qm9") / "qm9pack-0-py3-none-any.whl"
+    rows = fixture_rows()
+    with zipfile.ZipFile(path, "w") as zf:
+        for i, part in enumerate(data.QM9_PARTS):
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, list(rows[0]))
+            w.writeheader()
+            w.writerows(rows[i::3])
+            zf.writestr(part, buf.getvalue())
+    return str(path)
+
+
+def test_qm9_rows_perceived_with_charges_and_arrays_round_trip_through_sdf(molecules, tmp_path):
+    assert len(molecules) >= 48  # the reader keeps (almost) every real row
+    charged = [m for m in molecules if any(a.GetFormalCharge() for a in m.mol.GetAtoms())]
+    assert len(charged) >= 2  # zwitterions keep their formal charges
+    arrays = [chem.to_arrays(m.mol, chem.QM9_ELEMENTS, 29) for m in molecules]
+    mols = [chem.to_mol(a["types"], a["charges"], a["bonds"], a["coords"], a["mask"], chem.QM9_ELEMENTS)
+            for a in arrays]
+    path = str(tmp_path / "round.sdf")
+    chem.write_sdf(mols, path)
+    back = chem.read_sdf(path)
+    assert len(back) == len(mols)
+    for a, m in zip(arrays, back):
+        b = chem.to_arrays(m, chem.QM9_ELEMENTS, 29)
+        for k in ("types", "charges", "bonds", "mask"):
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        np.testing.assert_allclose(a["coords"], b["coords"], atol=1e-4)  # SDF keeps 4 decimals
+    with pytest.raises(ValueError, match="element Cl is not in the element list"):
+        chem.to_arrays(chem._chem().AddHs(chem._chem().MolFromSmiles("CCl")), chem.QM9_ELEMENTS, 29)
+
+
+def test_valence_table_stability_on_known_molecules(molecules):
+    names = chem.QM9_ELEMENTS
+    arrays = {k: np.stack([chem.to_arrays(m.mol, names, 29)[k] for m in molecules])
+              for k in molecule_model.FIELDS}
+    res, _ = metrics.evaluate(arrays, names, train_smiles=[chem.canonical_smiles(m.mol, isomeric=False)
+                                                                 for m in molecules])
+    assert res["atom_stability"] == 1.0 and res["mol_stability"] == 1.0  # charged ones included
+    assert res["validity"] == 1.0 and res["fragment_validity"] == 1.0
+    assert res["novelty"] == 0.0 and res["uniqueness"] > 0.9
+    # break molecule 0: drop one bond (two atoms under-valent), then make an atom pentavalent
+    a = {k: v[0].copy() for k, v in arrays.items()}
+    i, j = np.argwhere(np.triu(a["bonds"]) > 0)[0]
+    a["bonds"][i, j] = a["bonds"][j, i] = 0
+    st = metrics.atom_stable(a["types"], a["charges"], a["bonds"], a["mask"], names)
+    assert not st[i] and not st[j] and st.sum() == a["mask"].sum() - 2
+    c = {k: v[0].copy() for k, v in arrays.items()}
+    carbon = int(np.nonzero((c["types"] == names.index("C")) & (c["mask"] > 0))[0][0])
+    h = int(np.nonzero((c["types"] == names.index("H")) & (c["mask"] > 0) & (c["bonds"][carbon] == 0))[0][0])
+    c["bonds"][carbon, h] = c["bonds"][h, carbon] = 1
+    assert not metrics.atom_stable(c["types"], c["charges"], c["bonds"], c["mask"], names)[carbon]
+    # the charge matters: N with four bonds is stable only as N+
+    nh4 = chem._chem().AddHs(chem._chem().MolFromSmiles("[NH4+]"))
+    from rdkit.Chem import AllChem
+    AllChem.EmbedMolecule(nh4, randomSeed=0)
+    x = chem.to_arrays(nh4, names, 8)
+    assert metrics.atom_stable(x["types"], x["charges"], x["bonds"], x["mask"], names)[:5].all()
+    x["charges"][:] = chem.CHARGES.index(0)
+    assert not metrics.atom_stable(x["types"], x["charges"], x["bonds"], x["mask"], names)[0]
+
+
+def random_rotation(rng):
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+def test_egnn_equivariant_to_rotation_translation_and_permutation():
+    rng = np.random.default_rng(0)
+    b, n = 2, 9
+    mask = np.ones((b, n), np.float32)
+    mask[1, 6:] = 0
+    x = rng.normal(size=(b, n, 3)).astype(np.float32) * 1.5
+    types = rng.integers(0, 5, (b, n))
+    charges = rng.integers(0, 3, (b, n))
+    bonds = np.triu(rng.integers(0, 4, (b, n, n)), 1)
+    bonds = bonds + bonds.transpose(0, 2, 1)
+    c = config_lib.molecule_config("reed")
+    c.molecule.layers = 4
+    c.model.update(hidden=16, projector_width=16)
+    model = molecule_model.build_model(c)
+    params = molecule_model.init_params(c, model, jax.random.PRNGKey(0))
+    t = jnp.array([0.3, 0.8])
+    run = lambda x, ty, ch, bo, m: model.apply({"params": params}, jnp.asarray(x), ty, ch, bo, t, m)
+    out, feats = run(x, types, charges, bonds, mask)
+    rot, shift = random_rotation(rng).astype(np.float32), rng.normal(size=(1, 1, 3)).astype(np.float32)
+    out2, feats2 = run((x @ rot + shift) * mask[..., None], types, charges, bonds, mask)
+    np.testing.assert_allclose(out2["coords"], out["coords"] @ rot, atol=2e-4)  # centred: the shift drops
+    for k in ("types", "charges", "bonds"):
+        np.testing.assert_allclose(out2[k], out[k], atol=2e-4)
+    np.testing.assert_allclose(feats2["qm9_property"], feats["qm9_property"], rtol=1e-4, atol=1e-4)
+    perm = np.concatenate([rng.permutation(6), np.arange(6, n)])  # real atoms of molecule 1 stay first
+    out3, feats3 = run(x[:, perm], types[:, perm], charges[:, perm], bonds[:, perm][:, :, perm], mask[:, perm])
+    np.testing.assert_allclose(out3["coords"][1, :6], out["coords"][1, perm[:6]], atol=2e-4)
+    np.testing.assert_allclose(out3["bonds"][1][:6, :6], out["bonds"][1][perm[:6]][:, perm[:6]], atol=2e-4)
+    np.testing.assert_allclose(feats3["qm9_property"][1], feats["qm9_property"][1], rtol=1e-4, atol=1e-4)
+    # padding atoms do not leak: changing them changes nothing of molecule 1's real atoms
+    x4 = x.copy()
+    x4[1, 6:] = 100.0
+    out4, _ = run(x4, types, charges, bonds, mask)
+    np.testing.assert_allclose(out4["types"][1, :6], out["types"][1, :6], atol=1e-5)
+
+
+def test_ot_pairing_beats_random_and_kabsch_recovers_rotation():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(12, 3))
+    a -= a.mean(0)
+    rot = random_rotation(rng)
+    np.testing.assert_allclose(flow.kabsch(a, a @ rot), rot, atol=1e-8)
+    mask = np.ones((16, 12), np.float32)
+    mask[::2, 9:] = 0
+    x1 = flow.centred_noise(rng, mask) * 1.3
+    x0 = flow.centred_noise(rng, mask)
+    paired = np.stack([flow.ot_pair(x0[i], x1[i], int(mask[i].sum())) for i in range(16)])
+    assert flow.transport_cost(paired, x1, mask) < 0.6 * flow.transport_cost(x0, x1, mask)
+    np.testing.assert_allclose((paired * mask[..., None]).sum(1), 0, atol=1e-9)  # still centred
+    np.testing.assert_array_equal(paired[0, 9:], 0) if mask[0, 9:].sum() == 0 else None
+    # the paired noise is a rotated permutation of the same points: distances to the centre are kept
+    np.testing.assert_allclose(np.sort(np.linalg.norm(paired[1], axis=-1)), np.sort(np.linalg.norm(x0[1], axis=-1)))
+
+
+def test_categorical_flow_marginals_and_symmetric_bonds():
+    key = jax.random.PRNGKey(0)
+    x1 = jnp.zeros((4, 20_000), jnp.int32) + 2
+    t = jnp.array([0.0, 0.25, 0.5, 0.9])
+    xt = flow.corrupt_categorical(key, x1, t, 5)
+    np.testing.assert_allclose((xt == 2).mean(1), t + (1 - t) / 5, atol=0.01)  # keep w.p. t, else uniform
+    np.testing.assert_allclose((xt == 0).mean(1), (1 - t) / 5, atol=0.01)
+    b1 = jnp.ones((3, 40, 40), jnp.int32) * (1 - jnp.eye(40, dtype=jnp.int32))
+    bt = flow.corrupt_bonds(key, b1, jnp.array([0.0, 0.5, 1.0]), 4)
+    np.testing.assert_array_equal(bt, jnp.swapaxes(bt, 1, 2))
+    assert np.all(np.diagonal(np.asarray(bt), axis1=1, axis2=2) == 0)
+    np.testing.assert_array_equal(bt[2], b1[2])
+    off = ~np.eye(40, dtype=bool)
+    assert abs(float((bt[1][off] == 1).mean()) - (0.5 + 0.5 / 4)) < 0.05
+    grid = flow.time_grid(100)
+    assert grid[0] == 0.0 and np.all(np.diff(grid) > 0) and np.diff(grid)[-1] < np.diff(grid)[0]
+
+
+def tiny_config(wheel, variant="reed"):
+    c = config_lib.molecule_config(variant)
+    c.molecule.update(qm9_wheel=wheel, train_limit=0, eval_limit=0, layers=2, edge_dim=8, encoder_steps=20,
+                      encoder_hidden=8, encoder_layers=1, sample_steps=4, eval_samples=8, energy_samples=2,
+                      max_atoms=16)
+    c.model.update(hidden=16, projector_width=16)
+    if variant == "reed":
+        c.targets.qm9_property.update(tap="layer2", dim=8, proj_width=16)
+    c.train.update(batch_size=8, steps=4, log_every=2, eval_every=4, checkpoint_every=2)
+    c.sample.batch_size = 8
+    return c
+
+
+def test_precompute_train_sample_end_to_end_and_target_import(wheel, tmp_path):
+    c = tiny_config(wheel)
+    logs = []
+    out = precompute.precompute(c, str(tmp_path), logs.append)
+    tr = pipeline.read_all(out, "train")
+    n_tr = len(tr["mask"])
+    assert n_tr >= 35 and tr["target/qm9_property"].shape == (n_tr, 8) and tr["bonds"].shape == (n_tr, 16, 16)
+    np.testing.assert_allclose((tr["coords"] * tr["mask"][..., None]).sum(1), 0, atol=1e-4)  # centred
+    assert any("property encoder validation MAE" in m for m in logs)
+    c.data.dir = out
+    res = train.train_and_evaluate(c, str(tmp_path / "run"), log=lambda *_: None)
+    assert res["step"] == 4 and 0.0 <= res["atom_stability"] <= 1.0 and os.path.exists(res["samples"])
+    assert len(chem.read_sdf(res["samples"])) == 8
+    path = train.sample_mode(c, str(tmp_path / "run"), log=lambda *_: None)
+    assert path == res["samples"]
+    # imported target vectors: one .npz with ids, checked by id and width
+    _, manifest = records.read_manifest(out)
+    ids = manifest["molecules"]["train"] + manifest["molecules"]["validation"]
+    vecs = np.random.default_rng(0).normal(size=(len(ids), 6)).astype(np.float32)
+    np.savez(tmp_path / "unimol.npz", ids=np.array(ids), vectors=vecs)
+    e = tiny_config(wheel, "base")
+    e.targets.unimol = config_lib._target(encoder="external", source=str(tmp_path / "unimol.npz"), dim=6,
+                                          tap="layer1", proj_width=16)
+    out2 = precompute.precompute(e, str(tmp_path / "ext"), lambda *_: None)
+    tr2 = pipeline.read_all(out2, "train")
+    np.testing.assert_allclose(tr2["target/unimol"], vecs[:len(tr2["mask"])])
+    e.targets.unimol.dim = 7
+    with pytest.raises(records.DataError, match="targets.unimol: imported vectors have shape \\(6,\\)"):
+        precompute.precompute(e, str(tmp_path / "ext2"), lambda *_: None)
+    np.savez(tmp_path / "partial.npz", ids=np.array(ids[:3]), vectors=vecs[:3])
+    e.targets.unimol.update(dim=6, source=str(tmp_path / "partial.npz"))
+    with pytest.raises(records.DataError, match="no vector for"):
+        precompute.precompute(e, str(tmp_path / "ext3"), lambda *_: None)
+
+
+def test_tiny_overfit(molecules):
+    """The flow-matching loss falls well below its start on 8 molecules (no alignment)."""
+    import optax
+
+    c = config_lib.molecule_config("base")
+    c.molecule.update(layers=3, max_atoms=16)
+    c.model.update(hidden=32)
+    model = molecule_model.build_model(c)
+    arrays = {k: np.stack([chem.to_arrays(m.mol, chem.QM9_ELEMENTS, 16)[k] for m in molecules[:8]])
+              for k in molecule_model.FIELDS}
+    arrays["coords"] -= (arrays["coords"] * arrays["mask"][..., None]).sum(1, keepdims=True) / arrays["mask"].sum(
+        1)[:, None, None]
+    arrays["coords"] *= arrays["mask"][..., None]
+    params = molecule_model.init_params(c, model, jax.random.PRNGKey(0))
+    tx = optax.adam(3e-3)
+    opt = tx.init(params)
+    rng = np.random.default_rng(0)
+
+    @jax.jit
+    def step(params, opt, batch, key):
+        loss_fn = lambda p: molecule_model.losses(c, model, p, batch, key)[0].mean()
+        loss, g = jax.value_and_grad(loss_fn)(params)
+        upd, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, upd), opt, loss
+
+    losses = []
+    for i in range(150):
+        batch = dict(arrays, prior=flow.noise_for_batch(rng, arrays["coords"], arrays["mask"], c.molecule.coord_scale))
+        params, opt, loss = step(params, opt, batch, jax.random.PRNGKey(i))
+        losses.append(float(loss))
+    assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:5]), (losses[:5], losses[-20:])

@@ -175,7 +175,7 @@ def run(workdir: str, settings: dict, configs: dict, seeds: Sequence[int], steps
                 fh.writelines(json.dumps(p) + "\n" for p in points)
     wall = time.time() - t_start
     with open(os.path.join(workdir, "points.csv"), "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(points[0]))
+        w = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for p in points for k in p)))  # final points add keys
         w.writeheader()
         w.writerows(points)
     return points, wall

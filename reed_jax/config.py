@@ -100,7 +100,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.curriculum = dict(
         gen=dict(start=0, warmup=0, decay="constant", total_steps=0),
         align=dict(coeff=0.5, decay="constant", decay_steps=0))
-    c.optim = dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0, ema_decay=0.9999)
+    c.optim = dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0, ema_decay=0.9999,
+                   amsgrad=False,   # AMSGrad's max of second moments (SemlaFlow's Adam) instead of AdamW
+                   warmup_steps=0)  # linear learning-rate warm-up from 0 over this many steps
     c.train = dict(batch_size=256, steps=1_000_000, log_every=100, eval_every=50_000,
                    checkpoint_every=10_000, keep_checkpoints=3, max_consecutive_skips=20)
     c.sample = dict(method="sde", num_steps=250, cfg_scale=1.0, guidance_lo=0.0, guidance_hi=1.0,
@@ -154,6 +156,8 @@ def base_config() -> ml_collections.ConfigDict:
         sdf_path="",           # source=sdf: an .sdf file or a folder of them (3D, hydrogens)
         elements="qm9",        # atom vocabulary: 'qm9' (H C N O F) or 'drugs' (16 elements of GEOM-Drugs)
         max_atoms=29,          # molecules padded to this many atoms (QM9 with hydrogens: 29)
+        size_buckets=(),       # e.g. (40, 80, 181) for GEOM-Drugs: training batches cropped to the smallest
+                               # bucket holding them (one compile each); () = every batch at max_atoms
         split_seed=0, validation_fraction=0.1,  # QM9: standard split sizes; others: this fraction held out
         train_limit=0, eval_limit=0,  # first molecules of each split (0 = all)
         layers=6, edge_dim=32,  # EGNN depth and edge-feature width (width is model.hidden)
@@ -329,6 +333,10 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         if m.max_atoms < 2 or m.layers < 1 or m.sample_steps < 1:
             raise ConfigError(f"molecule.max_atoms={m.max_atoms}, layers={m.layers}, sample_steps={m.sample_steps}: "
                               f"need max_atoms >= 2, layers >= 1, sample_steps >= 1")
+        sb = tuple(m.size_buckets)
+        if sb and (list(sb) != sorted(set(sb)) or sb[-1] != m.max_atoms or sb[0] < 2):
+            raise ConfigError(f"molecule.size_buckets={sb}: need strictly increasing sizes >= 2, the last equal to "
+                              f"molecule.max_atoms={m.max_atoms}")
         if len(m.time_beta) != 2 or min(m.time_beta) <= 0:
             raise ConfigError(f"molecule.time_beta={tuple(m.time_beta)}: the (a, b) of Beta(a, b), both > 0")
     _one_of(c.data.image_source, IMAGE_SOURCES, "data.image_source")
@@ -437,7 +445,7 @@ def protein_config(variant: str = "reed", size: str = "demo", root: str = ".data
 
 
 MOLECULE_SIZES = {  # (hidden, layers, lr, ema_decay, steps, batch, train_limit, eval_limit, encoder_steps)
-    "demo": (64, 6, 1e-3, 0.99, 1500, 32, 4000, 400, 1000),       # minutes on a laptop CPU
+    "demo": (64, 6, 1e-3, 0.99, 1200, 32, 3000, 300, 600),        # ~15 min on a 2-core CPU
     "reference": (256, 9, 3e-4, 0.999, 300_000, 128, 0, 0, 20_000),  # full QM9 on an accelerator
 }
 
@@ -464,10 +472,13 @@ def molecule_config(variant: str = "reed", size: str = "demo", root: str = ".dat
     c.model.update(name=f"EGNN-{hidden}x{layers}", hidden=hidden, projector_width=hidden)
     c.molecule.update(qm9_wheel=f"{root}/qm9pack-1.0.3-py3-none-any.whl", layers=layers, train_limit=n_train,
                       eval_limit=n_eval, encoder_steps=enc_steps)
-    c.optim.update(lr=lr, weight_decay=0.0, grad_clip=1.0, ema_decay=ema)
+    c.optim.update(lr=lr, weight_decay=0.0, grad_clip=1.0, ema_decay=ema, amsgrad=True,
+                   warmup_steps=min(10_000, steps // 10))  # METHOD.md: Adam (amsgrad), 10K-step warm-up
     c.train.update(batch_size=batch, steps=steps, log_every=min(100, steps // 10), eval_every=steps // 3,
                    checkpoint_every=steps // 3)
     c.sample.batch_size = 64
+    if size == "demo":  # CPU-sized evaluation: 128 molecules, 50 sampling steps
+        c.molecule.update(eval_samples=128, sample_steps=50, energy_samples=16)
     if variant == "reed":
         c.targets.qm9_property = _target(tap="layer4", dim=128, coeff=1.0, proj_width=hidden,
                                          encoder="qm9_property")  # models.encoders.MOLECULE_STANDIN

@@ -44,10 +44,21 @@ def logical_specs(model) -> Any:
     return sit_lib.logical_specs(model) if isinstance(model, sit_lib.SiT) else None
 
 
+def learning_rate(config) -> optax.Schedule:
+    """step -> learning rate: optim.lr, after a linear warm-up over optim.warmup_steps when set."""
+    o = config.optim
+    return optax.linear_schedule(0.0, o.lr, o.warmup_steps) if o.warmup_steps else optax.constant_schedule(o.lr)
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
     o = config.optim
-    return optax.chain(optax.clip_by_global_norm(o.grad_clip),
-                       optax.adamw(o.lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
+    lr = learning_rate(config)
+    if o.amsgrad:
+        opt = optax.chain(optax.amsgrad(lr, b1=o.b1, b2=o.b2, eps=o.eps),
+                          *([optax.add_decayed_weights(-o.weight_decay * o.lr)] if o.weight_decay else []))
+    else:
+        opt = optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
+    return optax.chain(optax.clip_by_global_norm(o.grad_clip), opt)
 
 
 def signature(config) -> dict:
@@ -133,6 +144,7 @@ def make_train_step(config, model, tx, losses_fn: Callable | None = None, mesh=N
     (batch split over (data, fsdp), metrics replicated) and donates the input state.
     """
     w_gen, w_align = curriculum.from_config(config.curriculum)
+    lr_at = learning_rate(config)
     targets = {n: dict(t) for n, t in config.targets.items()}
     decay = config.optim.ema_decay
 
@@ -160,7 +172,7 @@ def make_train_step(config, model, tx, losses_fn: Callable | None = None, mesh=N
         new = state.replace(step=state.step + 1, params=keep(params, state.params),
                             ema_params=keep(ema, state.ema_params), opt_state=keep(opt_state, state.opt_state),
                             skipped=state.skipped + skip, consecutive_skips=(state.consecutive_skips + 1) * skip)
-        metrics = dict(metrics, grad_norm=grad_norm, learning_rate=jnp.asarray(config.optim.lr),
+        metrics = dict(metrics, grad_norm=grad_norm, learning_rate=jnp.asarray(lr_at(state.step)),
                        skipped=new.skipped, consecutive_skips=new.consecutive_skips)
         return new, metrics
 

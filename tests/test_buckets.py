@@ -69,3 +69,18 @@ def test_batches_cropped_deterministic_resumable_and_disjoint(tmp_path):
         other.set_state(it2.get_state())
     with pytest.raises(records.DataError, match="field 'x'.*largest bucket 32"):
         buckets.make_loader(d, "train", 2, (8, 32), ["x"], seed=3)
+
+
+def test_two_axis_crop_for_pairwise_fields(tmp_path):
+    """A molecule's bonds [N, N] are cropped on both axes; the mask on one."""
+    ex = []
+    for i, n in enumerate([3, 4, 4, 7, 8, 8]):
+        mask = (np.arange(8) < n).astype(np.float32)
+        ex.append({"mask": mask, "bonds": np.outer(mask, mask).astype(np.int32), "index": np.int64(i)})
+    schema = records.Schema.of(ex[0])
+    records.write_manifest(str(tmp_path), schema, records.write_split(str(tmp_path), "train", schema, ex, 1))
+    it = buckets.make_loader(str(tmp_path), "train", 3, (4, 8), {"mask": 1, "bonds": 2}, seed=0, log=lambda *_: None)
+    shapes = {next(it)["bonds"].shape for _ in range(8)}
+    assert shapes == {(3, 4, 4), (3, 8, 8)}
+    with pytest.raises(records.DataError, match="crops its first 2 axes"):
+        buckets.make_loader(str(tmp_path), "train", 3, (4, 8), {"mask": 2}, seed=0)

@@ -115,7 +115,7 @@ def test_egnn_equivariant_to_rotation_translation_and_permutation():
     model = molecule_model.build_model(c)
     params = molecule_model.init_params(c, model, jax.random.PRNGKey(0))
     t = jnp.array([0.3, 0.8])
-    run = lambda x, ty, ch, bo, m: model.apply({"params": params}, jnp.asarray(x), ty, ch, bo, t, m)
+    run = jax.jit(lambda x, ty, ch, bo, m: model.apply({"params": params}, x, ty, ch, bo, t, m))
     out, feats = run(x, types, charges, bonds, mask)
     rot, shift = random_rotation(rng).astype(np.float32), rng.normal(size=(1, 1, 3)).astype(np.float32)
     out2, feats2 = run((x @ rot + shift) * mask[..., None], types, charges, bonds, mask)
@@ -194,6 +194,20 @@ def test_precompute_train_sample_end_to_end_and_target_import(wheel, tmp_path):
     np.testing.assert_allclose((tr["coords"] * tr["mask"][..., None]).sum(1), 0, atol=1e-4)  # centred
     assert any("property encoder validation MAE" in m for m in logs)
     c.data.dir = out
+    # the training iterator's OT-paired prior is part of its resumable state
+    it = train.train_iterator(c, out)
+    b1, _ = next(it), next(it)
+    state = it.get_state()
+    b3 = next(it)
+    it2 = train.train_iterator(c, out)
+    it2.set_state(state)
+    b3b = next(it2)
+    np.testing.assert_array_equal(b3["index"], b3b["index"])
+    np.testing.assert_array_equal(b3["prior"], b3b["prior"])
+    assert not np.array_equal(b1["prior"], b3["prior"])
+    m = b3["mask"]
+    assert flow.transport_cost(b3["prior"], b3["coords"] / c.molecule.coord_scale, m) < flow.transport_cost(
+        flow.centred_noise(np.random.default_rng(0), m), b3["coords"] / c.molecule.coord_scale, m)
     res = train.train_and_evaluate(c, str(tmp_path / "run"), log=lambda *_: None)
     assert res["step"] == 4 and 0.0 <= res["atom_stability"] <= 1.0 and os.path.exists(res["samples"])
     assert len(chem.read_sdf(res["samples"])) == 8
@@ -250,3 +264,51 @@ def test_tiny_overfit(molecules):
         params, opt, loss = step(params, opt, batch, jax.random.PRNGKey(i))
         losses.append(float(loss))
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:5]), (losses[:5], losses[-20:])
+
+
+def test_geom_style_readers_on_rdkit_sdf(tmp_path):
+    """GEOM-Drugs-like inputs, on the 3D SDF that ships inside RDKit's wheel (365 ligands with H):
+    the SDF reader, and the EDM-style [M, 5] arrays (bonds re-perceived from coordinates)."""
+    from rdkit import RDConfig
+
+    path = os.path.join(RDConfig.RDContribDir, "PBF", "testData", "egfr.sdf")
+    mols = data.read_sdf_dir(path)
+    assert len(mols) == 365 and mols[0].name == "ZINC02640583"
+    a = chem.to_arrays(mols[0].mol, chem.DRUG_ELEMENTS, 80)
+    assert a["mask"].sum() == mols[0].mol.GetNumAtoms() and (a["bonds"] == a["bonds"].T).all()
+    with pytest.raises(ValueError, match="exceeds max_atoms=20"):
+        chem.to_arrays(mols[0].mol, chem.DRUG_ELEMENTS, 20)
+    rows = []
+    for i, m in enumerate(mols[:20]):
+        xyz = m.mol.GetConformer().GetPositions()
+        rows += [[i, at.GetAtomicNum(), *p] for at, p in zip(m.mol.GetAtoms(), xyz)]
+    np.save(tmp_path / "geom.npy", np.asarray(rows))
+    back = data.read_edm_arrays(str(tmp_path / "geom.npy"))
+    assert len(back) >= 17  # a few ligands' bond orders are not recoverable from coordinates alone
+    same = sum(chem.canonical_smiles(b.mol, isomeric=False) == chem.canonical_smiles(mols[int(b.name[5:])].mol,
+                                                                                      isomeric=False) for b in back)
+    assert same >= 0.9 * len(back)
+    np.save(tmp_path / "bad.npy", np.zeros((4, 4)))
+    with pytest.raises(records.DataError, match="got shape \\(4, 4\\)"):
+        data.read_edm_arrays(str(tmp_path / "bad.npy"))
+
+
+def test_molecule_optimizer_is_amsgrad_with_warmup():
+    import optax
+
+    c = config_lib.molecule_config("reed")
+    assert c.optim.amsgrad and c.optim.warmup_steps == 120
+    lr = train.learning_rate(c)
+    assert float(lr(0)) == 0.0 and float(lr(60)) == pytest.approx(c.optim.lr / 2, rel=1e-6)
+    assert float(lr(10**6)) == pytest.approx(c.optim.lr, rel=1e-6)
+    tx = train.make_optimizer(c)
+    params = {"w": jnp.ones((3,))}
+    state = tx.init(params)
+    assert any(isinstance(s, optax.ScaleByAmsgradState) for s in jax.tree.leaves(
+        state, is_leaf=lambda s: isinstance(s, optax.ScaleByAmsgradState)))
+    g = {"w": jnp.array([1.0, -2.0, 0.5])}
+    upd, state = tx.update(g, state, params)
+    np.testing.assert_allclose(upd["w"], 0.0)  # step 0 of the warm-up: learning rate 0
+    for _ in range(60):
+        upd, state = tx.update(g, state, params)
+    np.testing.assert_allclose(np.abs(upd["w"]), c.optim.lr * 60 / 120, rtol=1e-3)  # Adam: |update| = lr

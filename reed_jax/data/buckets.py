@@ -3,7 +3,8 @@
 Shards store every example padded to the largest size `L` (one schema). Given bucket lengths
 `(l_1 < ... < l_n = L)`, each record belongs to the smallest bucket that holds its length (the last
 valid position + 1, from a mask field or the manifest's `lengths`); every batch is drawn from one
-bucket and its per-position fields are cropped to that bucket's length. A jitted step then compiles
+bucket and its per-position fields are cropped to that bucket's length (`crop_fields`: names, each
+cropped on its first axis, or {name: number of leading axes}, e.g. a molecule's bonds [N, N]: 2). A jitted step then compiles
 once per bucket (n shapes in all) and short examples stop paying for the padding of long ones.
 
 Deterministic and resumable without grain state: at step s the bucket is drawn from
@@ -18,7 +19,7 @@ Buckets with fewer records than one global batch are merged into the next larger
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import grain
 import numpy as np
@@ -61,14 +62,19 @@ def assign(lengths: np.ndarray, buckets: Sequence[int], min_count: int) -> tuple
     return kept, groups
 
 
+def crop_axes(crop_fields: Sequence[str] | Mapping[str, int]) -> dict[str, int]:
+    """{field: number of leading axes cropped}: a plain list crops each field's first axis."""
+    return dict(crop_fields) if isinstance(crop_fields, Mapping) else {f: 1 for f in crop_fields}
+
+
 class BucketIterator:
     """Infinite iterator of `{field: [batch, ...]}` numpy batches, one bucket per batch."""
 
     def __init__(self, source, schema: records.Schema, lengths: np.ndarray, buckets: Sequence[int],
-                 crop_fields: Sequence[str], batch_size: int, *, seed: int, shard_index: int = 0,
+                 crop_fields: Sequence[str] | Mapping[str, int], batch_size: int, *, seed: int, shard_index: int = 0,
                  shard_count: int = 1):
         self.source, self.schema, self.batch_size, self.seed = source, schema, batch_size, seed
-        self.crop_fields = tuple(crop_fields)
+        self.crop_fields = crop_axes(crop_fields)
         self.shard_index, self.shard_count = shard_index, shard_count
         self.buckets, self.groups = assign(lengths, buckets, batch_size * shard_count)
         per_epoch = np.array([len(g) // (batch_size * shard_count) for g in self.groups])
@@ -92,8 +98,8 @@ class BucketIterator:
         self.drawn[b] += 1
         rows = [records.decode(self.schema, self.source[int(i)]) for i in idx]
         length = self.buckets[b]
-        return {k: np.stack([r[k][:length] if k in self.crop_fields else r[k] for r in rows])
-                for k in self.schema.names}
+        crop = lambda k, a: a[(slice(0, length),) * self.crop_fields[k]] if k in self.crop_fields else a
+        return {k: np.stack([crop(k, r[k]) for r in rows]) for k in self.schema.names}
 
     def get_state(self) -> bytes:
         return json.dumps({"step": self.step, "drawn": self.drawn, "buckets": self.buckets}).encode()
@@ -106,17 +112,18 @@ class BucketIterator:
         self.step, self.drawn = int(s["step"]), [int(d) for d in s["drawn"]]
 
 
-def make_loader(data_dir: str, split: str, batch_size: int, buckets: Sequence[int], crop_fields: Sequence[str],
+def make_loader(data_dir: str, split: str, batch_size: int, buckets: Sequence[int],
+                crop_fields: Sequence[str] | Mapping[str, int],
                 *, seed: int, mask_field: str = "mask", shard_index: int = 0, shard_count: int = 1,
                 log=print) -> BucketIterator:
     """A BucketIterator over `split` of a shard directory. Lengths come from the manifest's
     `lengths[split]` when present, else from one pass over `mask_field`."""
     schema, manifest = records.read_manifest(data_dir)
     paths, count = records.split_files(data_dir, manifest, split)
-    for f in crop_fields:
-        if schema.field(f).shape[:1] != (max(buckets),):
+    for f, axes in crop_axes(crop_fields).items():
+        if schema.field(f).shape[:axes] != (max(buckets),) * axes:
             raise records.DataError(f"field {f!r} in {data_dir!r} has shape {schema.field(f).shape}; bucketing "
-                                    f"crops its first axis, which must be the largest bucket {max(buckets)}")
+                                    f"crops its first {axes} axes, which must be the largest bucket {max(buckets)}")
     source = grain.sources.ArrayRecordDataSource(paths)
     lengths = manifest.get("lengths", {}).get(split)
     if lengths is None or len(lengths) != count:

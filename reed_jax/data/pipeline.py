@@ -50,3 +50,17 @@ def read_all(data_dir: str, split: str, fields: list[str] | None = None) -> dict
     rows = [records.decode(schema, source[i]) for i in range(len(source))]
     names = fields or schema.names
     return {k: np.stack([r[k] for r in rows]) for k in names}
+
+
+def pad_batches(d: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Stacked examples {field: [N, ...]} -> fixed-size batches, the last padded with all-zero examples
+    (zero mask: empty), so one compiled shape serves them all."""
+    n = len(next(iter(d.values())))
+    out = []
+    for i in range(0, n, batch_size):
+        b = {k: v[i:i + batch_size] for k, v in d.items()}
+        pad = batch_size - min(batch_size, n - i)
+        if pad:
+            b = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in b.items()}
+        out.append(b)
+    return out

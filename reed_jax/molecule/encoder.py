@@ -36,16 +36,6 @@ class PropertyEncoder(nn.Module):
         return {"embed": embed, "props": nn.Dense(self.num_props, name="head")(nn.silu(embed))}
 
 
-def _batches(arrays: dict, size: int):
-    n = len(arrays["mask"])
-    for i in range(0, n, size):
-        b = {k: v[i:i + size] for k, v in arrays.items()}
-        pad = size - len(b["mask"])
-        if pad:
-            b = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in b.items()}
-        yield b, size - pad
-
-
 def fit(module: PropertyEncoder, arrays: dict, props: np.ndarray, *, seed: int, steps: int, batch_size: int = 64,
         lr: float = 1e-3) -> tuple[dict, np.ndarray, np.ndarray]:
     """arrays: {types, charges, bonds, coords, mask} [M, ...]; props [M, P]. Returns (params, mean, std)."""
@@ -78,9 +68,12 @@ def apply(module: PropertyEncoder, params, arrays: dict, batch_size: int = 256) 
     """{embed [M, dim], props [M, P] (standardised)} for every molecule, in fixed-size batches."""
     fn = jax.jit(lambda p, b: module.apply({"params": p}, b["coords"], b["types"], b["charges"], b["bonds"],
                                            b["mask"]))
-    out = {"embed": [], "props": []}
-    for b, n in _batches(arrays, batch_size):
+    from reed_jax.data import pipeline
+
+    out, total = {"embed": [], "props": []}, len(arrays["mask"])
+    for i, b in enumerate(pipeline.pad_batches(arrays, batch_size)):
         r = jax.device_get(fn(params, b))
+        n = min(batch_size, total - i * batch_size)
         for k in out:
             out[k].append(np.asarray(r[k])[:n])
     return {k: np.concatenate(v) for k, v in out.items()}

@@ -105,9 +105,10 @@ def standin_encoder(config, splits_arrays: dict, splits: dict, out_dir: str, log
         va = splits["validation"]
         if va:
             pred = encoder_lib.apply(module, params, splits_arrays["validation"])["props"] * std + mean
-            mae = np.abs(pred - np.stack([x.props for x in va])).mean(0)
-            log("property encoder validation MAE: " + ", ".join(
-                f"{k} {v:.4g}" for k, v in zip(data.QM9_PROPERTIES, mae)))
+            truth = np.stack([x.props for x in va])
+            mae, base = np.abs(pred - truth).mean(0), np.abs(mean - truth).mean(0)
+            log("property encoder validation MAE (predicting the training mean): " + ", ".join(
+                f"{k} {v:.4g} ({b:.4g})" for k, v, b in zip(data.QM9_PROPERTIES, mae, base)))
         return params
 
     name = (f"{STANDIN}_d{module.dim}_w{module.hidden}x{module.layers}_s{m.encoder_steps}_b{m.encoder_batch}"

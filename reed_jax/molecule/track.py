@@ -15,9 +15,16 @@ def signature(config) -> dict:
 
 
 def train_iterator(config, data_dir: str, batch_size: int, shard_index: int, shard_count: int, log=print):
-    """grain over the shards, each batch with its OT-paired prior draw (molecule.model.WithPrior)."""
-    inner = iter(pipeline.make_loader(data_dir, "train", batch_size, seed=config.seed, shard_index=shard_index,
-                                      shard_count=shard_count))
+    """grain over the shards (or size-bucketed batches when molecule.size_buckets is set), each batch
+    with its OT-paired prior draw (molecule.model.WithPrior)."""
+    if config.molecule.size_buckets:
+        from reed_jax.data import buckets
+        crop = {"types": 1, "charges": 1, "coords": 1, "mask": 1, "bonds": 2}
+        inner = buckets.make_loader(data_dir, "train", batch_size, config.molecule.size_buckets, crop,
+                                    seed=config.seed, shard_index=shard_index, shard_count=shard_count, log=log)
+    else:
+        inner = iter(pipeline.make_loader(data_dir, "train", batch_size, seed=config.seed, shard_index=shard_index,
+                                          shard_count=shard_count))
     return molecule_model.WithPrior(inner, config, shard_index)
 
 

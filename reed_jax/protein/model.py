@@ -179,17 +179,10 @@ BATCH_FIELDS = ("coords", "mask", "residue_idx", "tokens")  # what the backbone 
 
 
 def pad_batches(d: dict, batch_size: int) -> list[dict]:
-    """Stacked chains {field: [N, ...]} -> fixed-size batches (the last padded with empty chains, so
-    one compiled shape serves them all)."""
-    n = len(d["mask"])
-    out = []
-    for i in range(0, n, batch_size):
-        b = {k: v[i:i + batch_size] for k, v in d.items()}
-        pad = batch_size - len(b["mask"])
-        if pad:
-            b = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in b.items()}
-        out.append({k: jnp.asarray(v) for k, v in b.items()})
-    return out
+    """Stacked chains {field: [N, ...]} -> fixed-size device batches (pipeline.pad_batches)."""
+    from reed_jax.data import pipeline
+
+    return [{k: jnp.asarray(v) for k, v in b.items()} for b in pipeline.pad_batches(d, batch_size)]
 
 
 def eval_batches(data_dir: str, split: str, batch_size: int) -> list[dict]:

@@ -165,6 +165,7 @@ def base_config() -> ml_collections.ConfigDict:
         coord_noise=0.2,       # std of the Gaussian added to interpolated coordinates
         time_beta=(2.0, 1.0),  # t ~ Beta(a, b), t = 1 data
         ot=True,               # equivariant OT pairing (Hungarian permutation + Kabsch) of noise and data
+        self_condition=False,  # feed half the training molecules (and every sampling step) the previous prediction
         loss_coords=1.0, loss_types=0.2, loss_bonds=1.0, loss_charges=1.0,
         sample_steps=100,      # Euler steps on a log time grid
         eval_samples=256,      # molecules generated per evaluation
@@ -471,12 +472,15 @@ def molecule_config(variant: str = "reed", size: str = "demo", root: str = ".dat
     c.data.update(source="molecules", num_shards=2)
     c.model.update(name=f"EGNN-{hidden}x{layers}", hidden=hidden, projector_width=hidden)
     c.molecule.update(qm9_wheel=f"{root}/qm9pack-1.0.3-py3-none-any.whl", layers=layers, train_limit=n_train,
-                      eval_limit=n_eval, encoder_steps=enc_steps)
+                      eval_limit=n_eval, encoder_steps=enc_steps,
+                      size_buckets=(16, 20, 24, 29))  # QM9: 1.97x less step time than padding all to 29 (README)
     c.optim.update(lr=lr, weight_decay=0.0, grad_clip=1.0, ema_decay=ema, amsgrad=True,
                    warmup_steps=min(10_000, steps // 10))  # METHOD.md: Adam (amsgrad), 10K-step warm-up
     c.train.update(batch_size=batch, steps=steps, log_every=min(100, steps // 10), eval_every=steps // 3,
                    checkpoint_every=steps // 3)
     c.sample.batch_size = 64
+    if size == "reference":
+        c.molecule.self_condition = True  # SemlaFlow trains with self-conditioning
     if size == "demo":  # CPU-sized evaluation: 128 molecules, 50 sampling steps
         c.molecule.update(eval_samples=128, sample_steps=50, energy_samples=16)
     if variant == "reed":

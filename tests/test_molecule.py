@@ -175,7 +175,7 @@ def tiny_config(wheel, variant="reed"):
     c = config_lib.molecule_config(variant)
     c.molecule.update(qm9_wheel=wheel, train_limit=0, eval_limit=0, layers=2, edge_dim=8, encoder_steps=20,
                       encoder_hidden=8, encoder_layers=1, sample_steps=4, eval_samples=8, energy_samples=2,
-                      max_atoms=16)
+                      max_atoms=16, size_buckets=())
     c.model.update(hidden=16, projector_width=16)
     if variant == "reed":
         c.targets.qm9_property.update(tap="layer2", dim=8, proj_width=16)
@@ -224,13 +224,20 @@ def test_precompute_train_sample_end_to_end_and_target_import(wheel, tmp_path):
     out2 = precompute.precompute(e, str(tmp_path / "ext"), lambda *_: None)
     tr2 = pipeline.read_all(out2, "train")
     np.testing.assert_allclose(tr2["target/unimol"], vecs[:len(tr2["mask"])])
+    from reed_jax.molecule import precompute as molecule_precompute
+    mols = [data.Molecule(i, None) for i in ids]
     e.targets.unimol.dim = 7
     with pytest.raises(records.DataError, match="targets.unimol: imported vectors have shape \\(6,\\)"):
-        precompute.precompute(e, str(tmp_path / "ext2"), lambda *_: None)
+        molecule_precompute.import_external("unimol", e.targets.unimol, mols)
     np.savez(tmp_path / "partial.npz", ids=np.array(ids[:3]), vectors=vecs[:3])
     e.targets.unimol.update(dim=6, source=str(tmp_path / "partial.npz"))
     with pytest.raises(records.DataError, match="no vector for"):
-        precompute.precompute(e, str(tmp_path / "ext3"), lambda *_: None)
+        molecule_precompute.import_external("unimol", e.targets.unimol, mols)
+    os.makedirs(tmp_path / "per_molecule")
+    for i, v in zip(ids, vecs):
+        np.save(tmp_path / "per_molecule" / f"{i}.npy", v)
+    e.targets.unimol.source = str(tmp_path / "per_molecule")
+    np.testing.assert_array_equal(molecule_precompute.import_external("unimol", e.targets.unimol, mols), vecs)
 
 
 def test_tiny_overfit(molecules):
@@ -312,3 +319,58 @@ def test_molecule_optimizer_is_amsgrad_with_warmup():
     for _ in range(60):
         upd, state = tx.update(g, state, params)
     np.testing.assert_allclose(np.abs(upd["w"]), c.optim.lr * 60 / 120, rtol=1e-3)  # Adam: |update| = lr
+
+
+def test_self_conditioning_is_equivariant_and_used_in_training_and_sampling():
+    rng = np.random.default_rng(3)
+    b, n = 2, 7
+    mask = np.ones((b, n), np.float32)
+    mask[0, 5:] = 0
+    x = flow.centred_noise(rng, mask).astype(np.float32)
+    types, charges = rng.integers(0, 5, (b, n)), np.zeros((b, n), np.int64)
+    bonds = np.zeros((b, n, n), np.int64)
+    c = config_lib.molecule_config("base")
+    c.molecule.update(layers=2, self_condition=True, sample_steps=3, max_atoms=n)
+    c.model.update(hidden=16)
+    model = molecule_model.build_model(c)
+    params = molecule_model.init_params(c, model, jax.random.PRNGKey(0))
+    t = jnp.array([0.4, 0.7])
+    run = jax.jit(lambda x, cond: model.apply({"params": params}, x, types, charges, bonds, t, mask, cond=cond)[0])
+    first = run(jnp.asarray(x), None)
+    cond = molecule_model.as_condition(first)
+    out = run(jnp.asarray(x), cond)
+    assert not np.allclose(out["types"], first["types"], atol=1e-4)  # the previous prediction is an input
+    rot = random_rotation(rng).astype(np.float32)
+    out_rot = run(jnp.asarray(x @ rot), dict(cond, coords=cond["coords"] @ rot))
+    np.testing.assert_allclose(out_rot["coords"], np.asarray(out["coords"]) @ rot, atol=2e-4)
+    np.testing.assert_allclose(out_rot["bonds"], out["bonds"], atol=2e-4)
+    batch = {"types": types, "charges": charges, "bonds": bonds, "coords": x * 2.0, "mask": mask,
+             "prior": flow.centred_noise(rng, mask).astype(np.float32)}
+    gen = jax.jit(lambda p, bt, k: molecule_model.losses(c, model, p, bt, k)[0])(params, batch, jax.random.PRNGKey(1))
+    assert gen.shape == (b,) and np.isfinite(gen).all()
+    s = molecule_model.make_sampler(c, model)(params, jax.random.PRNGKey(2), mask)
+    assert s["bonds"].shape == (b, n, n) and np.all(np.asarray(s["coords"])[0, 5:] == 0)
+
+
+def test_molecule_configs_validate_and_errors_name_keys():
+    for v in ("reed", "base"):
+        for size in ("demo", "reference"):
+            config_lib.validate(config_lib.molecule_config(v, size))
+    c = config_lib.molecule_config("reed")
+    assert c.targets.qm9_property.tap == "layer4" and c.curriculum.align.coeff == 0.2
+    assert c.curriculum.gen.warmup == int(0.15 * c.train.steps)
+    c.molecule.size_buckets = (16, 24)
+    with pytest.raises(config_lib.ConfigError, match="molecule.size_buckets=\\(16, 24\\)"):
+        config_lib.validate(c)
+    c = config_lib.molecule_config("reed")
+    c.targets.qm9_property.tap = "layer9"
+    with pytest.raises(config_lib.ConfigError, match="targets.qm9_property.tap='layer9'"):
+        config_lib.validate(c)
+    c = config_lib.molecule_config("reed")
+    c.data.source = "proteins"
+    with pytest.raises(config_lib.ConfigError, match="track='molecule' with data.source='proteins'"):
+        config_lib.validate(c)
+    p = config_lib.protein_config("reed")
+    p.targets.structure.encoder = "qm9_property"
+    with pytest.raises(config_lib.ConfigError, match="targets.structure.encoder='qm9_property'"):
+        config_lib.validate(p)

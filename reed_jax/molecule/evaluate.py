@@ -35,10 +35,22 @@ def generate(sample_fn, params, counts: np.ndarray, max_atoms: int, batch_size: 
     return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
 
 
+_SAMPLERS: dict[str, object] = {}  # compiled samplers by config: --mode=sample after training reuses the compile
+
+
+def sampler(config, model):
+    """molecule.model.make_sampler, one per distinct config in this process."""
+    import json
+    key = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    if key not in _SAMPLERS:
+        _SAMPLERS[key] = molecule_model.make_sampler(config, model)
+    return _SAMPLERS[key]
+
+
 def make_evaluator(config, workdir: str, data_dir: str, model, log=print):
     """(params, step) -> (metrics dict, None): sample, score, write the SDF."""
     m = config.molecule
-    sample_fn = molecule_model.make_sampler(config, model)
+    sample_fn = sampler(config, model)
     _, manifest = records.read_manifest(data_dir)
     train_smiles = [s for s in manifest.get("smiles", {}).get("train", []) if s]
     counts = sizes(data_dir, m.eval_samples, config.seed + 1)

@@ -44,16 +44,26 @@ class MoleculeREED(nn.Module):
     net: egnn.EGNN
     num_types: int
     targets: tuple[MoleculeTarget, ...] = ()
+    self_condition: bool = False
 
     @nn.compact
-    def __call__(self, coords, types, charges, bonds, t, mask, with_projectors: bool = True):
+    def __call__(self, coords, types, charges, bonds, t, mask, with_projectors: bool = True, cond=None):
         """coords [B, N, 3] (scaled), types/charges [B, N] int, bonds [B, N, N] int, t [B], mask [B, N]
-        -> ({coords [B, N, 3], types [B, N, T], charges [B, N, C], bonds [B, N, N, E]}, {name: [B, z]})."""
+        -> ({coords [B, N, 3], types [B, N, T], charges [B, N, C], bonds [B, N, N, E]}, {name: [B, z]}).
+
+        With `self_condition`, `cond` is a previous prediction (`as_condition` of the dict this returns;
+        None = no prediction: zero probabilities, x1hat = x) fed back as invariant inputs: type/charge/bond
+        probabilities, |x_i - x1hat_i|^2 per atom and |x1hat_i - x1hat_j|^2 per pair (equivariance kept)."""
         mask = mask.astype(jnp.float32)
-        nodes = jnp.concatenate([jax.nn.one_hot(types, self.num_types), jax.nn.one_hot(charges, len(chem.CHARGES)),
-                                 jnp.broadcast_to(t[:, None, None], types.shape + (1,))], -1)
-        edges = jax.nn.one_hot(bonds, len(chem.BOND_ORDERS))
-        x, h, e, taps = self.net(coords, nodes, edges, mask)
+        nodes = [jax.nn.one_hot(types, self.num_types), jax.nn.one_hot(charges, len(chem.CHARGES)),
+                 jnp.broadcast_to(t[:, None, None], types.shape + (1,))]
+        edges = [jax.nn.one_hot(bonds, len(chem.BOND_ORDERS))]
+        if self.self_condition:
+            cond = no_condition(coords, self.num_types) if cond is None else cond
+            xh = cond["coords"]
+            nodes += [cond["types"], cond["charges"], ((coords - xh) ** 2).sum(-1, keepdims=True)]
+            edges += [cond["bonds"], ((xh[:, :, None] - xh[:, None]) ** 2).sum(-1, keepdims=True)]
+        x, h, e, taps = self.net(coords, jnp.concatenate(nodes, -1), jnp.concatenate(edges, -1), mask)
         out = {"coords": x, "types": nn.Dense(self.num_types, name="type_head")(h),
                "charges": nn.Dense(len(chem.CHARGES), name="charge_head")(h),
                "bonds": nn.Dense(len(chem.BOND_ORDERS), name="bond_head")(nn.silu(
@@ -66,6 +76,19 @@ class MoleculeREED(nn.Module):
         return out, feats
 
 
+def as_condition(out: dict) -> dict:
+    """A prediction -> the self-conditioning input: coordinates and class probabilities (no gradient)."""
+    out = jax.lax.stop_gradient(out)
+    return {"coords": out["coords"], **{k: jax.nn.softmax(out[k]) for k in ("types", "charges", "bonds")}}
+
+
+def no_condition(coords: jax.Array, num_types: int) -> dict:
+    """The self-conditioning input when there is no prediction: x1hat = x, zero probabilities."""
+    b, n = coords.shape[:2]
+    return {"coords": coords, "types": jnp.zeros((b, n, num_types)), "charges": jnp.zeros((b, n, len(chem.CHARGES))),
+            "bonds": jnp.zeros((b, n, n, len(chem.BOND_ORDERS)))}
+
+
 def tap_names(m) -> tuple[str, ...]:
     return tuple(f"layer{i}" for i in range(1, m.layers + 1))
 
@@ -75,14 +98,15 @@ def build_model(config) -> MoleculeREED:
     net = egnn.EGNN(hidden=config.model.hidden, edge_dim=m.edge_dim, layers=m.layers)
     targets = tuple(MoleculeTarget(n, t.tap, t.proj_width or config.model.projector_width, t.dim)
                     for n, t in config.targets.items())
-    return MoleculeREED(net, len(elements(m)), targets)
+    return MoleculeREED(net, len(elements(m)), targets, bool(m.self_condition))
 
 
 def init_params(config, model: MoleculeREED, rng: jax.Array) -> dict:
     n = config.molecule.max_atoms
     z = lambda *s: jnp.zeros((1,) + s, jnp.int32)
-    return model.init(rng, jax.random.normal(rng, (1, n, 3)), z(n), z(n), z(n, n), jnp.ones((1,)),
-                      jnp.ones((1, n)))["params"]
+    init = jax.jit(lambda r: model.init(r, jax.random.normal(r, (1, n, 3)), z(n), z(n), z(n, n), jnp.ones((1,)),
+                                        jnp.ones((1, n)))["params"])  # jitted: eager init dispatches op by op
+    return init(rng)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -109,7 +133,14 @@ def losses(config, model: MoleculeREED, params, batch, rng):
     types = flow.corrupt_categorical(k_a, batch["types"], t, nt)
     charges = flow.corrupt_categorical(k_c, batch["charges"], t, len(chem.CHARGES))
     bonds = flow.corrupt_bonds(k_b, batch["bonds"], t, len(chem.BOND_ORDERS))
-    out, feats = model.apply({"params": params}, xt * mask[..., None], types, charges, bonds, t, mask)
+    xt = xt * mask[..., None]
+    cond = None
+    if model.self_condition:  # half of the molecules see a first (gradient-free) prediction, the rest zeros
+        first, _ = model.apply({"params": params}, xt, types, charges, bonds, t, mask, with_projectors=False)
+        use = jax.random.bernoulli(jax.random.fold_in(k_x, 1), 0.5, (b,))
+        cond = jax.tree.map(lambda v, z: jnp.where(use.reshape((b,) + (1,) * (v.ndim - 1)), v, z),
+                            as_condition(first), no_condition(xt, model.num_types))
+    out, feats = model.apply({"params": params}, xt, types, charges, bonds, t, mask, cond=cond)
     parts = {"coords": masked_mean(((out["coords"] - x1) ** 2).sum(-1), mask),
              "types": masked_mean(cross_entropy(out["types"], batch["types"]), mask),
              "charges": masked_mean(cross_entropy(out["charges"], batch["charges"]), mask),
@@ -136,13 +167,14 @@ def make_sampler(config, model: MoleculeREED):
         a = jax.random.randint(k[1], (b, n), 0, nt)
         c = jax.random.randint(k[2], (b, n), 0, nc)
         e = flow.symmetric(lambda kk, s: jax.random.randint(kk, s, 0, nb), k[3], (b, n, n))
-        apply = lambda x, a, c, e, t: model.apply({"params": params}, x, a, c, e, jnp.full((b,), t), mask,
-                                                  with_projectors=False)[0]
+        apply = lambda x, a, c, e, t, cond: model.apply({"params": params}, x, a, c, e, jnp.full((b,), t), mask,
+                                                        with_projectors=False, cond=cond)[0]
 
         def step(carry, i):
-            x, a, c, e, key = carry
+            x, a, c, e, key, prev = carry
             t, t_next = grid[i], grid[i + 1]
-            out = apply(x, a, c, e, t)
+            out = apply(x, a, c, e, t, prev if model.self_condition else None)
+            prev = as_condition(out)
             dt = t_next - t
             key, ka, kc, ke = jax.random.split(key, 4)
             x = egnn.centre(x + dt * (out["coords"] - x) / (1.0 - t), mask)
@@ -152,10 +184,11 @@ def make_sampler(config, model: MoleculeREED):
             e_new = flow.jump(ke, e, out["bonds"], p)
             up = jnp.triu(e_new, 1)
             e = up + jnp.swapaxes(up, 1, 2)
-            return (x, a, c, e, key), None
+            return (x, a, c, e, key, prev), None
 
-        (x, a, c, e, _), _ = jax.lax.scan(step, (x, a, c, e, k[4]), jnp.arange(m.sample_steps))
-        out = apply(x, a, c, e, grid[-1])
+        init = (x, a, c, e, k[4], no_condition(x, nt))  # the first step sees no prediction, as in training
+        (x, a, c, e, _, prev), _ = jax.lax.scan(step, init, jnp.arange(m.sample_steps))
+        out = apply(x, a, c, e, grid[-1], prev if model.self_condition else None)
         bonds = jnp.argmax(out["bonds"] + jnp.swapaxes(out["bonds"], 1, 2), -1)
         bonds = bonds * (1 - jnp.eye(n, dtype=bonds.dtype))[None] * (mask[:, :, None] * mask[:, None, :]).astype(
             bonds.dtype)

@@ -9,7 +9,8 @@ from reed_jax.molecule.evaluate import sample_mode  # noqa: F401 (hooks)
 
 def signature(config) -> dict:
     m, mo = config.model, config.molecule
-    return {"track": "molecule", "model": [m.hidden, mo.edge_dim, mo.layers, m.projector_width],
+    return {"track": "molecule", "model": [m.hidden, mo.edge_dim, mo.layers, m.projector_width,
+                                           bool(mo.self_condition)],
             "max_atoms": mo.max_atoms, "elements": mo.elements,
             "targets": {n: [t.tap, t.dim, t.proj_width] for n, t in config.targets.items()}}
 

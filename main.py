@@ -29,7 +29,7 @@ def main(argv):
     if FLAGS.multihost:
         import jax
         jax.distributed.initialize()
-    from reed_jax import config as config_lib, train
+    from reed_jax import config as config_lib, logs, train
     from reed_jax.data import precompute
 
     config = FLAGS.config
@@ -40,8 +40,7 @@ def main(argv):
         print(f"shards: {out}")
     elif FLAGS.mode == "train":
         result = train.train_and_evaluate(config, FLAGS.workdir)
-        print("final evaluation:", ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                             for k, v in result.items()))
+        print("final evaluation:", logs.format_metrics(result, ", "))
         print(f"outputs in {FLAGS.workdir}: checkpoints/, tensorboard/, samples/, results.json")
     elif FLAGS.mode == "import":
         if not FLAGS.torch_checkpoint:
@@ -51,7 +50,7 @@ def main(argv):
                                    FLAGS.torch_projectors)
     elif FLAGS.mode == "evaluate":
         result = train.evaluate_mode(config, FLAGS.workdir)
-        print("evaluation:", ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+        print("evaluation:", logs.format_metrics(result, ", "))
     else:
         train.sample_mode(config, FLAGS.workdir)
 

@@ -127,7 +127,7 @@ def main(argv=None) -> dict:
                 p = {"variant": name, "seed": seed, "step": step, "held_out_loss": val_loss(state.ema_params),
                      "loss_gen": float(m["loss/gen"]), "seconds": time.time() - t0}
                 if step == c.train.steps:
-                    counts = molecule_eval.sizes(data_dir, args.samples, 7)
+                    counts = molecule_eval.sizes(manifest["lengths"]["train"], args.samples, 7)
                     s = molecule_eval.generate(sampler, state.ema_params, counts, c.molecule.max_atoms, 64, 11)
                     r, _ = metrics.evaluate(s, molecule_model.elements(c.molecule), train_smiles)
                     p.update({k: r[k] for k in ("atom_stability", "mol_stability", "validity", "fragment_validity",

@@ -22,6 +22,7 @@ TRACKS = ("image", "protein", "molecule")
 DATA_SOURCES = ("digits", "imagenet", "proteins", "molecules")
 TRACK_SOURCE = {"protein": "proteins", "molecule": "molecules"}  # non-image tracks read one source each
 MOLECULE_SOURCES = ("qm9", "edm_arrays", "sdf")
+MOLECULE_BACKBONES = ("egnn", "semla")
 PROTEIN_SOURCES = ("mdanalysistests", "pdb_dir", "cath", "pdb2021")
 IMAGE_SOURCES = ("folder", "tfds")
 DIGITS_FIELDS = ("digits_tokens", "digits_pooled")  # what the digits source stores, for every variant
@@ -160,7 +161,10 @@ def base_config() -> ml_collections.ConfigDict:
                                # bucket holding them (one compile each); () = every batch at max_atoms
         split_seed=0, validation_fraction=0.1,  # QM9: standard split sizes; others: this fraction held out
         train_limit=0, eval_limit=0,  # first molecules of each split (0 = all)
-        layers=6, edge_dim=32,  # EGNN depth and edge-feature width (width is model.hidden)
+        backbone="egnn",       # one of MOLECULE_BACKBONES: 'egnn' (small, robust) or 'semla' (SemlaFlow's attention)
+        layers=6, edge_dim=32,  # backbone depth and edge-feature width (width is model.hidden)
+        coord_sets=64, heads=32, message_dim=128, message_hidden=128, size_emb=64,  # backbone='semla' only:
+                               # coordinate sets, attention heads, pair-message width and MLP width, size embedding
         coord_scale=2.407,     # coordinates divided by this (SemlaFlow's QM9 scale) on the flow's data side
         coord_noise=0.2,       # std of the Gaussian added to interpolated coordinates
         time_beta=(2.0, 1.0),  # t ~ Beta(a, b), t = 1 data
@@ -331,6 +335,12 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         m = c.molecule
         _one_of(m.source, MOLECULE_SOURCES, "molecule.source")
         _one_of(m.elements, ("qm9", "drugs"), "molecule.elements")
+        _one_of(m.backbone, MOLECULE_BACKBONES, "molecule.backbone")
+        if m.backbone == "semla" and (c.model.hidden % m.heads or min(m.coord_sets, m.heads, m.message_dim,
+                                                                        m.message_hidden, m.size_emb) < 1):
+            raise ConfigError(f"molecule.heads={m.heads} must divide model.hidden={c.model.hidden}, and "
+                              f"molecule.coord_sets={m.coord_sets}, message_dim={m.message_dim}, message_hidden="
+                              f"{m.message_hidden}, size_emb={m.size_emb} must be >= 1 (backbone='semla')")
         if m.max_atoms < 2 or m.layers < 1 or m.sample_steps < 1:
             raise ConfigError(f"molecule.max_atoms={m.max_atoms}, layers={m.layers}, sample_steps={m.sample_steps}: "
                               f"need max_atoms >= 2, layers >= 1, sample_steps >= 1")
@@ -445,34 +455,49 @@ def protein_config(variant: str = "reed", size: str = "demo", root: str = ".data
     return c
 
 
-MOLECULE_SIZES = {  # (hidden, layers, lr, ema_decay, steps, batch, train_limit, eval_limit, encoder_steps)
-    "demo": (64, 6, 1e-3, 0.99, 1200, 32, 3000, 300, 600),        # ~15 min on a 2-core CPU
-    "reference": (256, 9, 3e-4, 0.999, 300_000, 128, 0, 0, 20_000),  # full QM9 on an accelerator
+MOLECULE_SIZES = {  # (lr, ema_decay, steps, batch, train_limit, eval_limit, encoder_steps, default backbone)
+    "demo": (1e-3, 0.99, 1200, 32, 3000, 300, 600, "egnn"),          # ~12 min on a 2-core CPU
+    "reference": (3e-4, 0.999, 300_000, 128, 0, 0, 20_000, "semla"),  # full QM9 on an accelerator
+}
+MOLECULE_WIDTHS = {  # (backbone, size) -> model.hidden, molecule.layers, edge_dim (+ the semla widths)
+    ("egnn", "demo"): dict(hidden=64, layers=6, edge_dim=32),
+    ("egnn", "reference"): dict(hidden=256, layers=9, edge_dim=32),
+    ("semla", "demo"): dict(hidden=64, layers=4, edge_dim=32, coord_sets=16, heads=8, message_dim=32,
+                            message_hidden=32, size_emb=16),
+    ("semla", "reference"): dict(hidden=384, layers=12, edge_dim=128, coord_sets=64, heads=32, message_dim=128,
+                                 message_hidden=128, size_emb=64),  # METHOD.md section 4 (SemlaFlow's QM9 model)
 }
 
 
-def molecule_config(variant: str = "reed", size: str = "demo", root: str = ".data") -> ml_collections.ConfigDict:
+def molecule_config(variant: str = "reed", size: str = "demo", root: str = ".data",
+                    backbone: str = "") -> ml_collections.ConfigDict:
     """Unconditional 3D molecule generation by flow matching (METHOD.md section 4) on QM9.
 
-    EGNN backbone (coordinates, atom types, charges, bonds; Beta(2, 1) times; OT-paired noise).
-    reed: one target, the pooled vector of the frozen stand-in 3D encoder (`qm9_property`: an EGNN
-    fitted once on QM9's DFT properties, 128-d), aligned from layer 4's atom features summed over
-    real atoms through an MLP (hidden -> hidden -> hidden -> 128); w_align = 0.2 constant, w_gen
-    warmed up linearly over the first 15% of training (the reference: 30 of 200 epochs). base: no
-    target. size: 'demo' (width 64, 4,000 training molecules) or 'reference' (width 256, 9 layers,
-    all of QM9's 100k training molecules).
+    Coordinates, atom types, charges and bonds; Beta(2, 1) times; OT-paired noise. backbone:
+    'egnn' or 'semla' (SemlaFlow's equivariant attention; '' = the size's default: EGNN for the
+    demo, Semla 384 x 12 for the reference). reed: one target, the pooled vector of the frozen
+    stand-in 3D encoder (`qm9_property`: an EGNN fitted once on QM9's DFT properties, 128-d),
+    aligned from layer 4's atom features summed over real atoms through an MLP (hidden -> hidden ->
+    hidden -> 128); w_align = 0.2 constant, w_gen warmed up linearly over the first 15% of
+    training (the reference: 30 of 200 epochs). base: no target. size: 'demo' (width 64, 3,000
+    training molecules) or 'reference' (all of QM9's 100k training molecules, self-conditioning).
     """
     if variant not in ("reed", "base"):
         raise ConfigError(f"molecule config: unknown variant {variant!r}; expected reed or base")
     if size not in MOLECULE_SIZES:
         raise ConfigError(f"molecule config: unknown size {size!r}; expected one of {list(MOLECULE_SIZES)}")
-    hidden, layers, lr, ema, steps, batch, n_train, n_eval, enc_steps = MOLECULE_SIZES[size]
+    lr, ema, steps, batch, n_train, n_eval, enc_steps, default_backbone = MOLECULE_SIZES[size]
+    backbone = backbone or default_backbone
+    if backbone not in MOLECULE_BACKBONES:
+        raise ConfigError(f"molecule config: unknown backbone {backbone!r}; expected one of {MOLECULE_BACKBONES}")
+    widths = dict(MOLECULE_WIDTHS[backbone, size])
+    hidden, layers = widths.pop("hidden"), widths["layers"]
     c = base_config()
     c.track = "molecule"
     c.data.update(source="molecules", num_shards=2)
-    c.model.update(name=f"EGNN-{hidden}x{layers}", hidden=hidden, projector_width=hidden)
-    c.molecule.update(qm9_wheel=f"{root}/qm9pack-1.0.3-py3-none-any.whl", layers=layers, train_limit=n_train,
-                      eval_limit=n_eval, encoder_steps=enc_steps,
+    c.model.update(name=f"{backbone.upper()}-{hidden}x{layers}", hidden=hidden, projector_width=hidden)
+    c.molecule.update(qm9_wheel=f"{root}/qm9pack-1.0.3-py3-none-any.whl", backbone=backbone, train_limit=n_train,
+                      eval_limit=n_eval, encoder_steps=enc_steps, **widths,
                       size_buckets=(16, 20, 24, 29))  # QM9: 1.97x less step time than padding all to 29 (README)
     c.optim.update(lr=lr, weight_decay=0.0, grad_clip=1.0, ema_decay=ema, amsgrad=True,
                    warmup_steps=min(10_000, steps // 10))  # METHOD.md: Adam (amsgrad), 10K-step warm-up

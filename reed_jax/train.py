@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from reed_jax import checkpoint, config as config_lib, curriculum, objective, parallel, tracks, visualize
+from reed_jax import checkpoint, config as config_lib, curriculum, logs, objective, parallel, tracks, visualize
 from reed_jax.data import pipeline, precompute, records
 from reed_jax.diffusion import interpolants, samplers
 from reed_jax.models import encoders, sit as sit_lib
@@ -427,7 +427,7 @@ def _train(config, workdir: str, log, stop: "StopOnSignal") -> dict:
             if jax.process_index() == 0:
                 with open(results_path, "w") as fh:
                     json.dump({"final": last, "evals": history}, fh, indent=1)
-            bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
+            bar.write(logs.format_metrics(last))
         if config.eval.fid_every and (step % config.eval.fid_every == 0 or step == total):
             r = fid_evaluate(config, workdir, state.ema_params, step, mesh, config.eval.fid_every_samples,
                              log=bar.write)
@@ -481,7 +481,7 @@ def fid_evaluate(config, workdir: str, params, step: int, mesh=None, num_samples
             json.dump(result, fh, indent=1)
         if e.save_npz:
             fid_eval.write_samples_npz(paths, n, os.path.join(out_dir, "samples.npz"))
-    log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    log(logs.format_metrics(result))
     return result
 
 

@@ -99,7 +99,8 @@ def random_rotation(rng):
     return q if np.linalg.det(q) > 0 else -q
 
 
-def test_egnn_equivariant_to_rotation_translation_and_permutation():
+@pytest.mark.parametrize("backbone", ["egnn", "semla"])
+def test_backbone_equivariant_to_rotation_translation_and_permutation(backbone):
     rng = np.random.default_rng(0)
     b, n = 2, 9
     mask = np.ones((b, n), np.float32)
@@ -109,10 +110,11 @@ def test_egnn_equivariant_to_rotation_translation_and_permutation():
     charges = rng.integers(0, 3, (b, n))
     bonds = np.triu(rng.integers(0, 4, (b, n, n)), 1)
     bonds = bonds + bonds.transpose(0, 2, 1)
-    c = config_lib.molecule_config("reed")
+    c = config_lib.molecule_config("reed", backbone=backbone)
     c.molecule.layers = 4
     c.model.update(hidden=16, projector_width=16)
     model = molecule_model.build_model(c)
+    assert type(model.net).__name__ == {"egnn": "EGNN", "semla": "Semla"}[backbone]
     params = molecule_model.init_params(c, model, jax.random.PRNGKey(0))
     t = jnp.array([0.3, 0.8])
     run = jax.jit(lambda x, ty, ch, bo, m: model.apply({"params": params}, x, ty, ch, bo, t, m))
@@ -133,6 +135,7 @@ def test_egnn_equivariant_to_rotation_translation_and_permutation():
     x4[1, 6:] = 100.0
     out4, _ = run(x4, types, charges, bonds, mask)
     np.testing.assert_allclose(out4["types"][1, :6], out["types"][1, :6], atol=1e-5)
+    np.testing.assert_allclose(out4["coords"][1, :6], out["coords"][1, :6], atol=1e-5)
 
 
 def test_ot_pairing_beats_random_and_kabsch_recovers_rotation():
@@ -240,11 +243,12 @@ def test_precompute_train_sample_end_to_end_and_target_import(wheel, tmp_path):
     np.testing.assert_array_equal(molecule_precompute.import_external("unimol", e.targets.unimol, mols), vecs)
 
 
-def test_tiny_overfit(molecules):
+@pytest.mark.parametrize("backbone", ["egnn", "semla"])
+def test_tiny_overfit(molecules, backbone):
     """The flow-matching loss falls well below its start on 8 molecules (no alignment)."""
     import optax
 
-    c = config_lib.molecule_config("base")
+    c = config_lib.molecule_config("base", backbone=backbone)
     c.molecule.update(layers=3, max_atoms=16)
     c.model.update(hidden=32)
     model = molecule_model.build_model(c)
@@ -355,7 +359,24 @@ def test_self_conditioning_is_equivariant_and_used_in_training_and_sampling():
 def test_molecule_configs_validate_and_errors_name_keys():
     for v in ("reed", "base"):
         for size in ("demo", "reference"):
-            config_lib.validate(config_lib.molecule_config(v, size))
+            for backbone in ("", "egnn", "semla"):
+                config_lib.validate(config_lib.molecule_config(v, size, backbone=backbone))
+    ref = config_lib.molecule_config("reed", "reference")  # METHOD.md section 4: Semla 384 x 12, 32 heads, d_edge 128
+    assert (ref.molecule.backbone, ref.model.hidden, ref.molecule.layers, ref.molecule.heads, ref.molecule.edge_dim,
+            ref.molecule.coord_sets, ref.molecule.self_condition) == ("semla", 384, 12, 32, 128, 64, True)
+    from reed_jax.molecule import track
+    sig_e, sig_s = track.signature(config_lib.molecule_config("reed")), track.signature(
+        config_lib.molecule_config("reed", backbone="semla"))
+    assert "backbone" not in sig_e and sig_s["backbone"] == "semla"  # EGNN checkpoints keep their old signature
+    with pytest.raises(config_lib.ConfigError, match="unknown backbone 'gnn'"):
+        config_lib.molecule_config("reed", backbone="gnn")
+    c = config_lib.molecule_config("reed", backbone="semla")
+    c.molecule.heads = 6
+    with pytest.raises(config_lib.ConfigError, match="molecule.heads=6 must divide model.hidden=64"):
+        config_lib.validate(c)
+    c.molecule.update(heads=8, backbone="transformer")
+    with pytest.raises(config_lib.ConfigError, match="molecule.backbone"):
+        config_lib.validate(c)
     c = config_lib.molecule_config("reed")
     assert c.targets.qm9_property.tap == "layer4" and c.curriculum.align.coeff == 0.2
     assert c.curriculum.gen.warmup == int(0.15 * c.train.steps)

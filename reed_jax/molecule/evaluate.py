@@ -11,15 +11,14 @@ import os
 import jax
 import numpy as np
 
+from reed_jax import logs
 from reed_jax.data import records
 from reed_jax.molecule import chem, metrics, model as molecule_model
 
 
-def sizes(data_dir: str, n: int, seed: int) -> np.ndarray:
-    """n atom counts drawn from the training split's histogram."""
-    _, manifest = records.read_manifest(data_dir)
-    lengths = np.asarray(manifest["lengths"]["train"])
-    return np.random.default_rng(seed).choice(lengths, n)
+def sizes(train_lengths, n: int, seed: int) -> np.ndarray:
+    """n atom counts drawn from the training split's histogram (the manifest's `lengths['train']`)."""
+    return np.random.default_rng(seed).choice(np.asarray(train_lengths), n)
 
 
 def generate(sample_fn, params, counts: np.ndarray, max_atoms: int, batch_size: int, seed: int) -> dict:
@@ -35,25 +34,13 @@ def generate(sample_fn, params, counts: np.ndarray, max_atoms: int, batch_size: 
     return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
 
 
-_SAMPLERS: dict[str, object] = {}  # compiled samplers by config: --mode=sample after training reuses the compile
-
-
-def sampler(config, model):
-    """molecule.model.make_sampler, one per distinct config in this process."""
-    import json
-    key = json.dumps(config.to_dict(), sort_keys=True, default=str)
-    if key not in _SAMPLERS:
-        _SAMPLERS[key] = molecule_model.make_sampler(config, model)
-    return _SAMPLERS[key]
-
-
 def make_evaluator(config, workdir: str, data_dir: str, model, log=print):
     """(params, step) -> (metrics dict, None): sample, score, write the SDF."""
     m = config.molecule
-    sample_fn = sampler(config, model)
+    sample_fn = molecule_model.make_sampler(config, model)
     _, manifest = records.read_manifest(data_dir)
     train_smiles = [s for s in manifest.get("smiles", {}).get("train", []) if s]
-    counts = sizes(data_dir, m.eval_samples, config.seed + 1)
+    counts = sizes(manifest["lengths"]["train"], m.eval_samples, config.seed + 1)
     names = molecule_model.elements(m)
 
     def fn(params, step):
@@ -68,12 +55,23 @@ def make_evaluator(config, workdir: str, data_dir: str, model, log=print):
     return fn
 
 
-def sample_mode(config, workdir: str, log=print) -> str:
-    """Latest EMA params -> molecule.eval_samples molecules in an SDF file, with their metrics logged."""
+def evaluate_mode(config, workdir: str, log=print) -> dict:
+    """`--mode=evaluate`: the latest EMA params -> molecule.eval_samples molecules, scored (logged and
+    written to <workdir>/eval_<step>.json), and their SDF."""
+    import json
+
     from reed_jax import train
     from reed_jax.data import precompute
 
     model, params, step = train.latest_ema(config, workdir)
     result, _ = make_evaluator(config, workdir, precompute.data_dir(config, workdir), model, log)(params, step)
-    log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
-    return result["samples"]
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, f"eval_{step:07d}.json"), "w") as fh:
+            json.dump(result, fh, indent=1)
+    log(logs.format_metrics(result))
+    return result
+
+
+def sample_mode(config, workdir: str, log=print) -> str:
+    """`--mode=sample`: `evaluate_mode`, returning the path of the SDF it wrote."""
+    return evaluate_mode(config, workdir, log)["samples"]

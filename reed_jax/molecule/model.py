@@ -1,8 +1,9 @@
 """The molecule backbone with its REED projector, its losses and its sampler.
 
-`MoleculeREED` = EGNN + heads (atom type, charge, bond logits, clean coordinates) + one projector
-per target on a pooled tap: the tap's atom features summed over the *real* atoms only (the
-reference also sums padding rows; we don't), then the MLP to the target width.
+`MoleculeREED` = equivariant backbone (EGNN or Semla, `molecule.backbone`) + heads (atom type,
+charge, bond logits, clean coordinates) + one projector per target on a pooled tap: the tap's atom
+features summed over the *real* atoms only (the reference also sums padding rows; we don't), then
+the MLP to the target width.
 
 `losses(config, model, params, batch, rng)` (what the shared train step calls) returns per-molecule
 generative loss [B] = coordinate MSE (mean over real atoms, in scaled units) + 0.2 type CE + 1.0
@@ -13,6 +14,7 @@ OT-paired prior draw `prior` [B, N, 3] made on the host (`with_prior`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 import flax.linen as nn
@@ -23,7 +25,7 @@ import numpy as np
 from reed_jax import objective
 from reed_jax.data import records
 from reed_jax.models.projector import Projector
-from reed_jax.molecule import chem, egnn, flow
+from reed_jax.molecule import chem, egnn, flow, semla
 
 FIELDS = ("types", "charges", "bonds", "coords", "mask")  # what the backbone reads of a molecule
 
@@ -41,7 +43,7 @@ class MoleculeTarget:
 
 
 class MoleculeREED(nn.Module):
-    net: egnn.EGNN
+    net: nn.Module  # egnn.EGNN or semla.Semla
     num_types: int
     targets: tuple[MoleculeTarget, ...] = ()
     self_condition: bool = False
@@ -93,9 +95,19 @@ def tap_names(m) -> tuple[str, ...]:
     return tuple(f"layer{i}" for i in range(1, m.layers + 1))
 
 
+def build_backbone(config):
+    """molecule.backbone -> the equivariant network (egnn.EGNN or semla.Semla; one interface)."""
+    m = config.molecule
+    if m.backbone == "semla":
+        return semla.Semla(hidden=config.model.hidden, edge_dim=m.edge_dim, layers=m.layers, sets=m.coord_sets,
+                           heads=m.heads, message_dim=m.message_dim, message_hidden=m.message_hidden,
+                           size_emb=m.size_emb, max_atoms=m.max_atoms)
+    return egnn.EGNN(hidden=config.model.hidden, edge_dim=m.edge_dim, layers=m.layers)
+
+
 def build_model(config) -> MoleculeREED:
     m = config.molecule
-    net = egnn.EGNN(hidden=config.model.hidden, edge_dim=m.edge_dim, layers=m.layers)
+    net = build_backbone(config)
     targets = tuple(MoleculeTarget(n, t.tap, t.proj_width or config.model.projector_width, t.dim)
                     for n, t in config.targets.items())
     return MoleculeREED(net, len(elements(m)), targets, bool(m.self_condition))
@@ -152,50 +164,52 @@ def losses(config, model: MoleculeREED, params, batch, rng):
 
 
 def make_sampler(config, model: MoleculeREED):
-    """jitted (params, rng, mask [B, N]) -> {coords [B, N, 3] Angstrom, types, charges, bonds} (ints:
-    the argmax of the last prediction), integrating the flow over `molecule.sample_steps` steps."""
+    """(params, rng, mask [B, N]) -> {coords [B, N, 3] Angstrom, types, charges, bonds} (ints: the
+    argmax of the last prediction), integrating the flow over `molecule.sample_steps` steps. One
+    jitted function with the model and the config's numbers static: jax's compile cache shares the
+    compile between every sampler made for an equal model and config (e.g. sampling after training)."""
     m = config.molecule
-    grid = jnp.asarray(flow.time_grid(m.sample_steps), jnp.float32)
-    nt, nc, nb = len(elements(m)), len(chem.CHARGES), len(chem.BOND_ORDERS)
+    return functools.partial(_sample, model=model, steps=int(m.sample_steps), coord_scale=float(m.coord_scale))
 
-    @jax.jit
-    def fn(params, rng, mask):
-        mask = mask.astype(jnp.float32)
-        b, n = mask.shape
-        k = jax.random.split(rng, 5)
-        x = egnn.centre(jax.random.normal(k[0], (b, n, 3)), mask)
-        a = jax.random.randint(k[1], (b, n), 0, nt)
-        c = jax.random.randint(k[2], (b, n), 0, nc)
-        e = flow.symmetric(lambda kk, s: jax.random.randint(kk, s, 0, nb), k[3], (b, n, n))
-        apply = lambda x, a, c, e, t, cond: model.apply({"params": params}, x, a, c, e, jnp.full((b,), t), mask,
-                                                        with_projectors=False, cond=cond)[0]
 
-        def step(carry, i):
-            x, a, c, e, key, prev = carry
-            t, t_next = grid[i], grid[i + 1]
-            out = apply(x, a, c, e, t, prev if model.self_condition else None)
-            prev = as_condition(out)
-            dt = t_next - t
-            key, ka, kc, ke = jax.random.split(key, 4)
-            x = egnn.centre(x + dt * (out["coords"] - x) / (1.0 - t), mask)
-            p = jnp.full((b,), jnp.minimum(dt / (1.0 - t), 1.0))
-            a = flow.jump(ka, a, out["types"], p)
-            c = flow.jump(kc, c, out["charges"], p)
-            e_new = flow.jump(ke, e, out["bonds"], p)
-            up = jnp.triu(e_new, 1)
-            e = up + jnp.swapaxes(up, 1, 2)
-            return (x, a, c, e, key, prev), None
+@functools.partial(jax.jit, static_argnames=("model", "steps", "coord_scale"))
+def _sample(params, rng, mask, *, model: MoleculeREED, steps: int, coord_scale: float):
+    grid = jnp.asarray(flow.time_grid(steps), jnp.float32)
+    nt, nc, nb = model.num_types, len(chem.CHARGES), len(chem.BOND_ORDERS)
+    mask = mask.astype(jnp.float32)
+    b, n = mask.shape
+    k = jax.random.split(rng, 5)
+    x = egnn.centre(jax.random.normal(k[0], (b, n, 3)), mask)
+    a = jax.random.randint(k[1], (b, n), 0, nt)
+    c = jax.random.randint(k[2], (b, n), 0, nc)
+    e = flow.symmetric(lambda kk, s: jax.random.randint(kk, s, 0, nb), k[3], (b, n, n))
+    apply = lambda x, a, c, e, t, cond: model.apply({"params": params}, x, a, c, e, jnp.full((b,), t), mask,
+                                                    with_projectors=False, cond=cond)[0]
 
-        init = (x, a, c, e, k[4], no_condition(x, nt))  # the first step sees no prediction, as in training
-        (x, a, c, e, _, prev), _ = jax.lax.scan(step, init, jnp.arange(m.sample_steps))
-        out = apply(x, a, c, e, grid[-1], prev if model.self_condition else None)
-        bonds = jnp.argmax(out["bonds"] + jnp.swapaxes(out["bonds"], 1, 2), -1)
-        bonds = bonds * (1 - jnp.eye(n, dtype=bonds.dtype))[None] * (mask[:, :, None] * mask[:, None, :]).astype(
-            bonds.dtype)
-        return {"coords": out["coords"] * m.coord_scale * mask[..., None], "types": jnp.argmax(out["types"], -1),
-                "charges": jnp.argmax(out["charges"], -1), "bonds": bonds}
+    def step(carry, i):
+        x, a, c, e, key, prev = carry
+        t, t_next = grid[i], grid[i + 1]
+        out = apply(x, a, c, e, t, prev if model.self_condition else None)
+        prev = as_condition(out)
+        dt = t_next - t
+        key, ka, kc, ke = jax.random.split(key, 4)
+        x = egnn.centre(x + dt * (out["coords"] - x) / (1.0 - t), mask)
+        p = jnp.full((b,), jnp.minimum(dt / (1.0 - t), 1.0))
+        a = flow.jump(ka, a, out["types"], p)
+        c = flow.jump(kc, c, out["charges"], p)
+        e_new = flow.jump(ke, e, out["bonds"], p)
+        up = jnp.triu(e_new, 1)
+        e = up + jnp.swapaxes(up, 1, 2)
+        return (x, a, c, e, key, prev), None
 
-    return fn
+    init = (x, a, c, e, k[4], no_condition(x, nt))  # the first step sees no prediction, as in training
+    (x, a, c, e, _, prev), _ = jax.lax.scan(step, init, jnp.arange(steps))
+    out = apply(x, a, c, e, grid[-1], prev if model.self_condition else None)
+    bonds = jnp.argmax(out["bonds"] + jnp.swapaxes(out["bonds"], 1, 2), -1)
+    bonds = bonds * (1 - jnp.eye(n, dtype=bonds.dtype))[None] * (mask[:, :, None] * mask[:, None, :]).astype(
+        bonds.dtype)
+    return {"coords": out["coords"] * coord_scale * mask[..., None], "types": jnp.argmax(out["types"], -1),
+            "charges": jnp.argmax(out["charges"], -1), "bonds": bonds}
 
 
 def check_data(config, schema: records.Schema, data_dir: str) -> None:

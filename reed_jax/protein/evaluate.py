@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reed_jax import logs
 from reed_jax.protein import masked_diffusion, model as pmodel, residues
 
 
@@ -91,7 +92,7 @@ def evaluate_mode(config, workdir: str, log=print) -> dict:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as fh:
         json.dump(result, fh, indent=1)
-    log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    log(logs.format_metrics(result))
     return result
 
 

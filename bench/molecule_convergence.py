@@ -2,10 +2,14 @@
 
     make data
     python bench/molecule_convergence.py --workdir=workdir/molecule_convergence            # the README figure
-    python bench/molecule_convergence.py --hidden=256 --layers=9 --train_limit=0 --steps=100000 --batch=128
+    python bench/molecule_convergence.py --backbone=semla --hidden=64 --layers=4 --workdir=workdir/mc_semla
+    python bench/molecule_convergence.py --backbone=semla --hidden=384 --layers=12 --train_limit=0 \
+        --steps=100000 --batch=128 --lr=3e-4 --ema_decay=0.999                              # an accelerator
 
 Both variants start from the same initial weights (one shared initialisation), see the same
 batches with the same OT-paired noise per seed and draw the same times and categorical noise;
+the batches come from the trainer's own iterator (`train.train_iterator`: size buckets when
+`--buckets` is set, the host-side OT pairing of molecule.model.WithPrior), seeded per run;
 they differ only in the stand-in encoder's target (`qm9_property`, aligned from layer 4, weight
 0.2) and the REED curriculum (flow-matching losses warmed up over `--warmup` of the run). Every
 `--eval_every` steps the EMA weights are scored by the held-out flow-matching loss (the training
@@ -24,6 +28,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,11 +41,11 @@ VARIANTS = ("base", "reed")
 
 
 def variant_config(name: str, args):
-    c = config_lib.molecule_config(name)
+    c = config_lib.molecule_config(name, backbone=args.backbone)
     c.model.update(hidden=args.hidden, projector_width=args.hidden)
     c.molecule.update(layers=args.layers, train_limit=args.train_limit, eval_limit=args.eval_limit,
                       encoder_steps=args.encoder_steps, sample_steps=args.sample_steps, eval_samples=args.samples,
-                      energy_samples=0)
+                      energy_samples=0, size_buckets=tuple(int(b) for b in args.buckets.split(",") if b))
     c.optim.update(lr=args.lr, ema_decay=args.ema_decay)
     c.train.update(batch_size=args.batch, steps=args.steps)
     c.sample.batch_size = 64
@@ -49,13 +54,6 @@ def variant_config(name: str, args):
         c.curriculum.gen.warmup = int(args.warmup * args.steps)
     config_lib.validate(c)
     return c
-
-
-def with_prior(it, config, seed: int):
-    """The benchmark's in-memory batches with the OT-paired prior draw of molecule.model.WithPrior."""
-    for k, batch in enumerate(it):
-        rng = np.random.default_rng([seed, 0, k])
-        yield dict(batch, prior=flow.noise_for_batch(rng, batch["coords"], batch["mask"], config.molecule.coord_scale))
 
 
 def held_out_loss(config, model, batches: list[dict]):
@@ -83,6 +81,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--eval_every", type=int, default=100)
+    ap.add_argument("--backbone", default="egnn", choices=config_lib.MOLECULE_BACKBONES)
+    ap.add_argument("--buckets", default="16,20,24,29", help="size buckets (molecule.size_buckets); '' = none")
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--batch", type=int, default=32)
@@ -101,7 +101,6 @@ def main(argv=None) -> dict:
     settings = {k: v for k, v in vars(args).items() if k not in ("workdir", "seeds")}
     os.makedirs(args.workdir, exist_ok=True)
     data_dir = precompute.precompute(configs["reed"], args.workdir, log)
-    data = pipeline.read_all(data_dir, "train")
     va = pipeline.read_all(data_dir, "validation")
     va = {k: v for k, v in va.items() if k in molecule_model.FIELDS or k.startswith(records.TARGET_PREFIX)}
     va["prior"] = flow.noise_for_batch(np.random.default_rng(12345), va["coords"], va["mask"],
@@ -117,12 +116,13 @@ def main(argv=None) -> dict:
             cache[name] = (model, train.make_train_step(c, model, tx), held_out_loss(c, model, held_out),
                            molecule_model.make_sampler(c, model))
         model, step_fn, val_loss, sampler = cache[name]
-        fields = list(molecule_model.FIELDS) + ([k for k in data if k.startswith("target/")] if c.targets else [])
         state = benchmark.initial_state(c, params, seed)
-        it = with_prior(benchmark.batches({k: data[k] for k in fields}, c.train.batch_size, seed), c, seed)
+        seeded = ml_collections.ConfigDict(c.to_dict())
+        seeded.seed = seed  # the same batches and prior draws for every variant of a seed
+        it = train.train_iterator(seeded, data_dir, log=lambda *_: None)
         points, t0 = [], time.time()
         for step in range(1, c.train.steps + 1):
-            state, m = step_fn(state, next(it))
+            state, m = step_fn(state, {k: v for k, v in next(it).items() if k != "index"})
             if step % args.eval_every == 0 or step == c.train.steps:
                 p = {"variant": name, "seed": seed, "step": step, "held_out_loss": val_loss(state.ema_params),
                      "loss_gen": float(m["loss/gen"]), "seconds": time.time() - t0}
@@ -145,8 +145,8 @@ def main(argv=None) -> dict:
     with open(os.path.join(args.workdir, "summary.json"), "w") as fh:
         json.dump(summary, fh, indent=1)
     benchmark.plot(points, os.path.join(args.workdir, "molecule_convergence.png"),
-                   f"EGNN {args.hidden}x{args.layers}, batch {args.batch}, {args.train_limit or 'all'} QM9 molecules; "
-                   f"held-out flow-matching loss (EMA)", "held_out_loss", "held-out loss (lower is better)", VARIANTS)
+                   f"{args.backbone.upper()} {args.hidden}x{args.layers}, batch {args.batch}, "
+                   f"{args.train_limit or 'all'} QM9 molecules; held-out flow-matching loss (EMA)", "held_out_loss", "held-out loss (lower is better)", VARIANTS)
     benchmark.report(summary["variants"], "held_out_loss", "base", log)
     log(f"wall time {wall:.0f} s; outputs in {args.workdir}")
     return summary

@@ -325,7 +325,8 @@ def test_molecule_optimizer_is_amsgrad_with_warmup():
     np.testing.assert_allclose(np.abs(upd["w"]), c.optim.lr * 60 / 120, rtol=1e-3)  # Adam: |update| = lr
 
 
-def test_self_conditioning_is_equivariant_and_used_in_training_and_sampling():
+@pytest.mark.parametrize("backbone", ["egnn", "semla"])
+def test_self_conditioning_is_equivariant_and_used_in_training_and_sampling(backbone):
     rng = np.random.default_rng(3)
     b, n = 2, 7
     mask = np.ones((b, n), np.float32)
@@ -333,7 +334,7 @@ def test_self_conditioning_is_equivariant_and_used_in_training_and_sampling():
     x = flow.centred_noise(rng, mask).astype(np.float32)
     types, charges = rng.integers(0, 5, (b, n)), np.zeros((b, n), np.int64)
     bonds = np.zeros((b, n, n), np.int64)
-    c = config_lib.molecule_config("base")
+    c = config_lib.molecule_config("base", backbone=backbone)
     c.molecule.update(layers=2, self_condition=True, sample_steps=3, max_atoms=n)
     c.model.update(hidden=16)
     model = molecule_model.build_model(c)

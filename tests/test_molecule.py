@@ -357,11 +357,14 @@ def test_self_conditioning_is_equivariant_and_used_in_training_and_sampling(back
     assert s["bonds"].shape == (b, n, n) and np.all(np.asarray(s["coords"])[0, 5:] == 0)
 
 
-def test_molecule_configs_validate_and_errors_name_keys():
+def test_molecule_configs_validate():
     for v in ("reed", "base"):
         for size in ("demo", "reference"):
             for backbone in ("", "egnn", "semla"):
                 config_lib.validate(config_lib.molecule_config(v, size, backbone=backbone))
+    c = config_lib.molecule_config("reed")
+    assert c.targets.qm9_property.tap == "layer4" and c.curriculum.align.coeff == 0.2
+    assert c.curriculum.gen.warmup == int(0.15 * c.train.steps)
     ref = config_lib.molecule_config("reed", "reference")  # METHOD.md section 4: Semla 384 x 12, 32 heads, d_edge 128
     assert (ref.molecule.backbone, ref.model.hidden, ref.molecule.layers, ref.molecule.heads, ref.molecule.edge_dim,
             ref.molecule.coord_sets, ref.molecule.self_condition) == ("semla", 384, 12, 32, 128, 64, True)
@@ -371,27 +374,26 @@ def test_molecule_configs_validate_and_errors_name_keys():
     assert "backbone" not in sig_e and sig_s["backbone"] == "semla"  # EGNN checkpoints keep their old signature
     with pytest.raises(config_lib.ConfigError, match="unknown backbone 'gnn'"):
         config_lib.molecule_config("reed", backbone="gnn")
-    c = config_lib.molecule_config("reed", backbone="semla")
-    c.molecule.heads = 6
-    with pytest.raises(config_lib.ConfigError, match="molecule.heads=6 must divide model.hidden=64"):
-        config_lib.validate(c)
-    c.molecule.update(heads=8, backbone="transformer")
-    with pytest.raises(config_lib.ConfigError, match="molecule.backbone"):
-        config_lib.validate(c)
+
+
+CONFIG_ERRORS = [  # (change to the molecule demo config, the error it must raise)
+    (lambda c: c.molecule.update(size_buckets=(16, 24)), "molecule.size_buckets=\\(16, 24\\)"),
+    (lambda c: c.targets.qm9_property.update(tap="layer9"), "targets.qm9_property.tap='layer9'"),
+    (lambda c: c.data.update(source="proteins"), "track='molecule' with data.source='proteins'"),
+    (lambda c: c.molecule.update(backbone="semla", heads=6), "molecule.heads=6 must divide model.hidden=64"),
+    (lambda c: c.molecule.update(backbone="transformer"), "molecule.backbone='transformer'"),
+]
+
+
+@pytest.mark.parametrize("change, message", CONFIG_ERRORS)
+def test_molecule_config_errors_name_the_key(change, message):
     c = config_lib.molecule_config("reed")
-    assert c.targets.qm9_property.tap == "layer4" and c.curriculum.align.coeff == 0.2
-    assert c.curriculum.gen.warmup == int(0.15 * c.train.steps)
-    c.molecule.size_buckets = (16, 24)
-    with pytest.raises(config_lib.ConfigError, match="molecule.size_buckets=\\(16, 24\\)"):
+    change(c)
+    with pytest.raises(config_lib.ConfigError, match=message):
         config_lib.validate(c)
-    c = config_lib.molecule_config("reed")
-    c.targets.qm9_property.tap = "layer9"
-    with pytest.raises(config_lib.ConfigError, match="targets.qm9_property.tap='layer9'"):
-        config_lib.validate(c)
-    c = config_lib.molecule_config("reed")
-    c.data.source = "proteins"
-    with pytest.raises(config_lib.ConfigError, match="track='molecule' with data.source='proteins'"):
-        config_lib.validate(c)
+
+
+def test_molecule_standin_encoder_is_refused_on_the_protein_track():
     p = config_lib.protein_config("reed")
     p.targets.structure.encoder = "qm9_property"
     with pytest.raises(config_lib.ConfigError, match="targets.structure.encoder='qm9_property'"):

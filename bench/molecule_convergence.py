@@ -145,7 +145,7 @@ def main(argv=None) -> dict:
     with open(os.path.join(args.workdir, "summary.json"), "w") as fh:
         json.dump(summary, fh, indent=1)
     benchmark.plot(points, os.path.join(args.workdir, "molecule_convergence.png"),
-                   f"{args.backbone.upper()} {args.hidden}x{args.layers}, batch {args.batch}, "
+                   f"{dict(egnn='EGNN', semla='Semla')[args.backbone]} {args.hidden}x{args.layers}, batch {args.batch}, "
                    f"{args.train_limit or 'all'} QM9 molecules; held-out flow-matching loss (EMA)", "held_out_loss", "held-out loss (lower is better)", VARIANTS)
     benchmark.report(summary["variants"], "held_out_loss", "base", log)
     log(f"wall time {wall:.0f} s; outputs in {args.workdir}")

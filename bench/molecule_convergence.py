@@ -1,8 +1,9 @@
 """Baseline vs REED convergence for 3D molecule generation on QM9 (the qm9pack wheel).
 
     make data
-    python bench/molecule_convergence.py --workdir=workdir/molecule_convergence            # the README figure
-    python bench/molecule_convergence.py --backbone=semla --hidden=64 --layers=4 --workdir=workdir/mc_semla
+    python bench/molecule_convergence.py --workdir=workdir/molecule_convergence
+    python bench/molecule_convergence.py --backbone=semla --hidden=64 --layers=4 --steps=600 --eval_every=60 \
+        --samples=128 --workdir=workdir/mc_semla                                    # the README's Semla figure
     python bench/molecule_convergence.py --backbone=semla --hidden=384 --layers=12 --train_limit=0 \
         --steps=100000 --batch=128 --lr=3e-4 --ema_decay=0.999                              # an accelerator
 

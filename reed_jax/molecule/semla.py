@@ -106,7 +106,7 @@ class SemlaLayer(nn.Module):
         x, h = FeedForward(self.sets, self.message_dim, name="ff")(x, h, mask)
         # messages
         hm = nn.Dense(self.message_dim, name="msg_node")(nn.LayerNorm(name="msg_norm")(h))
-        xc = coord_norm(x, mask, self.param("msg_set_weights", nn.initializers.ones, (self.sets,)), length=False)
+        xc = CoordNorm(length=False, name="msg_coord_norm")(x, mask)
         dots = jnp.einsum("bids,bjds->bijs", xc, xc)
         pre = (nn.Dense(self.message_hidden, name="msg_i")(hm)[:, :, None]
                + nn.Dense(self.message_hidden, use_bias=False, name="msg_j")(hm)[:, None]
@@ -136,7 +136,7 @@ class BondRefine(nn.Module):
 
     @nn.compact
     def __call__(self, x, h, e, mask):
-        xc = coord_norm(x[..., None], mask, self.param("set_weights", nn.initializers.ones, (1,)), length=False)[..., 0]
+        xc = CoordNorm(length=False, name="coord_norm")(x[..., None], mask)[..., 0]
         d2 = ((xc[:, :, None] - xc[:, None]) ** 2).sum(-1, keepdims=True)
         dot = jnp.einsum("bid,bjd->bij", xc, xc)[..., None]
         hm = nn.Dense(self.message_dim, name="node")(nn.LayerNorm(name="node_norm")(h))

@@ -86,6 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
         tfds_split="train",
         tfds_manual_dir="",    # ... and, to build it once from the manual-download tarballs, their folder
         image_size=256,        # source='imagenet': ADM center-crop size of the raw images
+        verify_checksums="auto",  # sha256 of every train shard against the manifest at start: 'on', 'off', or
+                               # 'auto' = when the shards total <= 2 GiB (records.AUTO_CHECKSUM_BYTES; sizes always)
     )
     c.encoder = dict(mode="precomputed")  # 'online': image encoders run inside the train step on stored
                                           # crops (field `pixels`) instead of storing their features
@@ -351,6 +353,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         if len(m.time_beta) != 2 or min(m.time_beta) <= 0:
             raise ConfigError(f"molecule.time_beta={tuple(m.time_beta)}: the (a, b) of Beta(a, b), both > 0")
     _one_of(c.data.image_source, IMAGE_SOURCES, "data.image_source")
+    from reed_jax.data.records import CHECKSUM_MODES
+    _one_of(c.data.verify_checksums, CHECKSUM_MODES, "data.verify_checksums")
     _one_of(c.encoder.mode, ENCODER_MODES, "encoder.mode")
     if c.encoder.mode == "online" and c.data.source != "imagenet":
         raise ConfigError(f"encoder.mode='online' runs image encoders on stored crops: it needs "

@@ -12,43 +12,38 @@ import numpy as np
 from reed_jax.data import records
 
 
-class Decode(grain.transforms.Map):
-    """bytes -> {field: array}."""
-
-    def __init__(self, schema: records.Schema):
-        self.schema = schema
-
-    def map(self, record: bytes) -> dict[str, np.ndarray]:
-        return records.decode(self.schema, record)
+def open_split(data_dir: str, split: str, checksums: str = "off") -> records.ShardSource:
+    """The decoded records of `split` (a grain data source). Shard sizes and per-file record counts
+    are checked against the manifest; sha256 per `checksums` (see records.split_files: the trainer's
+    start-up check hashes, so loaders default to 'off')."""
+    schema, manifest = records.read_manifest(data_dir)
+    paths, _ = records.split_files(data_dir, manifest, split, checksums)
+    counts = [r["count"] for r in manifest["shards"] if r["split"] == split]
+    return records.ShardSource(paths, schema, counts)
 
 
 def make_loader(data_dir: str, split: str, batch_size: int, *, seed: int, shuffle: bool = True,
                 num_epochs: int | None = None, shard_index: int = 0, shard_count: int = 1,
-                drop_remainder: bool = True) -> grain.DataLoader:
+                drop_remainder: bool = True, checksums: str = "off") -> grain.DataLoader:
     """A grain DataLoader yielding `{field: [batch_size, ...]}` numpy batches (per process)."""
-    schema, manifest = records.read_manifest(data_dir)
-    paths, count = records.split_files(data_dir, manifest, split)
-    source = grain.sources.ArrayRecordDataSource(paths)
-    if len(source) != count:
-        raise records.DataError(f"shards of split {split!r} in {data_dir!r} hold {len(source)} records, "
-                                f"the manifest says {count}")
+    source = open_split(data_dir, split, checksums)
+    count = len(source)
     if drop_remainder and count // shard_count < batch_size:
         raise records.DataError(f"split {split!r} in {data_dir!r} has {count} records, fewer than one "
                                 f"batch of {batch_size} per process")
     sampler = grain.samplers.IndexSampler(
         num_records=count, shuffle=shuffle, seed=seed, num_epochs=num_epochs,
         shard_options=grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=True))
-    ops = [Decode(schema), grain.transforms.Batch(batch_size, drop_remainder=drop_remainder)]
+    ops = [grain.transforms.Batch(batch_size, drop_remainder=drop_remainder)]
     return grain.DataLoader(data_source=source, sampler=sampler, operations=ops, worker_count=0)
 
 
-def read_all(data_dir: str, split: str, fields: list[str] | None = None) -> dict[str, np.ndarray]:
+def read_all(data_dir: str, split: str, fields: list[str] | None = None,
+             checksums: str = "auto") -> dict[str, np.ndarray]:
     """Every record of a split, in file order, as stacked arrays (for small evaluation sets)."""
-    schema, manifest = records.read_manifest(data_dir)
-    paths, _ = records.split_files(data_dir, manifest, split)
-    source = grain.sources.ArrayRecordDataSource(paths)
-    rows = [records.decode(schema, source[i]) for i in range(len(source))]
-    names = fields or schema.names
+    source = open_split(data_dir, split, checksums)
+    rows = [source[i] for i in range(len(source))]
+    names = fields or source.schema.names
     return {k: np.stack([r[k] for r in rows]) for k in names}
 
 

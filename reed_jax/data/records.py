@@ -2,7 +2,10 @@
 
 A record is one example: the concatenation of each field's raw little-endian bytes in schema
 order (no pickle, no TensorFlow). The schema (names, shapes, dtypes, version) is stored beside the
-shards in `schema.json`; `manifest.json` lists every shard file with its record count and sha256.
+shards in `schema.json`; `manifest.json` lists every shard file with its record count, byte size and sha256.
+Corrupt shards are named before compute: `split_files` checks every shard's size against the manifest
+(always; cheap) and its sha256 when asked (`data.verify_checksums`), and `ShardSource` names the
+shard file and record index of any record it cannot read or decode.
 Field names: `image` [H, W, C] float32 pixels in [-1, 1], or `moments` [H, W, 2C] VAE posterior
 (mean, std); `label` [] int32; `index` [] int64; `target/<name>` [T, D] or [D] frozen features.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import bisect
 import os
 from typing import Iterable, Mapping, Sequence
 
@@ -20,6 +24,8 @@ SCHEMA_VERSION = 1
 SCHEMA_FILE = "schema.json"
 MANIFEST_FILE = "manifest.json"
 TARGET_PREFIX = "target/"
+CHECKSUM_MODES = ("auto", "on", "off")  # data.verify_checksums
+AUTO_CHECKSUM_BYTES = 2 << 30  # 'auto' hashes a split whose shards total at most this (2 GiB: a few s)
 
 
 class DataError(ValueError):
@@ -120,8 +126,10 @@ def _sha256(path: str) -> str:
 
 
 def manifest_row(out_dir: str, name: str, split: str, count: int) -> dict:
-    """The manifest entry of a finished shard file (count and sha256)."""
-    return {"file": name, "split": split, "count": int(count), "sha256": _sha256(os.path.join(out_dir, name))}
+    """The manifest entry of a finished shard file (record count, size in bytes, sha256)."""
+    path = os.path.join(out_dir, name)
+    return {"file": name, "split": split, "count": int(count), "bytes": os.path.getsize(path),
+            "sha256": _sha256(path)}
 
 
 def write_shard(out_dir: str, name: str, schema: Schema, examples: Iterable[Mapping[str, np.ndarray]],
@@ -194,8 +202,20 @@ def matching_shards(out_dir: str, schema: Schema, counts: Mapping[str, int]) -> 
                     f"data.dir elsewhere: they are not overwritten")
 
 
-def split_files(data_dir: str, manifest: Mapping, split: str) -> tuple[list[str], int]:
-    """Paths and total record count of `split`; names a missing or empty shard file."""
+_VERIFIED: set = set()  # (path, size, mtime_ns, sha256) already hashed by this process
+
+
+def split_files(data_dir: str, manifest: Mapping, split: str, checksums: str = "auto") -> tuple[list[str], int]:
+    """Paths and total record count of `split`; DataError naming a missing, empty, wrong-sized or
+    (when hashed) wrong-checksum shard file.
+
+    Every shard's size is checked against the manifest's `bytes` (manifests written before sizes
+    were recorded have none: not checked). `checksums` (data.verify_checksums): 'on' hashes every
+    shard of the split (sha256 against the manifest), 'off' never, 'auto' when the split's shards
+    total at most AUTO_CHECKSUM_BYTES. A file is hashed at most once per process (unless it changed).
+    """
+    if checksums not in CHECKSUM_MODES:
+        raise DataError(f"data.verify_checksums={checksums!r} must be one of {CHECKSUM_MODES}")
     rows = [r for r in manifest["shards"] if r["split"] == split]
     if not rows or sum(r["count"] for r in rows) == 0:
         raise DataError(f"shard directory {data_dir!r} has no records for split {split!r}")
@@ -204,8 +224,77 @@ def split_files(data_dir: str, manifest: Mapping, split: str) -> tuple[list[str]
         p = os.path.join(data_dir, r["file"])
         if not os.path.exists(p) or os.path.getsize(p) == 0:
             raise DataError(f"shard file {p} listed in {MANIFEST_FILE} is missing or empty")
+        if "bytes" in r and os.path.getsize(p) != r["bytes"]:
+            raise DataError(f"shard file {p} has {os.path.getsize(p)} bytes, {MANIFEST_FILE} says {r['bytes']} "
+                            f"(truncated or overwritten: precompute it again)")
         paths.append(p)
+    total = sum(os.path.getsize(p) for p in paths)
+    if checksums == "on" or (checksums == "auto" and total <= AUTO_CHECKSUM_BYTES):
+        for p, r in zip(paths, rows):
+            st = os.stat(p)
+            key = (p, st.st_size, st.st_mtime_ns, r["sha256"])
+            if key in _VERIFIED:
+                continue
+            if _sha256(p) != r["sha256"]:
+                raise DataError(f"shard file {p} does not match its sha256 in {MANIFEST_FILE} (corrupt: "
+                                f"precompute it again, or set data.verify_checksums='off' to read it anyway)")
+            _VERIFIED.add(key)
     return paths, sum(r["count"] for r in rows)
+
+
+class ShardSource:
+    """Random access to the decoded records of shard files, as one sequence in file order (a grain
+    data source). Opening, reading or decoding errors raise DataError naming the shard file and the
+    record index within it; `counts` (from the manifest) are checked per file."""
+
+    def __init__(self, paths: Sequence[str], schema: Schema, counts: Sequence[int] | None = None):
+        import grain
+
+        self.paths, self.schema = list(paths), schema
+        self._files = []
+        for i, p in enumerate(self.paths):
+            try:
+                src = grain.sources.ArrayRecordDataSource([p])
+                n = len(src)
+            except Exception as e:  # riegeli: corrupt header, postscript or truncation
+                raise DataError(f"shard file {p} cannot be opened as ArrayRecord ({type(e).__name__}: {e})") from e
+            if counts is not None and n != counts[i]:
+                raise DataError(f"shard file {p} holds {n} records, {MANIFEST_FILE} says {counts[i]}")
+            self._files.append(src)
+        self._ends = np.cumsum([len(f) for f in self._files]).tolist()
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def _file(self, index: int) -> int:
+        if not 0 <= index < len(self):
+            raise IndexError(f"record {index} out of range [0, {len(self)})")
+        return bisect.bisect_right(self._ends, index)
+
+    def locate(self, index: int) -> tuple[str, int]:
+        """(shard path, record index within it) of global record `index`."""
+        f = self._file(index)
+        return self.paths[f], index - (self._ends[f - 1] if f else 0)
+
+    def __getitem__(self, index) -> dict[str, np.ndarray]:
+        index = int(index)
+        f = self._file(index)
+        path, local = self.paths[f], index - (self._ends[f - 1] if f else 0)
+        try:
+            raw = self._files[f][local]
+        except Exception as e:
+            raise DataError(f"shard file {path}: record {local} cannot be read ({type(e).__name__}: {e})") from e
+        try:
+            return decode(self.schema, raw)
+        except Exception as e:
+            raise DataError(f"shard file {path}: record {local} cannot be decoded: {e}") from e
+
+    def __repr__(self) -> str:
+        """grain's ArrayRecordDataSource repr of the same paths (checkpointed iterator states stay valid)."""
+        h = hashlib.sha1()
+        for p in self.paths:
+            h.update(p.encode())
+        return f"ArrayRecordDataSource(hash_of_paths={h.hexdigest()})"
 
 
 def check_targets(schema: Schema, widths: Mapping[str, tuple[int, ...]], data_dir: str) -> None:

@@ -86,3 +86,92 @@ def test_check_targets_names_the_shape(tmp_path):
         records.check_targets(schema, {"tok": (4, 7)}, "d")
     with pytest.raises(records.DataError, match="no field 'target/other'"):
         records.check_targets(schema, {"other": (3,)}, "d")
+
+
+# ---------------------------------------------------------------- corrupt shards are named (issue 17.11)
+def _shard(tmp_path, i=1):
+    return str(tmp_path / records.shard_name("train", i, 3))
+
+
+def test_truncated_shard_is_named_at_start_by_its_size(tmp_path):
+    write(tmp_path)
+    p = _shard(tmp_path)
+    size = os.path.getsize(p)
+    with open(p, "r+b") as fh:
+        fh.truncate(size - 1)
+    _, manifest = records.read_manifest(str(tmp_path))
+    # the size check runs even with checksums off: cheap, before any record is read
+    with pytest.raises(records.DataError, match=f"{p} has {size - 1} bytes, manifest.json says {size}"):
+        records.split_files(str(tmp_path), manifest, "train", checksums="off")
+    with pytest.raises(records.DataError, match="train-00001-of-00003.array_record has"):
+        pipeline.make_loader(str(tmp_path), "train", 4, seed=0)
+
+
+def _flip(path, pos):
+    with open(path, "r+b") as fh:
+        fh.seek(pos)
+        b = fh.read(1)
+        fh.seek(pos)
+        fh.write(bytes([b[0] ^ 0x01]))
+
+
+def test_bit_flipped_shard_is_named_by_checksum_or_by_the_reader(tmp_path):
+    write(tmp_path)
+    p = _shard(tmp_path)
+    _, manifest = records.read_manifest(str(tmp_path))
+    records.split_files(str(tmp_path), manifest, "train", checksums="on")  # intact: passes (and is cached)
+    _flip(p, 100)  # inside the first chunk's header (same size, new content)
+    for mode in ("on", "auto"):  # auto: 3 tiny shards are far below AUTO_CHECKSUM_BYTES
+        with pytest.raises(records.DataError, match=f"shard file {p} does not match its sha256"):
+            records.split_files(str(tmp_path), manifest, "train", checksums=mode)
+    assert records.split_files(str(tmp_path), manifest, "train", checksums="off")[1] == 30
+    # checksums off: the flip still surfaces with the file's name, never as a bare riegeli error
+    with pytest.raises(records.DataError, match=f"shard file {p}"):
+        pipeline.read_all(str(tmp_path), "train", checksums="off")
+    with pytest.raises(records.DataError, match="data.verify_checksums='sometimes' must be one of"):
+        records.split_files(str(tmp_path), manifest, "train", checksums="sometimes")
+
+
+def test_checksum_auto_skips_large_splits(tmp_path, monkeypatch):
+    write(tmp_path)
+    _flip(_shard(tmp_path), 100)
+    _, manifest = records.read_manifest(str(tmp_path))
+    total = sum(os.path.getsize(_shard(tmp_path, i)) for i in range(3))
+    monkeypatch.setattr(records, "AUTO_CHECKSUM_BYTES", total - 1)
+    records.split_files(str(tmp_path), manifest, "train", checksums="auto")  # too big to hash: size only
+    monkeypatch.setattr(records, "AUTO_CHECKSUM_BYTES", total)
+    with pytest.raises(records.DataError, match="does not match its sha256"):
+        records.split_files(str(tmp_path), manifest, "train", checksums="auto")
+
+
+def test_undecodable_record_names_file_and_record(tmp_path):
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    ex, schema = write(tmp_path)
+    p = _shard(tmp_path, 2)
+    good = [records.encode(schema, e) for e in ex[20:30]]
+    w = ArrayRecordWriter(p, "group_size:1")
+    for i, raw in enumerate(good):
+        w.write(raw[:-3] if i == 6 else raw)  # record 6 of the third shard is 3 bytes short
+    w.close()
+    _, manifest = records.read_manifest(str(tmp_path))
+    rows = [r if r["file"] != os.path.basename(p) else records.manifest_row(str(tmp_path), r["file"], "train", 10)
+            for r in manifest["shards"]]
+    records.write_manifest(str(tmp_path), schema, rows)  # size and sha256 agree: only decoding can find it
+    with pytest.raises(records.DataError, match=f"shard file {p}: record 6 cannot be decoded: record of 121 bytes"):
+        pipeline.read_all(str(tmp_path), "train")
+    src = pipeline.open_split(str(tmp_path), "train")
+    assert src.locate(26) == (p, 6) and src.locate(9) == (_shard(tmp_path, 0), 9)
+    np.testing.assert_array_equal(src[25]["image"], ex[25]["image"])
+    it = iter(pipeline.make_loader(str(tmp_path), "train", 30, seed=0))
+    with pytest.raises(records.DataError, match="record 6 cannot be decoded"):
+        next(it)
+
+
+def test_manifest_count_mismatch_is_named_per_file(tmp_path):
+    _, schema = write(tmp_path)
+    _, manifest = records.read_manifest(str(tmp_path))
+    manifest["shards"][1]["count"] = 11
+    records.write_manifest(str(tmp_path), schema, manifest["shards"])
+    with pytest.raises(records.DataError, match=f"shard file {_shard(tmp_path)} holds 10 records, manifest.json says 11"):
+        pipeline.make_loader(str(tmp_path), "train", 4, seed=0)

@@ -72,3 +72,42 @@ def test_bad_sampler_names():
     with pytest.raises(ValueError, match="sampler.method"):
         samplers.sample(gaussian_velocity, jnp.zeros((1, 2)), jnp.zeros(1, jnp.int32), method="ddim", num_steps=2,
                         rng=jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize("n", [1, 4, 7])
+def test_heun_is_exact_for_velocity_linear_in_t_and_skips_the_last_corrector(n):
+    """v = a + b t: the trapezoid (Heun) step is exact, Euler is not. Heun's last step (to t = 0) is
+    an Euler step as in the reference, so x(0) = x1 - (a + b/2) - b h^2 / 2 with h = 1/n; Euler on
+    every step gives x1 - a - b (n + 1) / (2n)."""
+    a, b = 0.3, 2.0
+    vel = lambda x, t, y: a + b * t[:, None] * jnp.ones_like(x)
+    x1, y, h = jnp.array([[1.0, -2.0]]), jnp.zeros(1, jnp.int32), 1.0 / n
+    heun = samplers.ode(vel, x1, y, n, "heun")
+    euler = samplers.ode(vel, x1, y, n, "euler")
+    np.testing.assert_allclose(heun, x1 - (a + b / 2) - b * h**2 / 2, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(euler, x1 - a - b * (n + 1) / (2 * n), rtol=1e-6, atol=1e-6)
+    # the corrector is evaluated on every step but the last: 2n - 1 velocity evaluations
+    calls = []
+    with jax.disable_jit():
+        samplers.ode(lambda x, t, y: (calls.append(float(t[0])), vel(x, t, y))[1], x1, y, n, "heun")
+    assert len(calls) == 2 * n - 1 and 0.0 not in calls
+
+
+def test_heun_cfg_decides_guidance_at_t_cur_for_the_corrector():
+    """Reference `euler_sampler`: guidance is decided from t_cur and holds for the corrector at
+    t_next. Grid 1, .75, .5, .25, 0 with interval [0, 0.5]: the step .75 -> .5 is unguided in both
+    evaluations (re-deciding at t_next = 0.5 would guide its corrector)."""
+    def model(x, t, y):
+        return jnp.where((y == 10)[:, None], 0.0, 1.0) * jnp.ones_like(x)  # cond 1, null 0: guided 4
+
+    g = samplers.guided(model, 4.0, null_class=10, interval=(0.0, 0.5))
+    out = samplers.ode(g, jnp.zeros((2, 3)), jnp.array([1, 2]), 4, "heun")
+    # steps from 1 and .75 unguided (velocity 1), from .5 and .25 guided (velocity 4)
+    np.testing.assert_allclose(out, -(0.25 * 1 + 0.25 * 1 + 0.25 * 4 + 0.25 * 4), rtol=1e-6)
+    # the interval is closed, as the reference's `guidance_low <= t_cur <= guidance_high`
+    seen = []
+    with jax.disable_jit():
+        samplers.ode(samplers.guided(lambda x, t, y: (seen.append((round(float(t[0]), 4), x.shape[0])),
+                                                      model(x, t, y))[1], 4.0, 10, (0.0, 0.7)),
+                     jnp.zeros((2, 3)), jnp.array([1, 2]), 10, "euler")
+    assert dict(seen)[0.7] == 4 and dict(seen)[0.8] == 2

@@ -7,6 +7,7 @@ shaped like `target_template()`; a target's name is also its shard field (`targe
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import ml_collections
@@ -107,7 +108,8 @@ def base_config() -> ml_collections.ConfigDict:
                    amsgrad=False,   # AMSGrad's max of second moments (SemlaFlow's Adam) instead of AdamW
                    warmup_steps=0)  # linear learning-rate warm-up from 0 over this many steps
     c.train = dict(batch_size=256, steps=1_000_000, log_every=100, eval_every=50_000,
-                   checkpoint_every=10_000, keep_checkpoints=3, max_consecutive_skips=20)
+                   checkpoint_every=10_000, keep_checkpoints=3, max_consecutive_skips=20,
+                   allow_batch_size_change=False)  # resuming with another batch_size is refused unless True
     c.sample = dict(method="sde", num_steps=250, cfg_scale=1.0, guidance_lo=0.0, guidance_hi=1.0,
                     batch_size=256, grid_per_class=10,
                     grid_classes=0)  # classes in sample grids, spread over the labels (0 = all)
@@ -279,6 +281,27 @@ def _one_of(value, allowed, key):
         raise ConfigError(f"{key}={value!r} is not one of {tuple(allowed)}")
 
 
+def _check_optim(o) -> None:
+    """Every optimiser number in range, named by key (NaN fails every comparison, so it is refused)."""
+    def need(key, ok, rule):
+        if not ok:
+            raise ConfigError(f"optim.{key}={o[key]!r} {rule}")
+    for key in ("lr", "b1", "b2", "eps", "weight_decay", "grad_clip", "ema_decay", "warmup_init"):
+        need(key, isinstance(o.get(key, 0.0), (int, float)) and not isinstance(o.get(key, 0.0), bool),
+             "must be a number")
+    need("lr", 0 < o.lr < math.inf, "must be finite and > 0")
+    need("b1", 0 <= o.b1 < 1, "must be in [0, 1)")
+    need("b2", 0 <= o.b2 < 1, "must be in [0, 1)")
+    need("eps", 0 < o.eps < math.inf, "must be finite and > 0")
+    need("weight_decay", 0 <= o.weight_decay < math.inf, "must be finite and >= 0")
+    need("grad_clip", o.grad_clip > 0, "must be > 0 (a global-norm bound; inf = no clipping)")
+    need("ema_decay", 0 <= o.ema_decay < 1, "must be in [0, 1) (0 = the EMA is the raw parameters)")
+    need("warmup_steps", isinstance(o.warmup_steps, int) and o.warmup_steps >= 0, "must be an integer >= 0")
+    if "warmup_init" in o:
+        need("warmup_init", 0 <= o.warmup_init <= 1, "must be in [0, 1] (a fraction of optim.lr)")
+    need("amsgrad", isinstance(o.amsgrad, bool), "must be True or False")
+
+
 def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     """Raise ConfigError naming the first key that cannot run."""
     ref = base_config()
@@ -394,8 +417,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _one_of(e.frechet_method, FRECHET_METHODS, "eval.frechet_method")
     if e.fid_every < 0:
         raise ConfigError(f"eval.fid_every={e.fid_every} must be >= 0 (0 = off)")
-    if not 0.0 <= c.optim.ema_decay < 1.0:
-        raise ConfigError(f"optim.ema_decay={c.optim.ema_decay} must be in [0, 1)")
+    _check_optim(c.optim)
     g = c.curriculum.gen
     if g.decay != "constant" and g.total_steps <= g.start + g.warmup:
         raise ConfigError(f"curriculum.gen.total_steps={g.total_steps} must exceed start + warmup for decay {g.decay!r}")

@@ -40,15 +40,32 @@ def test_score_from_true_velocity_of_gaussian(path):
     np.testing.assert_allclose(score, -x / var[:, None], rtol=1e-5)
 
 
-def test_time_samplers_and_moments():
-    t = interpolants.sample_time("lognormal", jax.random.PRNGKey(0), 20000)
-    assert 0 < float(t.min()) and float(t.max()) < 1
-    np.testing.assert_allclose(float(jnp.median(t)), 0.5, atol=0.02)
-    u = interpolants.sample_time("uniform", jax.random.PRNGKey(0), 20000)
-    np.testing.assert_allclose(float(u.mean()), 0.5, atol=0.01)
+@pytest.mark.parametrize("path", ["linear", "cosine"])
+def test_lognormal_time_sampler_follows_its_law_on_each_path(path):
+    """REPA/REED loss.py: s = exp(N(0, 1)); linear t = s / (1 + s), cosine t = 2/pi atan(s), so
+    the path's log(sigma(t) / alpha(t)) is standard normal: P(T <= t) = Phi(log(sigma/alpha)(t))."""
+    from scipy import stats
+
+    t = np.asarray(interpolants.sample_time("lognormal", jax.random.PRNGKey(0), 20000, path), np.float64)
+    assert 0 < t.min() and t.max() < 1
+    log_snr = {"linear": lambda t: np.log(t / (1 - t)), "cosine": lambda t: np.log(np.tan(np.pi * t / 2))}
+    law = lambda fn: (lambda x: stats.norm.cdf(fn(x)))
+    assert stats.kstest(t, law(log_snr[path])).pvalue > 0.01
+    other = "cosine" if path == "linear" else "linear"  # the other path's law is rejected
+    assert stats.kstest(t, law(log_snr[other])).pvalue < 1e-6
+    assert stats.kstest(t, "uniform").pvalue < 1e-6
+
+
+def test_uniform_time_sampler_and_moments():
+    u = np.asarray(interpolants.sample_time("uniform", jax.random.PRNGKey(0), 20000), np.float64)
+    from scipy import stats
+
+    assert stats.kstest(u, "uniform").pvalue > 0.01
     mom = jnp.concatenate([jnp.full((4000, 1, 1, 4), 1.0), jnp.full((4000, 1, 1, 4), 2.0)], axis=-1)
     x0 = interpolants.x0_from_moments(jax.random.PRNGKey(1), mom, 0.5)
     np.testing.assert_allclose(float(x0.mean()), 0.5, atol=0.02)
     np.testing.assert_allclose(float(x0.std()), 1.0, atol=0.02)
     with pytest.raises(ValueError, match="time_sampler"):
         interpolants.sample_time("beta", jax.random.PRNGKey(0), 3)
+    with pytest.raises(ValueError, match="diffusion.path"):
+        interpolants.sample_time("lognormal", jax.random.PRNGKey(0), 3, "vp")

@@ -44,12 +44,20 @@ def score_from_velocity(path: str, v: jax.Array, x: jax.Array, t: jax.Array):
     return -eps / s
 
 
-def sample_time(kind: str, rng: jax.Array, batch: int) -> jax.Array:
-    """t: [B] ~ U(0, 1), or lognormal: s = exp(N(0, 1)), t = s / (1 + s)."""
+def sample_time(kind: str, rng: jax.Array, batch: int, path: str = "linear") -> jax.Array:
+    """t: [B] in (0, 1), 1 = noise. 'uniform': U(0, 1). 'lognormal' (EDM's log-normal noise levels,
+    as REPA/REED `loss.py`): s = exp(N(0, 1)) is the noise-to-signal ratio sigma(t) / alpha(t), so
+    linear path: t = s / (1 + s) (= sigmoid(n)); cosine path: t = 2/pi atan(s). Either way
+    log(sigma/alpha) ~ N(0, 1); `path` matters only for 'lognormal'."""
     if kind == "uniform":
         return jax.random.uniform(rng, (batch,))
     if kind == "lognormal":
-        return jax.nn.sigmoid(jax.random.normal(rng, (batch,)))
+        n = jax.random.normal(rng, (batch,))
+        if path == "linear":
+            return jax.nn.sigmoid(n)
+        if path == "cosine":
+            return (2.0 / jnp.pi) * jnp.arctan(jnp.exp(n))
+        raise ValueError(f"diffusion.path: unknown path {path!r}; expected one of {PATHS}")
     raise ValueError(f"diffusion.time_sampler: unknown {kind!r}; expected one of {TIME_SAMPLERS}")
 
 

@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -175,3 +176,26 @@ def test_manifest_count_mismatch_is_named_per_file(tmp_path):
     records.write_manifest(str(tmp_path), schema, manifest["shards"])
     with pytest.raises(records.DataError, match=f"shard file {_shard(tmp_path)} holds 10 records, manifest.json says 11"):
         pipeline.make_loader(str(tmp_path), "train", 4, seed=0)
+
+
+def test_schema_version_is_checked(tmp_path):
+    _, schema = write(tmp_path)
+    with open(tmp_path / records.SCHEMA_FILE, "w") as fh:
+        json.dump(dict(schema.to_json(), version=records.SCHEMA_VERSION + 1), fh)
+    with pytest.raises(records.DataError, match=f"shard schema version {records.SCHEMA_VERSION + 1} is not supported "
+                                                f"\\(this code reads {records.SCHEMA_VERSION}\\)"):
+        records.read_manifest(str(tmp_path))
+    with pytest.raises(records.DataError, match="schema version"):
+        pipeline.make_loader(str(tmp_path), "train", 4, seed=0)
+
+
+def test_existing_shards_are_kept_only_when_identical(tmp_path):
+    assert records.matching_shards(str(tmp_path), records.Schema.of(examples(1)[0]), {"train": 30}) is False
+    ex, schema = write(tmp_path)
+    before = {f: os.path.getmtime(tmp_path / f) for f in os.listdir(tmp_path)}
+    assert records.matching_shards(str(tmp_path), schema, {"train": 30}) is True
+    other = records.Schema.of(dict(ex[0], label=np.int64(0)))  # one field's dtype differs
+    for s, counts in ((other, {"train": 30}), (schema, {"train": 31}), (schema, {"train": 30, "val": 2})):
+        with pytest.raises(records.DataError, match="already holds different shards .* not overwritten"):
+            records.matching_shards(str(tmp_path), s, counts)
+    assert {f: os.path.getmtime(tmp_path / f) for f in os.listdir(tmp_path)} == before

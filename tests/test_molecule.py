@@ -107,7 +107,6 @@ def test_backbone_equivariant_to_rotation_translation_and_permutation(backbone):
     mask[1, 6:] = 0
     x = rng.normal(size=(b, n, 3)).astype(np.float32) * 1.5
     types = rng.integers(0, 5, (b, n))
-    charges = rng.integers(0, 3, (b, n))
     bonds = np.triu(rng.integers(0, 4, (b, n, n)), 1)
     bonds = bonds + bonds.transpose(0, 2, 1)
     c = config_lib.molecule_config("reed", backbone=backbone)
@@ -117,23 +116,23 @@ def test_backbone_equivariant_to_rotation_translation_and_permutation(backbone):
     assert type(model.net).__name__ == {"egnn": "EGNN", "semla": "Semla"}[backbone]
     params = molecule_model.init_params(c, model, jax.random.PRNGKey(0))
     t = jnp.array([0.3, 0.8])
-    run = jax.jit(lambda x, ty, ch, bo, m: model.apply({"params": params}, x, ty, ch, bo, t, m))
-    out, feats = run(x, types, charges, bonds, mask)
+    run = jax.jit(lambda x, ty, bo, m: model.apply({"params": params}, x, ty, bo, t, m))
+    out, feats = run(x, types, bonds, mask)
     rot, shift = random_rotation(rng).astype(np.float32), rng.normal(size=(1, 1, 3)).astype(np.float32)
-    out2, feats2 = run((x @ rot + shift) * mask[..., None], types, charges, bonds, mask)
+    out2, feats2 = run((x @ rot + shift) * mask[..., None], types, bonds, mask)
     np.testing.assert_allclose(out2["coords"], out["coords"] @ rot, atol=2e-4)  # centred: the shift drops
     for k in ("types", "charges", "bonds"):
         np.testing.assert_allclose(out2[k], out[k], atol=2e-4)
     np.testing.assert_allclose(feats2["qm9_property"], feats["qm9_property"], rtol=1e-4, atol=1e-4)
     perm = np.concatenate([rng.permutation(6), np.arange(6, n)])  # real atoms of molecule 1 stay first
-    out3, feats3 = run(x[:, perm], types[:, perm], charges[:, perm], bonds[:, perm][:, :, perm], mask[:, perm])
+    out3, feats3 = run(x[:, perm], types[:, perm], bonds[:, perm][:, :, perm], mask[:, perm])
     np.testing.assert_allclose(out3["coords"][1, :6], out["coords"][1, perm[:6]], atol=2e-4)
     np.testing.assert_allclose(out3["bonds"][1][:6, :6], out["bonds"][1][perm[:6]][:, perm[:6]], atol=2e-4)
     np.testing.assert_allclose(feats3["qm9_property"][1], feats["qm9_property"][1], rtol=1e-4, atol=1e-4)
     # padding atoms do not leak: changing them changes nothing of molecule 1's real atoms
     x4 = x.copy()
     x4[1, 6:] = 100.0
-    out4, _ = run(x4, types, charges, bonds, mask)
+    out4, _ = run(x4, types, bonds, mask)
     np.testing.assert_allclose(out4["types"][1, :6], out["types"][1, :6], atol=1e-5)
     np.testing.assert_allclose(out4["coords"][1, :6], out["coords"][1, :6], atol=1e-5)
 
@@ -164,7 +163,11 @@ def test_categorical_flow_marginals_and_symmetric_bonds():
     np.testing.assert_allclose((xt == 2).mean(1), t + (1 - t) / 5, atol=0.01)  # keep w.p. t, else uniform
     np.testing.assert_allclose((xt == 0).mean(1), (1 - t) / 5, atol=0.01)
     b1 = jnp.ones((3, 40, 40), jnp.int32) * (1 - jnp.eye(40, dtype=jnp.int32))
-    bt = flow.corrupt_bonds(key, b1, jnp.array([0.0, 0.5, 1.0]), 4)
+    # the reference's interpolant: every ordered pair and the diagonal noised independently
+    ba = flow.corrupt_bonds(key, b1, jnp.array([0.0, 0.5, 1.0]), 4)
+    assert not np.array_equal(ba[1], ba[1].T) and np.diagonal(np.asarray(ba[0])).any()
+    np.testing.assert_array_equal(ba[2], b1[2])
+    bt = flow.corrupt_bonds(key, b1, jnp.array([0.0, 0.5, 1.0]), 4, symmetric_noise=True)
     np.testing.assert_array_equal(bt, jnp.swapaxes(bt, 1, 2))
     assert np.all(np.diagonal(np.asarray(bt), axis1=1, axis2=2) == 0)
     np.testing.assert_array_equal(bt[2], b1[2])
@@ -172,6 +175,9 @@ def test_categorical_flow_marginals_and_symmetric_bonds():
     assert abs(float((bt[1][off] == 1).mean()) - (0.5 + 0.5 / 4)) < 0.05
     grid = flow.time_grid(100)
     assert grid[0] == 0.0 and np.all(np.diff(grid) > 0) and np.diff(grid)[-1] < np.diff(grid)[0]
+    # SemlaFlow's 'log' grid: 1 - geomspace(0.01, 1, steps + 1), reversed: 0 ... 0.99
+    np.testing.assert_allclose(grid, (1 - np.geomspace(0.01, 1.0, 101))[::-1], atol=1e-12)
+    assert grid[-1] == pytest.approx(0.99)
 
 
 def tiny_config(wheel, variant="reed"):
@@ -209,8 +215,8 @@ def test_precompute_train_sample_end_to_end_and_target_import(wheel, tmp_path):
     np.testing.assert_array_equal(b3["prior"], b3b["prior"])
     assert not np.array_equal(b1["prior"], b3["prior"])
     m = b3["mask"]
-    assert flow.transport_cost(b3["prior"], b3["coords"] / c.molecule.coord_scale, m) < flow.transport_cost(
-        flow.centred_noise(np.random.default_rng(0), m), b3["coords"] / c.molecule.coord_scale, m)
+    assert flow.transport_cost(b3["prior"], b3["coords"] / molecule_model.coord_scale(c.molecule), m) < flow.transport_cost(
+        flow.centred_noise(np.random.default_rng(0), m), b3["coords"] / molecule_model.coord_scale(c.molecule), m)
     res = train.train_and_evaluate(c, str(tmp_path / "run"), log=lambda *_: None)
     assert res["step"] == 4 and 0.0 <= res["atom_stability"] <= 1.0 and os.path.exists(res["samples"])
     assert len(chem.read_sdf(res["samples"])) == 8
@@ -271,7 +277,7 @@ def test_tiny_overfit(molecules, backbone):
 
     losses = []
     for i in range(150):
-        batch = dict(arrays, prior=flow.noise_for_batch(rng, arrays["coords"], arrays["mask"], c.molecule.coord_scale))
+        batch = dict(arrays, prior=flow.noise_for_batch(rng, arrays["coords"], arrays["mask"], molecule_model.coord_scale(c.molecule)))
         params, opt, loss = step(params, opt, batch, jax.random.PRNGKey(i))
         losses.append(float(loss))
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:5]), (losses[:5], losses[-20:])
@@ -340,7 +346,7 @@ def test_self_conditioning_is_equivariant_and_used_in_training_and_sampling(back
     model = molecule_model.build_model(c)
     params = molecule_model.init_params(c, model, jax.random.PRNGKey(0))
     t = jnp.array([0.4, 0.7])
-    run = jax.jit(lambda x, cond: model.apply({"params": params}, x, types, charges, bonds, t, mask, cond=cond)[0])
+    run = jax.jit(lambda x, cond: model.apply({"params": params}, x, types, bonds, t, mask, cond=cond)[0])
     first = run(jnp.asarray(x), None)
     cond = molecule_model.as_condition(first)
     out = run(jnp.asarray(x), cond)

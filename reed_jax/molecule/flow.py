@@ -1,13 +1,17 @@
 """Flow matching for molecules: coordinates by a Gaussian path, atom types / charges / bonds by
 uniform-noise categorical flows (SemlaFlow's recipe, METHOD.md section 4). t = 0 is noise, 1 data.
 
-Coordinates (scaled by 1 / coord_scale): x_t = t x_1 + (1 - t) x_0 + N(0, sigma^2), with x_0 a
-zero-centre-of-mass Gaussian over the real atoms paired with x_1 by equivariant optimal transport
-(`ot_pair`: a permutation by linear assignment on squared distances, then the Kabsch rotation);
-the model predicts x_1. Categorical: each atom (bond) keeps its data class with probability t,
-else a uniformly drawn class; the model predicts the data class. Sampling integrates the same
-paths on a log-spaced time grid (Euler): x += dt (x1_hat - x) / (1 - t), and each categorical
-variable jumps to a draw from the predicted distribution with probability dt / (1 - t).
+Coordinates (scaled by 1 / coord_scale: QM9 1.7233, GEOM-Drugs 2.4070, SemlaFlow's
+`scriptutil.py`): x_t = t x_1 + (1 - t) x_0 + N(0, sigma^2) (the added noise is not centred, as
+the reference), with x_0 a zero-centre-of-mass Gaussian over the real atoms paired with x_1 by
+equivariant optimal transport (`ot_pair`: a permutation by linear assignment on squared
+distances, then the Kabsch rotation); the model predicts x_1. Categorical: each atom (bond) keeps
+its data class with probability t, else a uniformly drawn class; the model predicts the data
+class. Bonds, as the reference's interpolant: every ordered atom pair, the diagonal included,
+is corrupted independently (`corrupt_bonds(symmetric=False)`). Sampling integrates the same paths
+on SemlaFlow's log time grid from 0 to 0.99 (Euler): x += dt (x1_hat - x) / (1 - t), and each
+categorical variable takes a step of the discrete-flow-models CTMC with stochasticity `noise`
+(`uniform_sample_step`; SemlaFlow's `cat_sampling_noise_level`, 1 in the reference).
 """
 from __future__ import annotations
 
@@ -81,23 +85,45 @@ def symmetric(rng_fn, rng: jax.Array, shape) -> jax.Array:
     return up + jnp.swapaxes(up, -1, -2)
 
 
-def corrupt_bonds(rng: jax.Array, b1: jax.Array, t: jax.Array, num_classes: int) -> jax.Array:
-    """Bond classes [B, N, N] corrupted symmetrically (one draw per atom pair), diagonal 0."""
+def corrupt_bonds(rng: jax.Array, b1: jax.Array, t: jax.Array, num_classes: int,
+                  symmetric_noise: bool = False) -> jax.Array:
+    """Bond classes [B, N, N] corrupted: each entry keeps its class with probability t [B], else a
+    uniform draw. symmetric_noise=False (the reference): every ordered pair and the diagonal
+    independently; True: one draw per unordered pair, mirrored, diagonal 0."""
     k_keep, k_noise = jax.random.split(rng)
+    if not symmetric_noise:
+        keep = jax.random.uniform(k_keep, b1.shape) < t[:, None, None]
+        return jnp.where(keep, b1, jax.random.randint(k_noise, b1.shape, 0, num_classes))
     keep = symmetric(lambda k, s: jax.random.uniform(k, s), k_keep, b1.shape) < t[:, None, None]
     noise = symmetric(lambda k, s: jax.random.randint(k, s, 0, num_classes), k_noise, b1.shape)
     return jnp.where(keep, b1, noise)
 
 
-def time_grid(steps: int, eps: float = 1e-3) -> np.ndarray:
-    """[steps + 1] times from 0 to 1 - eps, log-spaced in (1 - t): small steps near the data."""
-    return 1.0 - np.geomspace(1.0, eps, steps + 1)
+def time_grid(steps: int, end: float = 0.99) -> np.ndarray:
+    """[steps + 1] times from 0 to `end`, log-spaced in (1 - t): small steps near the data
+    (SemlaFlow's 'log' ODE grid: 1 - geomspace(1, 1 - end))."""
+    return 1.0 - np.geomspace(1.0, 1.0 - end, steps + 1)
 
 
-def jump(rng: jax.Array, current: jax.Array, logits: jax.Array, p_jump: jax.Array) -> jax.Array:
-    """One categorical Euler step: with probability p_jump [B] each variable takes a draw from
-    softmax(logits) [B, ..., C], else keeps `current` [B, ...]."""
-    k_j, k_c = jax.random.split(rng)
-    draw = jax.random.categorical(k_c, logits)
-    p = p_jump.reshape(p_jump.shape + (1,) * (current.ndim - 1))
-    return jnp.where(jax.random.uniform(k_j, current.shape) < p, draw, current)
+def uniform_sample_step(rng: jax.Array, current: jax.Array, logits: jax.Array, t: jax.Array, dt: jax.Array,
+                        noise: float, eps: float = 1e-5) -> jax.Array:
+    """One categorical step of the uniform-noise discrete flow (Campbell et al. 2024, SemlaFlow's
+    `Integrator._uniform_sample_step`). current [B, ...] int, logits [B, ..., C], t and dt [B].
+
+    With p = softmax(logits), t clipped to [eps, 1 - eps] and eta = noise while t + dt < 1 (else 0),
+    the probability of moving to class j != current c is
+        min(dt (1 + 2 eta (C - 1) t) / (1 - t) p_j + dt eta p_c, 1),
+    of staying max(1 - sum of those, 0); the new class is a draw from these (renormalised) weights.
+    noise = 0 is the plain Euler jump: move with probability dt / (1 - t) to a draw from p."""
+    c = logits.shape[-1]
+    p = jax.nn.softmax(logits.astype(jnp.float32), -1)
+    shape = (-1,) + (1,) * (p.ndim - 1)
+    tt = jnp.clip(t, eps, 1.0 - eps).reshape(shape)
+    dtt = dt.reshape(shape)
+    eta = jnp.where(tt + dtt < 1.0, noise, 0.0)
+    onehot = jax.nn.one_hot(current, c, dtype=p.dtype)
+    p_cur = (p * onehot).sum(-1, keepdims=True)
+    step = jnp.minimum(dtt * (1.0 + 2.0 * eta * (c - 1) * tt) / (1.0 - tt) * p + dtt * eta * p_cur, 1.0)
+    step = step * (1.0 - onehot)
+    step = step + onehot * jnp.maximum(1.0 - step.sum(-1, keepdims=True), 0.0)
+    return jax.random.categorical(rng, jnp.log(step))

@@ -3,13 +3,15 @@
 `MoleculeREED` = equivariant backbone (EGNN or Semla, `molecule.backbone`) + heads (atom type,
 charge, bond logits, clean coordinates) + one projector per target on a pooled tap: the tap's atom
 features summed over the *real* atoms only (the reference also sums padding rows; we don't), then
-the MLP to the target width.
+the MLP to the target width. Its inputs are, as SemlaFlow's: t, the noisy coordinates, atom types
+and bonds; charges are predicted only (the interpolated molecule has none).
 
 `losses(config, model, params, batch, rng)` (what the shared train step calls) returns per-molecule
-generative loss [B] = coordinate MSE (mean over real atoms, in scaled units) + 0.2 type CE + 1.0
-bond CE (over real atom pairs) + 1.0 charge CE (config.molecule.loss_*), the alignment losses
-{name: [B]} and 1 - t [B] (the objective's noise level, 1 = noise). The batch carries the
-OT-paired prior draw `prior` [B, N, 3] made on the host (`with_prior`).
+generative loss [B] = coordinate MSE (mean over real atoms x 3, in scaled units) + 0.2 type CE + 1.0
+bond CE (over real atom pairs, the diagonal included: SemlaFlow's `self_connect`) + 1.0 charge CE
+(config.molecule.loss_*), the alignment losses {name: [B]} and 1 - t [B] (the objective's noise
+level, 1 = noise). The batch carries the OT-paired prior draw `prior` [B, N, 3] made on the host
+(`with_prior`).
 """
 from __future__ import annotations
 
@@ -27,11 +29,17 @@ from reed_jax.data import records
 from reed_jax.models.projector import Projector
 from reed_jax.molecule import chem, egnn, flow, semla
 
-FIELDS = ("types", "charges", "bonds", "coords", "mask")  # what the backbone reads of a molecule
+FIELDS = ("types", "charges", "bonds", "coords", "mask")  # what the track reads of a molecule
+COORD_SCALE = {"qm9": 1.723299503326416, "drugs": 2.407038688659668}  # SemlaFlow scriptutil.py: coordinate std
 
 
 def elements(m) -> tuple[str, ...]:
     return chem.QM9_ELEMENTS if m.elements == "qm9" else chem.DRUG_ELEMENTS
+
+
+def coord_scale(m) -> float:
+    """molecule.coord_scale, or (0) the dataset's coordinate std: QM9 1.7233, GEOM-Drugs 2.4070 Angstrom."""
+    return float(m.coord_scale) or COORD_SCALE[m.elements]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,23 +57,30 @@ class MoleculeREED(nn.Module):
     self_condition: bool = False
 
     @nn.compact
-    def __call__(self, coords, types, charges, bonds, t, mask, with_projectors: bool = True, cond=None):
-        """coords [B, N, 3] (scaled), types/charges [B, N] int, bonds [B, N, N] int, t [B], mask [B, N]
+    def __call__(self, coords, types, bonds, t, mask, with_projectors: bool = True, cond=None):
+        """coords [B, N, 3] (scaled), types [B, N] int, bonds [B, N, N] int, t [B], mask [B, N]
         -> ({coords [B, N, 3], types [B, N, T], charges [B, N, C], bonds [B, N, N, E]}, {name: [B, z]}).
 
         With `self_condition`, `cond` is a previous prediction (`as_condition` of the dict this returns;
-        None = no prediction: zero probabilities, x1hat = x) fed back as invariant inputs: type/charge/bond
-        probabilities, |x_i - x1hat_i|^2 per atom and |x1hat_i - x1hat_j|^2 per pair (equivariance kept)."""
+        None = no prediction: zero coordinates and zero probabilities, as SemlaFlow) fed back as inputs:
+        type and bond probabilities (no charges: the reference feeds none), and the predicted coordinates,
+        for Semla as a second input coordinate set (the reference's), for the EGNN as invariants
+        |x_i - x1hat_i|^2 per atom and |x1hat_i - x1hat_j|^2 per pair, both centred (equivariance kept)."""
         mask = mask.astype(jnp.float32)
-        nodes = [jax.nn.one_hot(types, self.num_types), jax.nn.one_hot(charges, len(chem.CHARGES)),
-                 jnp.broadcast_to(t[:, None, None], types.shape + (1,))]
+        nodes = [jax.nn.one_hot(types, self.num_types), jnp.broadcast_to(t[:, None, None], types.shape + (1,))]
         edges = [jax.nn.one_hot(bonds, len(chem.BOND_ORDERS))]
+        extra = {}
         if self.self_condition:
             cond = no_condition(coords, self.num_types) if cond is None else cond
-            xh = cond["coords"]
-            nodes += [cond["types"], cond["charges"], ((coords - xh) ** 2).sum(-1, keepdims=True)]
-            edges += [cond["bonds"], ((xh[:, :, None] - xh[:, None]) ** 2).sum(-1, keepdims=True)]
-        x, h, e, taps = self.net(coords, jnp.concatenate(nodes, -1), jnp.concatenate(edges, -1), mask)
+            nodes.append(cond["types"])
+            edges.append(cond["bonds"])
+            if isinstance(self.net, semla.Semla):
+                extra["cond_coords"] = cond["coords"]
+            else:
+                xc, xh = egnn.centre(coords, mask), egnn.centre(cond["coords"], mask)
+                nodes.append(((xc - xh) ** 2).sum(-1, keepdims=True))
+                edges.append(((xh[:, :, None] - xh[:, None]) ** 2).sum(-1, keepdims=True))
+        x, h, e, taps = self.net(coords, jnp.concatenate(nodes, -1), jnp.concatenate(edges, -1), mask, **extra)
         out = {"coords": x, "types": nn.Dense(self.num_types, name="type_head")(h),
                "charges": nn.Dense(len(chem.CHARGES), name="charge_head")(h),
                "bonds": nn.Dense(len(chem.BOND_ORDERS), name="bond_head")(nn.silu(
@@ -79,15 +94,15 @@ class MoleculeREED(nn.Module):
 
 
 def as_condition(out: dict) -> dict:
-    """A prediction -> the self-conditioning input: coordinates and class probabilities (no gradient)."""
+    """A prediction -> the self-conditioning input: coordinates, type and bond probabilities (no gradient)."""
     out = jax.lax.stop_gradient(out)
-    return {"coords": out["coords"], **{k: jax.nn.softmax(out[k]) for k in ("types", "charges", "bonds")}}
+    return {"coords": out["coords"], **{k: jax.nn.softmax(out[k]) for k in ("types", "bonds")}}
 
 
 def no_condition(coords: jax.Array, num_types: int) -> dict:
-    """The self-conditioning input when there is no prediction: x1hat = x, zero probabilities."""
+    """The self-conditioning input when there is no prediction: zero coordinates and probabilities (SemlaFlow)."""
     b, n = coords.shape[:2]
-    return {"coords": coords, "types": jnp.zeros((b, n, num_types)), "charges": jnp.zeros((b, n, len(chem.CHARGES))),
+    return {"coords": jnp.zeros_like(coords), "types": jnp.zeros((b, n, num_types)),
             "bonds": jnp.zeros((b, n, n, len(chem.BOND_ORDERS)))}
 
 
@@ -116,7 +131,7 @@ def build_model(config) -> MoleculeREED:
 def init_params(config, model: MoleculeREED, rng: jax.Array) -> dict:
     n = config.molecule.max_atoms
     z = lambda *s: jnp.zeros((1,) + s, jnp.int32)
-    init = jax.jit(lambda r: model.init(r, jax.random.normal(r, (1, n, 3)), z(n), z(n), z(n, n), jnp.ones((1,)),
+    init = jax.jit(lambda r: model.init(r, jax.random.normal(r, (1, n, 3)), z(n), z(n, n), jnp.ones((1,)),
                                         jnp.ones((1, n)))["params"])  # jitted: eager init dispatches op by op
     return init(rng)
 
@@ -133,27 +148,24 @@ def masked_mean(x: jax.Array, w: jax.Array) -> jax.Array:
 
 def losses(config, model: MoleculeREED, params, batch, rng):
     m = config.molecule
-    k_t, k_a, k_c, k_b, k_x = jax.random.split(rng, 5)
+    k_t, k_a, k_b, k_x, k_s = jax.random.split(rng, 5)
     mask = batch["mask"].astype(jnp.float32)
     b = mask.shape[0]
-    pair = mask[:, :, None] * mask[:, None, :] * (1.0 - jnp.eye(mask.shape[1]))[None]
+    pair = mask[:, :, None] * mask[:, None, :]  # the diagonal included (SemlaFlow's self_connect=True)
     t = flow.sample_time(k_t, b, *m.time_beta)
-    x1 = batch["coords"] / m.coord_scale
+    x1 = batch["coords"] / coord_scale(m)
     xt = t[:, None, None] * x1 + (1.0 - t[:, None, None]) * batch["prior"]
-    xt = xt + egnn.centre(m.coord_noise * jax.random.normal(k_x, xt.shape), mask)
-    nt = len(elements(m))
-    types = flow.corrupt_categorical(k_a, batch["types"], t, nt)
-    charges = flow.corrupt_categorical(k_c, batch["charges"], t, len(chem.CHARGES))
-    bonds = flow.corrupt_bonds(k_b, batch["bonds"], t, len(chem.BOND_ORDERS))
-    xt = xt * mask[..., None]
+    xt = (xt + m.coord_noise * jax.random.normal(k_x, xt.shape)) * mask[..., None]  # noise not centred (reference)
+    types = flow.corrupt_categorical(k_a, batch["types"], t, len(elements(m)))
+    bonds = flow.corrupt_bonds(k_b, batch["bonds"], t, len(chem.BOND_ORDERS), bool(m.symmetric_bond_noise))
     cond = None
-    if model.self_condition:  # half of the molecules see a first (gradient-free) prediction, the rest zeros
-        first, _ = model.apply({"params": params}, xt, types, charges, bonds, t, mask, with_projectors=False)
-        use = jax.random.bernoulli(jax.random.fold_in(k_x, 1), 0.5, (b,))
-        cond = jax.tree.map(lambda v, z: jnp.where(use.reshape((b,) + (1,) * (v.ndim - 1)), v, z),
-                            as_condition(first), no_condition(xt, model.num_types))
-    out, feats = model.apply({"params": params}, xt, types, charges, bonds, t, mask, cond=cond)
-    parts = {"coords": masked_mean(((out["coords"] - x1) ** 2).sum(-1), mask),
+    if model.self_condition:  # per batch, as SemlaFlow: half the steps see a first (gradient-free) prediction
+        none = no_condition(xt, model.num_types)
+        first = lambda: as_condition(model.apply({"params": params}, xt, types, bonds, t, mask,
+                                                 with_projectors=False, cond=none)[0])
+        cond = jax.lax.cond(jax.random.bernoulli(k_s, 0.5), first, lambda: none)
+    out, feats = model.apply({"params": params}, xt, types, bonds, t, mask, cond=cond)
+    parts = {"coords": masked_mean((out["coords"] - x1) ** 2, jnp.broadcast_to(mask[..., None], x1.shape)),
              "types": masked_mean(cross_entropy(out["types"], batch["types"]), mask),
              "charges": masked_mean(cross_entropy(out["charges"], batch["charges"]), mask),
              "bonds": masked_mean(cross_entropy(out["bonds"], batch["bonds"]), pair)}
@@ -169,42 +181,50 @@ def make_sampler(config, model: MoleculeREED):
     jitted function with the model and the config's numbers static: jax's compile cache shares the
     compile between every sampler made for an equal model and config (e.g. sampling after training)."""
     m = config.molecule
-    return functools.partial(_sample, model=model, steps=int(m.sample_steps), coord_scale=float(m.coord_scale))
+    return functools.partial(_sample, model=model, steps=int(m.sample_steps), coord_scale=coord_scale(m),
+                             end=float(m.sample_end), noise=float(m.sample_noise),
+                             symmetric_bonds=bool(m.symmetric_bond_noise))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "steps", "coord_scale"))
-def _sample(params, rng, mask, *, model: MoleculeREED, steps: int, coord_scale: float):
-    grid = jnp.asarray(flow.time_grid(steps), jnp.float32)
-    nt, nc, nb = model.num_types, len(chem.CHARGES), len(chem.BOND_ORDERS)
+@functools.partial(jax.jit, static_argnames=("model", "steps", "coord_scale", "end", "noise", "symmetric_bonds"))
+def _sample(params, rng, mask, *, model: MoleculeREED, steps: int, coord_scale: float, end: float = 0.99,
+            noise: float = 1.0, symmetric_bonds: bool = False):
+    """SemlaFlow's `_generate`: the model is called at grid[0] ... grid[steps - 1] (`flow.time_grid`, 0 to
+    `end`); each call's prediction drives one Euler step (coordinates) and one `flow.uniform_sample_step`
+    (types, bonds; stochasticity `noise`); the result is the last prediction (no extra call at `end`).
+    Charges are not integrated: they are the last prediction's argmax."""
+    grid = jnp.asarray(flow.time_grid(steps, end), jnp.float32)
+    nt, nb = model.num_types, len(chem.BOND_ORDERS)
     mask = mask.astype(jnp.float32)
     b, n = mask.shape
-    k = jax.random.split(rng, 5)
+    k = jax.random.split(rng, 4)
     x = egnn.centre(jax.random.normal(k[0], (b, n, 3)), mask)
     a = jax.random.randint(k[1], (b, n), 0, nt)
-    c = jax.random.randint(k[2], (b, n), 0, nc)
-    e = flow.symmetric(lambda kk, s: jax.random.randint(kk, s, 0, nb), k[3], (b, n, n))
-    apply = lambda x, a, c, e, t, cond: model.apply({"params": params}, x, a, c, e, jnp.full((b,), t), mask,
-                                                    with_projectors=False, cond=cond)[0]
+    if symmetric_bonds:
+        e = flow.symmetric(lambda kk, s: jax.random.randint(kk, s, 0, nb), k[2], (b, n, n))
+    else:
+        e = jax.random.randint(k[2], (b, n, n), 0, nb)
+    apply = lambda x, a, e, t, cond: model.apply({"params": params}, x, a, e, jnp.full((b,), t), mask,
+                                                 with_projectors=False, cond=cond)[0]
 
     def step(carry, i):
-        x, a, c, e, key, prev = carry
+        x, a, e, key, prev, _ = carry
         t, t_next = grid[i], grid[i + 1]
-        out = apply(x, a, c, e, t, prev if model.self_condition else None)
-        prev = as_condition(out)
+        out = apply(x, a, e, t, prev if model.self_condition else None)
         dt = t_next - t
-        key, ka, kc, ke = jax.random.split(key, 4)
-        x = egnn.centre(x + dt * (out["coords"] - x) / (1.0 - t), mask)
-        p = jnp.full((b,), jnp.minimum(dt / (1.0 - t), 1.0))
-        a = flow.jump(ka, a, out["types"], p)
-        c = flow.jump(kc, c, out["charges"], p)
-        e_new = flow.jump(ke, e, out["bonds"], p)
-        up = jnp.triu(e_new, 1)
-        e = up + jnp.swapaxes(up, 1, 2)
-        return (x, a, c, e, key, prev), None
+        key, ka, ke = jax.random.split(key, 3)
+        x = (x + dt * (out["coords"] - x) / (1.0 - t)) * mask[..., None]
+        tb, db = jnp.full((b,), t), jnp.full((b,), dt)
+        a = flow.uniform_sample_step(ka, a, out["types"], tb, db, noise)
+        e = flow.uniform_sample_step(ke, e, out["bonds"], tb, db, noise)
+        if symmetric_bonds:
+            up = jnp.triu(e, 1)
+            e = up + jnp.swapaxes(up, 1, 2)
+        return (x, a, e, key, as_condition(out), out), None
 
-    init = (x, a, c, e, k[4], no_condition(x, nt))  # the first step sees no prediction, as in training
-    (x, a, c, e, _, prev), _ = jax.lax.scan(step, init, jnp.arange(steps))
-    out = apply(x, a, c, e, grid[-1], prev if model.self_condition else None)
+    shapes = jax.eval_shape(lambda: apply(x, a, e, grid[0], no_condition(x, nt) if model.self_condition else None))
+    init = (x, a, e, k[3], no_condition(x, nt), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+    (_, _, _, _, _, out), _ = jax.lax.scan(step, init, jnp.arange(steps))
     bonds = jnp.argmax(out["bonds"] + jnp.swapaxes(out["bonds"], 1, 2), -1)
     bonds = bonds * (1 - jnp.eye(n, dtype=bonds.dtype))[None] * (mask[:, :, None] * mask[:, None, :]).astype(
         bonds.dtype)
@@ -238,7 +258,7 @@ class WithPrior:
         batch = dict(next(self.inner))
         rng = np.random.default_rng([self.seed, self.proc, self.k])
         self.k += 1
-        batch["prior"] = flow.noise_for_batch(rng, batch["coords"], batch["mask"], self.m.coord_scale, self.m.ot)
+        batch["prior"] = flow.noise_for_batch(rng, batch["coords"], batch["mask"], coord_scale(self.m), self.m.ot)
         return batch
 
     def get_state(self) -> bytes:

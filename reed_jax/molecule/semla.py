@@ -1,8 +1,9 @@
 """Semla: the scalable E(3)-equivariant attention backbone of SemlaFlow (Irwin et al., 2024), in Flax.
 
 Same interface as `egnn.EGNN`: coords [B, N, 3], node features [B, N, F], edge features
-[B, N, N, E], mask [B, N] -> (coords [B, N, 3], atom features [B, N, D], edge features
-[B, N, N, De], {`layer{k}`: atom features [B, N, D] after layer k, 1-based}).
+[B, N, N, E], mask [B, N] (optionally cond_coords [B, N, 3], self-conditioning) -> (coords
+[B, N, 3], atom features [B, N, D], edge features [B, N, N, De], {`layer{k}`: atom features
+[B, N, D] after layer k, 1-based: SemlaFlow's `--align_depth d` (0-based) is `layer{d+1}`}).
 
 Each atom carries invariant features h [B, N, D] and S learnable *coordinate sets*
 x [B, N, 3, S] (the input coordinates mixed by a bias-free linear map over sets, so every set
@@ -159,7 +160,9 @@ class Semla(nn.Module):
     max_atoms: int = 256
 
     @nn.compact
-    def __call__(self, coords, nodes, edges, mask):
+    def __call__(self, coords, nodes, edges, mask, cond_coords=None):
+        """cond_coords [B, N, 3] (self-conditioning: the previous prediction, zeros for none) joins the
+        input as a second coordinate set before the projection to `sets` sets, as the reference's."""
         mask = mask.astype(jnp.float32)
         adj = mask[:, :, None] * mask[:, None, :]
         n_atoms = jnp.clip(mask.sum(1).astype(jnp.int32), 0, self.max_atoms)
@@ -169,7 +172,10 @@ class Semla(nn.Module):
         h = h * mask[..., None]
         e = nn.Dense(self.edge_dim, name="embed_edges_1")(nn.silu(nn.Dense(self.edge_dim, name="embed_edges_0")(
             edges)))
-        x = set_dense(self.sets, "coord_sets")(centre(coords, mask)[..., None]) * mask[:, :, None, None]
+        x = centre(coords, mask)[..., None]
+        if cond_coords is not None:
+            x = jnp.concatenate([x, centre(cond_coords, mask)[..., None]], -1)
+        x = set_dense(self.sets, "coord_sets")(x) * mask[:, :, None, None]
         taps = {}
         for i in range(self.layers):
             edge_out = self.edge_dim if i == self.layers - 1 else 0

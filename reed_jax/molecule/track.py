@@ -13,7 +13,10 @@ def signature(config) -> dict:
                                           bool(mo.self_condition)],
            "max_atoms": mo.max_atoms, "elements": mo.elements,
            "targets": {n: [t.tap, t.dim, t.proj_width] for n, t in config.targets.items()}}
-    if mo.backbone != "egnn":  # EGNN checkpoints written before molecule.backbone existed keep their signature
+    # the network's inputs: t, coordinates, atom types, bonds (checkpoints from before issue 16 also fed noisy
+    # charges, and their self-conditioning fed charge probabilities and x1hat = x for "no prediction")
+    sig["inputs"] = ["t", "coords", "types", "bonds"]
+    if mo.backbone != "egnn":
         sig.update(backbone=mo.backbone, widths=[mo.coord_sets, mo.heads, mo.message_dim, mo.message_hidden,
                                                  mo.size_emb])
     return sig

@@ -5,9 +5,13 @@
 Every input path (images, SD-VAE, DINOv2, VLM vectors, shards, Inception, reference batch) derives
 from `paths_root`; see reed_jax/config.py:imagenet_config for the layout. Shards come from
 `--mode=precompute` with the REED config (the same shards serve all three variants).
+
+Evaluation (`--mode=evaluate`, SDE 250 steps) uses this variant's published guidance: CFG 1.275 on
+the whole interval (REED's FID 1.80). `--config=configs/imagenet_sit_l_2_reed.py:none` evaluates
+without CFG, `:reed` or `:repa` with REED's or REPA's preset (reed_jax.config.GUIDANCE_PRESETS).
 """
 from reed_jax.config import imagenet_config
 
 
-def get_config():
-    return imagenet_config("L", "reed")
+def get_config(guidance: str = ""):
+    return imagenet_config("L", "reed", guidance=guidance)

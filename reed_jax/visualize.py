@@ -8,8 +8,12 @@ from PIL import Image
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
-    """[-1, 1] float -> uint8 as ADM does: round(127.5 (x + 1)) after clipping."""
-    return np.round(127.5 * (np.clip(images, -1.0, 1.0) + 1.0)).astype(np.uint8)
+    """[N, H, W, C] float in [-1, 1] -> uint8, truncated as the published pipelines quantise samples
+    (REPA/REED `generate.py`: `clamp(255 (x + 1) / 2, 0, 255).to(uint8)` in float32; ADM's
+    `image_sample.py` likewise truncates): grey level floor(255 (x + 1) / 2), not rounded (rounding
+    would lift every pixel by half a grey level on average against the published numbers)."""
+    x = np.asarray(images, np.float32)
+    return np.clip(255.0 * ((x + 1.0) / 2.0), 0.0, 255.0).astype(np.uint8)
 
 
 def grid(images: np.ndarray, nrow: int, pad: int = 1) -> np.ndarray:

@@ -63,7 +63,7 @@ def test_tfds_mock_precompute_train_sample(tmp_path):
         assert f["arr_0"].shape == (4, 32, 32, 3) and f["arr_0"].dtype == np.uint8  # decoded by the VAE
         assert f["latents"].shape == (4, 16, 16, 4) and list(f["labels"]) == [0, 0, 999, 999]
         decoded = train.latent_decoder(c)(f["latents"])
-        np.testing.assert_array_equal(f["arr_0"], np.round(127.5 * (np.clip(decoded, -1, 1) + 1)).astype(np.uint8))
+        np.testing.assert_array_equal(f["arr_0"], np.clip(255 * ((decoded + 1) / 2), 0, 255).astype(np.uint8))
 
 
 def test_unprepared_tfds_names_the_keys(tmp_path):

@@ -9,7 +9,8 @@ The latest checkpoint's EMA params sample `eval.fid_samples` images in batches o
 steps, CFG scale and guidance interval). Batch b has labels `default_rng([seed, b])` uniform over
 the classes and noise from `fold_in(seed, b)`, so a rerun gives the same images. Images are
 decoded (pixels as they are; latents through the `decode` callable, the SD-VAE decoder),
-quantised like ADM (`round(127.5 (x + 1))` after clipping; grey images repeated to RGB) and fed
+quantised by truncation as REPA/REED `generate.py` and ADM (`clamp(255 (x + 1) / 2, 0, 255)` then
+uint8, i.e. floor; `visualize.to_uint8`; grey images repeated to RGB) and fed
 to the FID Inception. Each finished batch's features are written to
 `<workdir>/eval/<tag>/batches/batch_XXXXX.npz` (atomically), so a killed evaluation continues with
 the next missing batch. At the end the batch files are streamed into FID, sFID, Inception Score
@@ -89,7 +90,8 @@ def load_inception_params(path: str) -> dict:
 
 
 def to_rgb_uint8(images: np.ndarray) -> np.ndarray:
-    """[N, H, W, C] in [-1, 1] -> uint8 [N, H, W, 3] (ADM quantisation; C=1 repeated)."""
+    """[N, H, W, C] in [-1, 1] -> uint8 [N, H, W, 3]: the published pipelines' truncation
+    (`visualize.to_uint8`, floor(255 (x + 1) / 2) after clamping); C=1 repeated."""
     x = visualize.to_uint8(images)
     if x.shape[-1] == 1:
         x = np.repeat(x, 3, axis=-1)

@@ -93,3 +93,48 @@ def test_precision_recall_match_brute_force_nearest_neighbours(scale):
     assert got == blocked  # blocking does not change the result
     np.testing.assert_allclose(got, want, atol=0.02)  # float16 distances may flip a borderline point
     assert 0.0 < got[0] < 1.0 and 0.0 < got[1] < 1.0
+
+
+# ------------------------------------------------------------- known answers (values, not ranges)
+@pytest.mark.parametrize("method", ["sqrtm", "eigh"])
+def test_frechet_known_answers(method):
+    """FD(X, X) = 0; FD(X, X + c) = |c|^2 (same covariance); FD(X, 2X) with mean 0 = tr(S)
+    (sqrt(S 4S) = 2S, so tr(S + 4S - 4S))."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6))
+    x -= x.mean(0)
+    c = np.array([1.0, -2.0, 0.5, 0.0, 3.0, 0.25])
+    m, s = frechet.statistics(x)
+    fd = lambda a, b: frechet.frechet_distance(*frechet.statistics(a), *frechet.statistics(b), method=method)
+    assert fd(x, x) == pytest.approx(0.0, abs=1e-9)
+    assert fd(x, x + c) == pytest.approx(float(c @ c), rel=1e-9)
+    assert fd(x, 2 * x) == pytest.approx(float(np.trace(s)), rel=1e-9)
+    assert fd(2 * x + c, x) == pytest.approx(float(c @ c + np.trace(s)), rel=1e-9)
+
+
+def test_inception_score_protocol_defaults_known_answer():
+    """The protocol's IS (1008 logits, splits of 5,000 consecutive samples, mean over splits):
+    5,000 confident predictions uniform over 10 classes (IS 10) then 6 of one class (IS 1) -> 5.5.
+    One split over all 5,006 would give ~10; splits of another size another value."""
+    labels = np.concatenate([np.arange(5000) % 10, np.full(6, 7)])
+    logits = np.zeros((5006, 1008), np.float32)
+    logits[np.arange(5006), labels] = 60.0
+    is_ = metrics.InceptionScore()
+    for i in range(0, 5006, 1000):  # streamed in batches that do not line up with the splits
+        is_.update(logits[i:i + 1000], i)
+    assert is_.score() == pytest.approx(5.5, rel=1e-12)
+    assert metrics.inception_score_reference(logits) == pytest.approx(5.5, rel=1e-12)
+
+
+def test_precision_recall_known_answers():
+    """Identical sets: (1, 1). Disjoint far-apart sets: (0, 0). Samples = the reference cluster plus
+    as many isolated far points: precision 0.5 (half the samples off the reference manifold), recall 1
+    (the far points' k-NN radii cover the cluster): the order (precision, recall) is pinned."""
+    rng = np.random.default_rng(5)
+    ref = rng.normal(size=(10, 4))
+    pr = metrics.ManifoldPR(k=3)
+    assert pr(ref, ref) == (1.0, 1.0)
+    assert pr(ref, ref + 1e3) == (0.0, 0.0)
+    far = 100.0 * np.eye(4)[np.arange(10) % 4] * (1 + np.arange(10)[:, None])  # isolated, mutually distant
+    assert pr(ref, np.concatenate([ref, far])) == (0.5, 1.0)
+    assert pr(np.concatenate([ref, far]), ref) == (1.0, 0.5)

@@ -76,3 +76,49 @@ def test_missing_inputs_are_named_before_compute(tmp_path):
     np.savez(bad, mu=np.zeros(5), sigma=np.eye(5))
     with pytest.raises(fid_eval.EvalError, match=r"mu has shape \(5,\)"):
         fid_eval.load_reference(str(bad), None, str(tmp_path))
+
+
+def _batches(d, pool, spatial, logits, size):
+    paths = []
+    for b, i in enumerate(range(0, len(pool), size)):
+        paths.append(str(d / f"batch_{b:05d}.npz"))
+        np.savez(paths[-1], pool_3=pool[i:i + size], spatial=spatial[i:i + size], logits=logits[i:i + size])
+    return paths
+
+
+def test_score_known_answers(tmp_path):
+    """fid_eval.score on crafted batch files against answers known in closed form: samples equal to
+    the reference -> FID 0, sFID 0, precision = recall = 1; samples shifted by c (pool_3) and e
+    (spatial) -> FID |c|^2, sFID |e|^2 (covariances unchanged), precision = recall = 0; IS of
+    confident predictions uniform over 8 of the 1008 classes = 8. Only the first num_samples
+    samples count (the tail past it is garbage)."""
+    from reed_jax.evaluation import frechet
+
+    rng = np.random.default_rng(0)
+    n, extra = 40, 8
+    pool = np.zeros((n + extra, 16), np.float32)  # variance in 4 of 16 dims (the protocol: 2048)
+    pool[:, :4] = rng.normal(size=(n + extra, 4)) @ rng.normal(size=(4, 4))
+    spatial = rng.normal(size=(n + extra, 5)).astype(np.float32)
+    logits = np.zeros((n + extra, 1008), np.float32)
+    logits[np.arange(n + extra), np.arange(n + extra) % 8] = 60.0
+    pool[n:], spatial[n:] = 1e4, -1e4  # past num_samples: must not be read
+    mu, sigma = frechet.statistics(pool[:n])
+    mu_s, sigma_s = frechet.statistics(spatial[:n])
+    ref = {"mu": mu, "sigma": sigma, "mu_s": mu_s, "sigma_s": sigma_s, "pool_3": pool[:n]}
+    same = fid_eval.score(_batches(tmp_path, pool, spatial, logits, 16), n, ref, frechet_method="eigh")
+    assert same["num_samples"] == n
+    assert same["fid"] == pytest.approx(0.0, abs=1e-6) and same["sfid"] == pytest.approx(0.0, abs=1e-6)
+    assert same["inception_score"] == pytest.approx(8.0, rel=1e-9)
+    assert (same["precision"], same["recall"]) == (1.0, 1.0)
+    c = np.zeros(16, np.float32)
+    c[[0, 3, 10]] = [30.0, -40.0, 120.0]
+    e = np.array([3.0, 0.0, -4.0, 0.0, 12.0], np.float32)
+    shifted = fid_eval.score(_batches(tmp_path, pool + c, spatial + e, logits, 16), n, ref, frechet_method="eigh")
+    assert shifted["fid"] == pytest.approx(float(c @ c), rel=1e-6)  # 900 + 1600 + 14400
+    assert shifted["sfid"] == pytest.approx(float(e @ e), rel=1e-6)  # 169
+    assert (shifted["precision"], shifted["recall"]) == (0.0, 0.0)
+    stats_only = {k: v for k, v in ref.items() if k != "pool_3"}
+    r = fid_eval.score(_batches(tmp_path, pool, spatial, logits, 16), n, stats_only, frechet_method="eigh")
+    assert r["precision"] is None and r["recall"] is None and r["fid"] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(fid_eval.EvalError, match=r"reference mu has shape \(3,\); the samples' pool_3 features have 16"):
+        fid_eval.score(_batches(tmp_path, pool, spatial, logits, 16), n, dict(ref, mu=np.zeros(3)))

@@ -221,12 +221,17 @@ def run_batches(out_dir: str, num_samples: int, batch_size: int, make_images: Ca
 def score(paths: Iterable[str], num_samples: int, ref: dict, pr_k: int = 3, frechet_method: str = "sqrtm") -> dict:
     """Stream batch files (the first `num_samples` samples) into FID, sFID, IS and precision/recall
     (`frechet_method`: see frechet.frechet_distance)."""
-    pool_m, spatial_m, is_ = metrics.Moments(2048), None, metrics.InceptionScore()
+    pool_m, spatial_m, is_ = None, None, metrics.InceptionScore()
     pools, seen = [], 0
     for p in paths:
         f = _read_batch(p)
         if f is None:
             raise EvalError(f"batch file {p} is missing or unreadable; rerun --mode=evaluate to recompute it")
+        if pool_m is None:  # 2048 (pool_3) with the protocol's Inception
+            pool_m = metrics.Moments(f["pool_3"].shape[1])
+            if ref["mu"].shape != (f["pool_3"].shape[1],):
+                raise EvalError(f"reference mu has shape {ref['mu'].shape}; the samples' pool_3 features have "
+                                f"{f['pool_3'].shape[1]} dimensions")
         if spatial_m is None:  # 2023 = 17 x 17 x 7 at the protocol's 299x299
             spatial_m = metrics.Moments(f["spatial"].shape[1])
             if "mu_s" in ref and ref["mu_s"].shape != (f["spatial"].shape[1],):
@@ -239,6 +244,8 @@ def score(paths: Iterable[str], num_samples: int, ref: dict, pr_k: int = 3, frec
         if "pool_3" in ref:
             pools.append(f["pool_3"][:take])
         seen += take
+    if pool_m is None:
+        raise EvalError("no batch files to score")
     out = {"num_samples": seen,
            "fid": metrics.fid_from_moments(pool_m, ref["mu"], ref["sigma"], frechet_method),
            "sfid": (metrics.fid_from_moments(spatial_m, ref["mu_s"], ref["sigma_s"], frechet_method)

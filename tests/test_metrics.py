@@ -138,3 +138,44 @@ def test_precision_recall_known_answers():
     far = 100.0 * np.eye(4)[np.arange(10) % 4] * (1 + np.arange(10)[:, None])  # isolated, mutually distant
     assert pr(ref, np.concatenate([ref, far])) == (0.5, 1.0)
     assert pr(np.concatenate([ref, far]), ref) == (1.0, 0.5)
+
+
+def test_digits_fd_and_accuracy_against_a_numpy_transcription():
+    """The README's digits-FD and sample accuracy: DigitsFDNet features (numpy transcription of its
+    Dense-GELU(tanh)-Dense-GELU(tanh) trunk and logits head) -> ADM's Frechet formula with scipy sqrtm
+    against the real set; accuracy = argmax(logits) == conditioning label. Known answers: the real
+    set scores FD 0; half right labels score accuracy 0.5; out-of-range pixels are clipped first."""
+    import jax
+    from scipy import linalg
+
+    from reed_jax.data import digits
+    from reed_jax.evaluation.digits_fd import DigitsScorer
+    from reed_jax.models.encoders.digits import DigitsFDNet
+
+    real = digits.load()[0][:300]
+    params = jax.tree.map(np.asarray, DigitsFDNet().init(jax.random.PRNGKey(0), real[:1])["params"])
+    gelu = lambda a: 0.5 * a * (1 + np.tanh(np.sqrt(2 / np.pi) * (a + 0.044715 * a ** 3)))
+    dense = lambda a, p: a @ p["kernel"].astype(np.float64) + p["bias"]
+
+    def net(x):
+        f = gelu(dense(gelu(dense(np.clip(x, -1, 1).reshape(len(x), -1).astype(np.float64), params["Dense_0"])),
+                       params["Dense_1"]))
+        return f, dense(f, params["Dense_2"])
+
+    def fd(a, b):
+        m1, m2, s1, s2 = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+        return float(((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real))
+
+    scorer = DigitsScorer(params, real)
+    rng = np.random.default_rng(0)
+    samples = np.clip(real[:120] + rng.normal(size=(120, 8, 8, 1)) * 0.4, -1, 1).astype(np.float32)
+    feats, logits = net(samples)
+    pred = logits.argmax(-1)
+    labels = np.where(np.arange(120) % 2 == 0, pred, (pred + 1) % 10)  # every other label wrong
+    got = scorer(samples, labels)
+    assert got["accuracy"] == 0.5
+    assert got["digits_fd"] == pytest.approx(fd(feats, net(real)[0]), rel=1e-4)
+    assert got["digits_fd"] > 0.01
+    assert scorer(real, digits.load()[1][:300])["digits_fd"] == pytest.approx(0.0, abs=1e-6)
+    wide = samples * 3  # out of [-1, 1]: clipped before the network
+    assert scorer(wide, labels) == scorer(np.clip(wide, -1, 1), labels)

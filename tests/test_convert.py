@@ -114,3 +114,26 @@ def test_projectors_dropped_and_errors():
         from_torch(missing, drop_projectors=True)
     with pytest.raises(ConversionError, match="do not cover"):
         from_torch(sd, drop_projectors=True, scan_segments=[(0, 1)])
+
+
+def test_sit_matches_a_pytorch_forward():
+    """tools/make_parity_fixtures.py sit: a PyTorch SiT in REPA's layout and names with REED's token
+    projector (after block 2) and pooled projector (token mean after block 3), random weights
+    everywhere; our converter + SiT reproduce its velocity and both projections."""
+    import os
+
+    f = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "sit_parity.npz"))
+    c, hw, p, d, depth, heads, ncls, w, tok_depth, tok_dim, pool_depth, pool_dim = (int(v) for v in f["sizes"])
+    sd = {k[3:]: f[k] for k in f.files if k.startswith("sd/")}
+    targets = (TargetSpec("img", tok_depth, False, tok_dim), TargetSpec("txt", pool_depth, True, pool_dim))
+    m = SiT(input_size=hw, in_channels=c, patch_size=p, depth=depth, hidden=d, heads=heads, num_classes=ncls,
+            targets=targets, projector_width=w)
+    params = from_torch(sd, target_names=["img", "txt"])
+    x = jnp.asarray(f["x"].transpose(0, 2, 3, 1))
+    with jax.default_matmul_precision("float32"):
+        out, feats = m.apply({"params": params}, x, jnp.asarray(f["t"]), jnp.asarray(f["y"]))
+    v = np.asarray(out).transpose(0, 3, 1, 2)
+    assert np.abs(f["velocity"]).mean() > 0.1 and np.abs(f["z_pool"]).std() > 0.1  # every layer matters
+    np.testing.assert_allclose(v, f["velocity"], atol=2e-5, rtol=2e-5)  # float32 vs float64: ~1e-6
+    np.testing.assert_allclose(feats["img"], f["z_tok"], atol=2e-5, rtol=2e-5)
+    np.testing.assert_allclose(feats["txt"], f["z_pool"], atol=2e-5, rtol=2e-5)

@@ -2,7 +2,7 @@
 
     python3 -m venv /tmp/fixvenv
     /tmp/fixvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 numpy && /tmp/fixvenv/bin/pip install --no-deps pytorch-fid==0.3.0
-    /tmp/fixvenv/bin/python tools/make_parity_fixtures.py [inception] [torch_files] [sit_checkpoint] [dinov2] [vae] [safetensors_file]
+    /tmp/fixvenv/bin/python tools/make_parity_fixtures.py [inception] [torch_files] [sit_checkpoint] [sit] [dinov2] [vae] [safetensors_file]
 
 inception: pytorch-fid's FID InceptionV3 (`fid_inception_v3`, its FIDInceptionA/C/E blocks) with
 deterministic random weights (tests/fixture_weights.py; the pretrained download is bypassed),
@@ -13,6 +13,8 @@ c) and pool_3 @ fc.weight.T.
 
 torch_files: tiny checkpoints in both torch.save formats for the torch-free reader.
 sit_checkpoint: a tiny REED-style SiT training checkpoint for the importer.
+sit: a tiny PyTorch SiT (REPA's layout and names, REED's token and pooled projectors) with random
+weights, its state dict, inputs, velocity and both projections (tests/test_convert.py).
 vae: a tiny diffusers AutoencoderKL (needs `pip install diffusers`).
 dinov2: tiny transformers DINOv2 models (plain, SwiGLU, registers) on REPA's preprocessing
 (needs `pip install transformers` in the same venv).
@@ -247,8 +249,154 @@ def pdb2021():
         fh.write("30\n")
 
 
+# SiT sizes of tests/test_convert.py::test_sit_matches_a_pytorch_forward (tests/fixtures/sit_parity.npz)
+SIT = dict(C=4, HW=8, P=2, D=32, DEPTH=4, HEADS=4, NCLS=5, W=24, TOK=(2, 10), POOL=(3, 7))
+
+
+def sit():
+    """A PyTorch SiT written here in REPA's layout and parameter names (models/sit.py there:
+    x_embedder.proj conv, t_embedder.mlp, y_embedder.embedding_table, blocks.{i}.attn.{qkv,proj},
+    blocks.{i}.mlp.fc{1,2}, blocks.{i}.adaLN_modulation.1, final_layer.*, projectors.{k}.{0,2,4},
+    pos_embed) with REED's two projectors: projectors.0 on every token after block TOK[0]
+    (REED's encoder_depth, image target), projectors.1 on the token mean after block POOL[0]
+    (encoder_depth_text, pooled target). Every weight random (adaLN and final layers included, so
+    every layer changes the output), float64 forward in eval mode (no label dropout).
+    Saves `sd/<name>` weights, x [B, C, H, W], t [B], y [B] (one null label), velocity
+    [B, C, H, W], z_tok [B, T, TOK[1]], z_pool [B, POOL[1]]."""
+    import math
+
+    nn = torch.nn
+    C, HW, P, D, DEPTH, HEADS, NCLS, W = (SIT[k] for k in ("C", "HW", "P", "D", "DEPTH", "HEADS", "NCLS", "W"))
+    tok_depth, tok_dim = SIT["TOK"]
+    pool_depth, pool_dim = SIT["POOL"]
+    G = HW // P
+
+    def mlp3(i, w, o):  # projector: Linear-SiLU-Linear-SiLU-Linear (indices 0, 2, 4)
+        return nn.Sequential(nn.Linear(i, w), nn.SiLU(), nn.Linear(w, w), nn.SiLU(), nn.Linear(w, o))
+
+    def mod(x, shift, scale):
+        return x * (1 + scale[:, None]) + shift[:, None]
+
+    class PatchEmbed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Conv2d(C, D, P, stride=P, bias=True)
+
+        def forward(self, x):  # [B, C, H, W] -> [B, T, D], tokens row-major over (h, w)
+            return self.proj(x).flatten(2).transpose(1, 2)
+
+    class TimeEmb(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = nn.Sequential(nn.Linear(256, D), nn.SiLU(), nn.Linear(D, D))
+
+        def forward(self, t):
+            k = torch.arange(128, dtype=t.dtype)
+            arg = t[:, None] * torch.exp(-math.log(10000.0) * k / 128)[None]
+            return self.mlp(torch.cat([torch.cos(arg), torch.sin(arg)], -1))
+
+    class LabelEmb(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding_table = nn.Embedding(NCLS + 1, D)
+
+        def forward(self, y):
+            return self.embedding_table(y)
+
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.proj = nn.Linear(D, 3 * D), nn.Linear(D, D)
+
+        def forward(self, x):
+            b, n, _ = x.shape
+            q, k, v = self.qkv(x).reshape(b, n, 3, HEADS, D // HEADS).permute(2, 0, 3, 1, 4)
+            w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(D // HEADS), -1)
+            return self.proj((w @ v).transpose(1, 2).reshape(b, n, D))
+
+    class FF(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(D, 4 * D), nn.Linear(4 * D, D)
+
+        def forward(self, x):
+            return self.fc2(nn.functional.gelu(self.fc1(x), approximate="tanh"))
+
+    def norm():
+        return nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm1, self.attn, self.norm2, self.mlp = norm(), Attn(), norm(), FF()
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
+
+        def forward(self, x, c):
+            s1, c1, g1, s2, c2, g2 = self.adaLN_modulation(c).chunk(6, -1)
+            x = x + g1[:, None] * self.attn(mod(self.norm1(x), s1, c1))
+            return x + g2[:, None] * self.mlp(mod(self.norm2(x), s2, c2))
+
+    class Final(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm_final, self.linear = norm(), nn.Linear(D, P * P * C)
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))
+
+        def forward(self, x, c):
+            shift, scale = self.adaLN_modulation(c).chunk(2, -1)
+            return self.linear(mod(self.norm_final(x), shift, scale))
+
+    class SiT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.x_embedder, self.t_embedder, self.y_embedder = PatchEmbed(), TimeEmb(), LabelEmb()
+            # fixed 2D sin-cos table (MAE): first half of the channels from the w coordinate
+            gw, gh = np.meshgrid(np.arange(G, dtype=np.float64), np.arange(G, dtype=np.float64))
+            omega = 1.0 / 10000 ** (np.arange(D // 4, dtype=np.float64) / (D // 4))
+
+            def one(pos):
+                a = pos.reshape(-1)[:, None] * omega[None]
+                return np.concatenate([np.sin(a), np.cos(a)], 1)
+
+            table = np.concatenate([one(gw), one(gh)], 1)[None]
+            self.pos_embed = nn.Parameter(torch.from_numpy(table), requires_grad=False)
+            self.blocks = nn.ModuleList([Block() for _ in range(DEPTH)])
+            self.projectors = nn.ModuleList([mlp3(D, W, tok_dim), mlp3(D, W, pool_dim)])
+            self.final_layer = Final()
+
+        def forward(self, x, t, y):
+            h = self.x_embedder(x) + self.pos_embed
+            c = self.t_embedder(t) + self.y_embedder(y)
+            for i, blk in enumerate(self.blocks):
+                h = blk(h, c)
+                if i + 1 == tok_depth:
+                    z_tok = self.projectors[0](h)
+                if i + 1 == pool_depth:
+                    z_pool = self.projectors[1](h.mean(1))
+            out = self.final_layer(h, c).reshape(h.shape[0], G, G, P, P, C)
+            return torch.einsum("nhwpqc->nchpwq", out).reshape(h.shape[0], C, HW, HW), z_tok, z_pool
+
+    torch.manual_seed(0)
+    model = SiT().double().eval()
+    with torch.no_grad():
+        for name, prm in model.named_parameters():
+            if name != "pos_embed":
+                fan_in = prm.shape[1] if prm.ndim == 2 else (prm[0].numel() if prm.ndim == 4 else prm.numel())
+                scale = 1.0 if "embedding_table" in name else (0.1 if prm.ndim == 1 else 1.0 / math.sqrt(fan_in))
+                prm.copy_(torch.randn_like(prm) * scale)
+    x = torch.randn(3, C, HW, HW, dtype=torch.float64)
+    t = torch.tensor([0.05, 0.5, 0.97], dtype=torch.float64)
+    y = torch.tensor([0, 3, NCLS])  # the last row: the null (CFG) label
+    with torch.no_grad():
+        v, z_tok, z_pool = model(x, t, y)
+    sd = {f"sd/{k}": p.detach().float().numpy() for k, p in model.state_dict().items()}
+    np.savez_compressed(os.path.join(OUT, "sit_parity.npz"), **sd, x=x.float().numpy(), t=t.float().numpy(),
+                        y=y.numpy().astype(np.int32), velocity=v.numpy(), z_tok=z_tok.numpy(), z_pool=z_pool.numpy(),
+                        sizes=np.array([C, HW, P, D, DEPTH, HEADS, NCLS, W, tok_depth, tok_dim, pool_depth, pool_dim]))
+
+
 if __name__ == "__main__":
-    targets = {"safetensors_file": safetensors_file, "vae": vae, "inception": inception, "torch_files": torch_files, "sit_checkpoint": sit_checkpoint,
+    targets = {"safetensors_file": safetensors_file, "vae": vae, "inception": inception, "torch_files": torch_files, "sit_checkpoint": sit_checkpoint, "sit": sit,
                "dinov2": dinov2, "pdb2021": pdb2021}
     for name in sys.argv[1:] or list(targets):
         targets[name]()

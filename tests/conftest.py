@@ -37,3 +37,14 @@ def digits_shards(tmp_path_factory):
 
     wd = str(tmp_path_factory.mktemp("digits"))
     return precompute.precompute(tiny_config(), wd, log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def sit_xl_reed():
+    """SiT-XL/2 + REED as published (configs/imagenet_sit_xl_2_reed.py), traced once per session:
+    (config, model, optimizer, abstract train state from jax.eval_shape: shapes only, no memory)."""
+    from reed_jax import train
+
+    c = load_config("imagenet_sit_xl_2_reed")
+    model, tx = train.build_model(c), train.make_optimizer(c)
+    return c, model, tx, train.abstract_state(c, model, tx)

@@ -9,25 +9,64 @@ from reed_jax import config as config_lib, train
 IMAGENET = [f"imagenet_sit_{s}_2_{v}" for s in ("b", "l", "xl") for v in ("sit", "repa", "reed")]
 
 
-@pytest.mark.parametrize("name", IMAGENET)
+def _check_built(c, state, variant):
+    assert state.params["y_embedder"]["embedding_table"].shape == (1001, c.model.hidden)
+    assert sum(k.startswith("projectors_") for k in state.params) == {"sit": 0, "repa": 1, "reed": 2}[variant]
+    for name, t in c.targets.items():  # projector output widths = the targets' (768 DINOv2 tokens, 3584 VLM)
+        assert state.params[f"projectors_{name}"]["dense_4"]["kernel"].shape == (2048, t.dim)
+
+
+@pytest.mark.parametrize("name", [n for n in IMAGENET if "_b_" in n])  # XL: the session's sit_xl_reed
 def test_imagenet_configs_build_with_eval_shape(name):
     c = load_config(name)
     config_lib.validate(c, num_devices=8)
     model, tx = train.build_model(c), train.make_optimizer(c)
-    state = train.abstract_state(c, model, tx)
-    assert state.params["y_embedder"]["embedding_table"].shape == (1001, c.model.hidden)
-    n_proj = {"sit": 0, "repa": 1, "reed": 2}[name.rsplit("_", 1)[1]]
-    assert sum(k.startswith("projectors_") for k in state.params) == n_proj
-    if name.endswith("reed"):
-        assert dict(config_lib.target_shapes(c)) == {"dinov2": (256, 768), "vlm": (3584,)}
-        assert c.curriculum.gen.warmup == 50_000 and c.curriculum.align.coeff == 0.5
-        assert c.train.batch_size == 256 and c.optim.lr == 1e-4 and c.optim.ema_decay == 0.9999
+    _check_built(c, train.abstract_state(c, model, tx), name.rsplit("_", 1)[1])
 
 
-def test_imagenet_xl_reed_train_step_traces():
-    c = load_config("imagenet_sit_xl_2_reed")
-    model, tx = train.build_model(c), train.make_optimizer(c)
-    state = train.abstract_state(c, model, tx)
+# The published runs (METHOD.md section 2, PROTOCOLS.md): SiT size table, tap depths (DINOv2 tokens after
+# block 8, 4 for SiT-B; the pooled VLM vector after 16, 8 for SiT-B: reed_jax.config.IMAGENET_TAPS),
+# AdamW 1e-4 (0.9, 0.999, 1e-8, no decay), clip 1.0, EMA 0.9999, batch 256, label dropout 0.1, linear
+# path with uniform t, evaluation with 250 SDE steps on 50K samples.
+SIZES = {"b": (12, 768, 12), "l": (24, 1024, 16), "xl": (28, 1152, 16)}
+TAPS = {"b": (4, 8), "l": (8, 16), "xl": (8, 16)}
+
+
+@pytest.mark.parametrize("name", IMAGENET)
+def test_imagenet_configs_hold_the_published_values(name):
+    _, _, size, _, variant = name.split("_")
+    c = load_config(name)
+    config_lib.validate(c, num_devices=8)
+    m = c.model
+    assert (m.depth, m.hidden, m.heads, m.patch_size, m.mlp_ratio, m.label_dropout, m.projector_width) == (
+        *SIZES[size], 2, 4.0, 0.1, 2048)
+    o = c.optim
+    assert (o.lr, o.b1, o.b2, o.eps, o.weight_decay, o.grad_clip, o.ema_decay, o.amsgrad, o.warmup_steps) == (
+        1e-4, 0.9, 0.999, 1e-8, 0.0, 1.0, 0.9999, False, 0)
+    assert c.train.batch_size == 256
+    assert (c.diffusion.path, c.diffusion.time_sampler) == ("linear", "uniform")
+    assert (c.sample.method, c.sample.num_steps) == ("sde", 250) and c.eval.fid_samples == 50_000
+    assert (c.eval.inception_size, c.eval.frechet_method) == (299, "sqrtm")
+    d = c.data
+    assert (d.kind, tuple(d.image_shape), d.num_classes, d.latent_scale, d.image_size) == (
+        "latents", (32, 32, 4), 1000, 0.18215, 256)
+    targets = {n: (t.depth, t.pooled, t.dim, t.coeff) for n, t in c.targets.items()}
+    dino, vlm = TAPS[size]
+    want = {"sit": {}, "repa": {"dinov2": (dino, False, 768, 1.0)},
+            "reed": {"dinov2": (dino, False, 768, 1.0), "vlm": (vlm, True, 3584, 0.5)}}[variant]
+    assert targets == want
+    g, a = c.curriculum.gen, c.curriculum.align
+    assert (g.start, g.decay, a.decay) == (0, "constant", "constant")
+    assert g.warmup == (50_000 if variant == "reed" else 0)  # w_gen = min(step / 50K, 1) for REED
+    if variant != "sit":
+        assert a.coeff == 0.5 and c.targets.dinov2.encoder == "dinov2_vitb14"
+    if variant == "reed":
+        assert c.targets.vlm.encoder == "external"
+
+
+def test_imagenet_xl_reed_train_step_traces(sit_xl_reed):
+    c, model, tx, state = sit_xl_reed
+    _check_built(c, state, "reed")
     b = 2
     batch = {"moments": jax.ShapeDtypeStruct((b, 32, 32, 8), jnp.float32),
              "label": jax.ShapeDtypeStruct((b,), jnp.int32),
@@ -92,6 +131,7 @@ def test_encoder_registry_names():
     (lambda c: c.targets.dinov2.update(dtype="float16"), "targets.dinov2.dtype='float16'"),
     (lambda c: c.encoder.update(mode="lazy"), "encoder.mode='lazy'"),
     (lambda c: c.data.update(image_source="s3"), "data.image_source='s3'"),
+    (lambda c: c.data.update(verify_checksums="sometimes"), "data.verify_checksums='sometimes' is not one of"),
 ])
 def test_target_encoder_keys_are_validated(edit, match):
     c = config_lib.imagenet_config("B", "reed")
@@ -114,6 +154,6 @@ def test_protein_demo_configs_validate(arg, hidden, n_targets):
     assert c.track == "protein" and c.model.hidden == hidden and len(c.targets) == n_targets
     if n_targets:
         assert {n: (t.tap, t.coeff) for n, t in c.targets.items()} == {
-            "structure": ("encoder_nodes", 1.0), "single": ("decoder2_nodes", 0.5), "pair": ("decoder_edges", 2.0)}
+            "structure": ("encoder_nodes", 1.0), "single": ("decoder2_nodes", 0.5), "pair": ("decoder2_edges", 2.0)}
         assert c.curriculum.align.coeff == 0.2 and c.curriculum.align.decay == "cosine"
     assert config_lib.epochs_to_steps(50, num_train=42, batch_size=8) == 300  # ceil(42 / 8) = 6 steps per epoch

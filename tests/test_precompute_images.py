@@ -50,6 +50,7 @@ def folder_config(d):
 
 def test_folder_to_shards_matches_direct_encoders_and_resumes(folder, tmp_path):
     c = folder_config(folder)
+    c.data.num_shards = 3
     logs = []
     out = precompute.precompute(c, str(tmp_path), logs.append)
     data = pipeline.read_all(out, "train")
@@ -67,12 +68,19 @@ def test_folder_to_shards_matches_direct_encoders_and_resumes(folder, tmp_path):
     tokens = dino.apply({"params": convert_dinov2.from_torch_hub(hub)}, dinov2.preprocess(imgs, 28))["x_norm_patchtokens"]
     np.testing.assert_allclose(data["target/dinov2"], tokens, atol=1e-5)
     assert np.all(data["moments"][..., 4:] > 0)  # std half
-    # interrupted: one shard lost, one half-written -> rerun recomputes exactly those, same bytes
+    # interrupted: shard 1 lost (a killed writer's .tmp left behind), shard 2 half-written at its final
+    # name (a copy cut short) -> the rerun keeps shard 0 and recomputes exactly 1 and 2, same bytes
     _, manifest = records.read_manifest(out)
     os.remove(os.path.join(out, manifest["shards"][1]["file"]))
+    with open(os.path.join(out, manifest["shards"][1]["file"] + ".tmp"), "wb") as fh:
+        fh.write(b"partial")
+    half = os.path.join(out, manifest["shards"][2]["file"])
+    with open(half, "r+b") as fh:
+        fh.truncate(os.path.getsize(half) // 2)
     logs.clear()
     precompute.precompute(c, str(tmp_path), logs.append)
-    assert any("shard 0 of 2 already complete" in m for m in logs)
+    assert [m for m in logs if "already complete" in m] == ["shard 0 of 3 already complete, kept"]
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
     assert any("6 images x" in m and "GB of shards" in m for m in logs)  # the storage estimate, printed first
     _, manifest2 = records.read_manifest(out)
     assert manifest2["shards"] == manifest["shards"]

@@ -2,10 +2,13 @@
 
 - perplexity: exp of the mean (unsmoothed) cross-entropy over masked residues, with masks drawn as
   in training (t ~ U[t_min, t_max], fixed seed), so runs and checkpoints compare;
+- perplexity_all: the same over every real residue, masked or not (the reference's logged
+  "perplexity": its loss_nll over mask_for_loss with the noisy sequence as input);
 - masked accuracy: argmax accuracy on those masked residues;
 - recovery: fraction of residues where a fully sampled sequence (the masked-diffusion sampler,
-  `protein.sample_steps` at `protein.temperature`) equals the native, averaged over chains and
-  `protein.eval_samples` samples each;
+  `protein.sample_steps` grid points at `protein.temperature`, X allowed per
+  `protein.sample_allow_x`) equals the native, averaged over chains and `protein.eval_samples`
+  samples each (the reference's valid_sp_acc pools residues over chains instead);
 - diversity: mean pairwise Hamming distance / length between the samples of the same backbone.
 A folding model (ESMFold or similar) for self-consistency RMSD and pLDDT plugs in through
 `fold_fn(sequences, backbones) -> {'sc_rmsd': [...], 'plddt': [...]}` when local weights exist.
@@ -26,19 +29,47 @@ from reed_jax.protein import masked_diffusion, model as pmodel, residues
 
 @functools.partial(jax.jit, static_argnames=("model", "t_min", "t_max"))
 def masked_stats(params, batch, rng, *, model, t_min: float, t_max: float):
-    """(sum of CE, correct, count) over residues masked as in training."""
+    """(sum of CE, correct, count) over residues masked as in training, then (sum of CE, count) over every
+    real residue."""
     noisy, _, hidden = masked_diffusion.corrupt(rng, batch["tokens"], batch["mask"], t_min, t_max)
     logits = pmodel.logits_fn(model, params, batch)(noisy)
     ce = masked_diffusion.smoothed_cross_entropy(logits, batch["tokens"], 0.0)
     correct = jnp.argmax(logits, -1) == batch["tokens"]
     h = hidden.astype(jnp.float32)
-    return (ce * h).sum(), (correct * h).sum(), h.sum()
+    real = (batch["mask"] > 0).astype(jnp.float32)
+    return (ce * h).sum(), (correct * h).sum(), h.sum(), (ce * real).sum(), real.sum()
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_steps", "temperature"))
-def sample(params, batch, rng, *, model, num_steps: int, temperature: float):
+@functools.partial(jax.jit, static_argnames=("model", "num_steps", "temperature", "allow_x", "t_min"))
+def sample(params, batch, rng, *, model, num_steps: int, temperature: float, allow_x: bool = True,
+           t_min: float = 0.01):
     """Designed sequences [B, L] for the batch's backbones (jitted once per model and shape)."""
-    return masked_diffusion.sample(pmodel.logits_fn(model, params, batch), rng, batch["mask"], num_steps, temperature)
+    return masked_diffusion.sample(pmodel.logits_fn(model, params, batch), rng, batch["mask"], num_steps, temperature,
+                                   allow_x, t_min)
+
+
+def designer(config, model):
+    """(params, batch, rng) -> sequences [B, L] with the config's sampler settings."""
+    p = config.protein
+    return functools.partial(sample, model=model, num_steps=p.sample_steps, temperature=p.temperature,
+                             allow_x=bool(p.sample_allow_x), t_min=p.t_min)
+
+
+def sequence_metrics(draws: np.ndarray, native: np.ndarray, mask: np.ndarray) -> tuple[list[float], list[float]]:
+    """draws [S, B, L] sampled tokens, native [B, L], mask [B, L] -> (recovery per chain: the fraction of
+    real residues equal to the native, averaged over the S samples; diversity per chain (S > 1 only):
+    the mean over sample pairs of the fraction of real residues where they differ). Chains without a
+    real residue are skipped."""
+    rec, div = [], []
+    mask = mask > 0
+    for j in range(mask.shape[0]):
+        m = mask[j]
+        if not m.any():
+            continue
+        rec.append(float(np.mean([(d[j][m] == native[j][m]).mean() for d in draws])))
+        if len(draws) > 1:
+            div.append(float(np.mean([(x[j][m] != y[j][m]).mean() for x, y in itertools.combinations(draws, 2)])))
+    return rec, div
 
 
 def make_evaluator(config, model, batches: list[dict], fold_fn: Callable | None = None, sample_metrics: bool = True):
@@ -46,28 +77,22 @@ def make_evaluator(config, model, batches: list[dict], fold_fn: Callable | None 
     evaluate(params, step) -> ({metrics}, None); `sample_metrics=False` skips recovery/diversity."""
     p = config.protein
     stats = functools.partial(masked_stats, model=model, t_min=p.t_min, t_max=p.t_max)
-    design = functools.partial(sample, model=model, num_steps=p.sample_steps, temperature=p.temperature)
+    design = designer(config, model)
 
     def evaluate(params, step: int):
-        ce = acc = n = 0.0
+        ce = acc = n = ce_all = n_all = 0.0
         rec, div = [], []
         for bi, b in enumerate(batches):
-            c, a, k = jax.device_get(stats(params, b, jax.random.PRNGKey(1000 + bi)))
-            ce, acc, n = ce + c, acc + a, n + k
+            c, a, k, c_all, k_all = jax.device_get(stats(params, b, jax.random.PRNGKey(1000 + bi)))
+            ce, acc, n, ce_all, n_all = ce + c, acc + a, n + k, ce_all + c_all, n_all + k_all
             if not sample_metrics:
                 continue
             draws = np.stack([np.asarray(design(params, b, jax.random.PRNGKey(10_000 * bi + s)))
                               for s in range(p.eval_samples)])  # [S, B, L]
-            mask = np.asarray(b["mask"]) > 0
-            native = np.asarray(b["tokens"])
-            for j in range(mask.shape[0]):
-                m = mask[j]
-                if not m.any():
-                    continue
-                rec.append(float(np.mean([(d[j][m] == native[j][m]).mean() for d in draws])))
-                if len(draws) > 1:
-                    div.append(float(np.mean([(x[j][m] != y[j][m]).mean() for x, y in itertools.combinations(draws, 2)])))
+            r, d = sequence_metrics(draws, np.asarray(b["tokens"]), np.asarray(b["mask"]))
+            rec, div = rec + r, div + d
         out = {"step": step, "perplexity": float(np.exp(ce / max(n, 1.0))), "masked_accuracy": float(acc / max(n, 1.0)),
+               "perplexity_all": float(np.exp(ce_all / max(n_all, 1.0))),
                "recovery": float(np.mean(rec)) if rec else float("nan"),
                "diversity": float(np.mean(div)) if div else float("nan"), "chains": len(rec)}
         if fold_fn is not None:
@@ -78,7 +103,8 @@ def make_evaluator(config, model, batches: list[dict], fold_fn: Callable | None 
 
 
 def evaluate_mode(config, workdir: str, log=print) -> dict:
-    """`--mode=evaluate`: the metrics of the latest EMA params on the held-out backbones -> metrics json."""
+    """`--mode=evaluate`: the metrics of the latest EMA params (the raw params when optim.ema_decay = 0, as
+    the reference evaluates) on the held-out backbones -> metrics json."""
     import json
     import os
 
@@ -108,7 +134,7 @@ def sample_mode(config, workdir: str, log=print) -> str:
     names = pipeline.read_all(precompute.data_dir(config, workdir), "validation",
                               list(pmodel.BATCH_FIELDS) + ["index", "length"])
     batches = pmodel.pad_batches({k: names[k] for k in pmodel.BATCH_FIELDS}, config.sample.batch_size)
-    design = functools.partial(sample, model=model, num_steps=p.sample_steps, temperature=p.temperature)
+    design = designer(config, model)
     lines, k = [], 0
     for bi, b in enumerate(batches):
         draws = [np.asarray(design(params, b, jax.random.PRNGKey(10_000 * bi + s))) for s in range(p.eval_samples)]

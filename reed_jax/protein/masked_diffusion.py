@@ -1,14 +1,18 @@
-"""Masked (absorbing-state) discrete diffusion over amino-acid tokens.
+"""Masked (absorbing-state) discrete diffusion over amino-acid tokens (REED `protein/fmif/fm_utils.py`).
 
-Time runs from t=0 (every residue masked) to t=1 (clean). Training draws t ~ U[t_min, t_max] per
-chain and keeps each real residue with probability t (masks it with probability 1 - t); the
-model predicts every residue's amino acid from the backbone and the partly masked sequence. The
-loss is ProteinMPNN's label-smoothed cross-entropy over all real residues.
+Time runs from t=0 (every residue masked) to t=1 (clean): `t` here is the CLEAN fraction. Training
+draws t ~ U[t_min, t_max] per chain and keeps each real residue with probability t (masks it with
+probability 1 - t); the model predicts every residue's amino acid from the backbone and the partly
+masked sequence. The loss is ProteinMPNN's label-smoothed cross-entropy over all real residues,
+smoothed over all the head's classes (22 for REED's head: 20 amino acids, X and MASK).
+(`objective.combine` takes the noise level 1 - t; `protein.model.losses` converts.)
 
-Sampling starts fully masked and walks a linear grid of `num_steps`; at each step the model's
-tokens are drawn at `temperature` (the MASK is never a class; X is excluded unless allowed) and a
-still-masked residue is revealed with probability dt / (1 - t); the result is the argmax of the
-final prediction.
+Sampling (the reference's `Interpolant.sample`): a grid `linspace(t_min, 1, num_steps)` (num_steps
+points, num_steps - 1 model calls); at each step t1 -> t2 the model's tokens are drawn at
+`temperature` over every class but MASK (X is a class unless `allow_x=False`) and a still-masked
+residue is revealed with probability (t2 - t1) / (1 - t1) (1 at the last step); the result is the
+argmax (over every class but MASK) of the LAST in-loop prediction, at every real residue, with no
+extra forward pass.
 """
 from __future__ import annotations
 
@@ -38,26 +42,31 @@ def smoothed_cross_entropy(logits: jax.Array, tokens: jax.Array, smoothing: floa
 
 
 def sample(logits_fn: Callable[[jax.Array], jax.Array], rng: jax.Array, mask: jax.Array, num_steps: int,
-           temperature: float = 0.1, allow_x: bool = False) -> jax.Array:
-    """logits_fn(tokens [B, L]) -> logits [B, L, 21]; mask [B, L] real residues -> tokens [B, L]
-    (padding gets X). Every real residue is unmasked by the end."""
+           temperature: float = 0.1, allow_x: bool = True, t_min: float = 0.01) -> jax.Array:
+    """logits_fn(tokens [B, L]) -> logits [B, L, C] (C = 21 or 22; MASK = 21 is never drawn nor returned);
+    mask [B, L] real residues -> tokens [B, L] (padding gets X). num_steps >= 2 grid points."""
+    if num_steps < 2:
+        raise ValueError(f"masked diffusion sampler: num_steps={num_steps} grid points; need >= 2 (protein.sample_steps)")
     b, l = mask.shape
     real = mask > 0
+    ts = jnp.linspace(t_min, 1.0, num_steps)
     x0 = jnp.full((b, l), residues.MASK, jnp.int32)
 
     def allowed(logits):
+        if logits.shape[-1] > residues.MASK:
+            logits = logits.at[..., residues.MASK].set(-jnp.inf)
         return logits.at[..., residues.X].set(-jnp.inf) if not allow_x else logits
 
     def body(i, carry):
-        tokens, key = carry
+        tokens, _, key = carry
         key, k_draw, k_reveal = jax.random.split(key, 3)
-        t, dt = i / num_steps, 1.0 / num_steps
+        t1, t2 = ts[i], ts[i + 1]
         logits = allowed(logits_fn(tokens).astype(jnp.float32))
+        pred = jnp.argmax(logits, -1).astype(jnp.int32)
         draw = jax.random.categorical(k_draw, logits / temperature).astype(jnp.int32)
-        p_reveal = jnp.where(i == num_steps - 1, 1.0, dt / (1.0 - t))
+        p_reveal = (t2 - t1) / (1.0 - t1)  # exactly 1 at the last step (t2 = 1)
         reveal = (tokens == residues.MASK) & real & (jax.random.uniform(k_reveal, (b, l)) < p_reveal)
-        return jnp.where(reveal, draw, tokens), key
+        return jnp.where(reveal, draw, tokens), pred, key
 
-    tokens, _ = jax.lax.fori_loop(0, num_steps, body, (x0, rng))
-    final = jnp.argmax(allowed(logits_fn(tokens).astype(jnp.float32)), -1).astype(jnp.int32)
-    return jnp.where(real, final, residues.X)
+    _, pred, _ = jax.lax.fori_loop(0, num_steps - 1, body, (x0, x0, rng))
+    return jnp.where(real, pred, residues.X)

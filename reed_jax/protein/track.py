@@ -11,6 +11,8 @@ def signature(config) -> dict:
     m, p = config.model, config.protein
     return {"track": "protein", "model": [m.hidden, p.enc_layers, p.dec_layers, p.k, m.projector_width],
             "max_length": p.max_length,
+            # REED's head and decoder (2026-12: 22 classes, decoder edge MLPs, learned initial nodes, torch init)
+            "head": p.num_classes, "update_edge": bool(p.update_edge), "learnable_node": bool(p.learnable_node),
             "targets": {n: [t.tap, t.dim, t.proj_width] for n, t in config.targets.items()}}
 
 

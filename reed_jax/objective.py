@@ -72,8 +72,9 @@ def combine(gen: jax.Array, align: Mapping[str, jax.Array], t: jax.Array, w_gen,
     """Total loss and its parts.
 
     gen: [B] per-sample generative loss; align: {name: [B] per-sample alignment loss};
-    t: [B] noise levels; w_gen, w_align: scalars for this step; targets: {name: {coeff,
-    noise_weight, cutoff_lo, cutoff_hi}}. Returns (loss scalar, metrics dict of scalars).
+    t: [B] noise levels in [0, 1], 1 = pure noise (a track whose own time runs the other way, proteins
+    and molecules with t = 1 clean, passes 1 - t; see reed_jax/tracks.py); w_gen, w_align: scalars
+    for this step; targets: {name: {coeff, noise_weight, cutoff_lo, cutoff_hi}}. Returns (loss scalar, metrics dict of scalars).
     """
     metrics = {"loss/gen": gen.mean(), "weight/gen": jnp.asarray(w_gen, jnp.float32),
                "weight/align": jnp.asarray(w_align, jnp.float32)}

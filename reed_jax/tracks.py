@@ -6,6 +6,10 @@ A track module provides what the trainer needs beyond the image defaults:
     init_params(config, model, rng) -> params
     signature(config) -> dict          what a checkpoint must match
     losses(config, model, params, batch, rng) -> (gen [B], {name: align [B]}, noise level [B])
+        the noise level is objective.combine's convention for every track: in [0, 1], 1 = pure noise
+        (images: t; proteins: 1 - t, the masked fraction, since the protein track's t is the clean
+        fraction; molecules: 1 - t, SemlaFlow's t = 1 being data). combine feeds it to the
+        alignment's noise weights a(t) (e.g. 'linear' = 1 - noise level).
     check_data(config, schema, data_dir)
     train_iterator(config, data_dir, batch_size, shard_index, shard_count, log) -> iterator with
         get_state()/set_state()

@@ -81,6 +81,18 @@ def test_folder_to_shards_matches_direct_encoders_and_resumes(folder, tmp_path):
     precompute.precompute(c, str(tmp_path), logs.append)
     assert [m for m in logs if "already complete" in m] == ["shard 0 of 3 already complete, kept"]
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+    # a complete shard corrupted since (record count still readable) is recomputed, never re-blessed
+    first = os.path.join(out, manifest["shards"][0]["file"])
+    with open(first, "r+b") as fh:
+        fh.seek(100)
+        b = fh.read(1)
+        fh.seek(100)
+        fh.write(bytes([b[0] ^ 1]))
+    logs.clear()
+    precompute.precompute(c, str(tmp_path), logs.append)
+    assert "shard 0 of 3 is incomplete or differs from manifest.json: recomputing it" in logs
+    assert [m for m in logs if "already complete" in m] == ["shard 1 of 3 already complete, kept",
+                                                            "shard 2 of 3 already complete, kept"]
     assert any("6 images x" in m and "GB of shards" in m for m in logs)  # the storage estimate, printed first
     _, manifest2 = records.read_manifest(out)
     assert manifest2["shards"] == manifest["shards"]

@@ -17,8 +17,9 @@ itself is stored (field `pixels`, uint8) and the train step computes their targe
 
 Weights are local files (see reed_jax.convert.weight_file). The encoders run data-parallel over
 the local devices; with several processes each writes its own shards (shard k on process k mod P).
-A finished shard (its record count checked) is kept, a missing or half-written one is (re)computed,
-so an interrupted run resumes; process 0 writes the manifest (count and sha256 per shard) at the end.
+A finished shard (its record count checked; its size and sha256 too when an earlier manifest lists
+it) is kept, a missing, half-written or corrupted one is (re)computed, so an interrupted run
+resumes; process 0 writes the manifest (count, size and sha256 per shard) at the end.
 """
 from __future__ import annotations
 
@@ -103,9 +104,15 @@ def image_targets(config) -> dict:
     return {n: t for n, t in config.targets.items() if t.encoder in encoders.image_encoders()}
 
 
-def _shard_done(path: str, count: int) -> bool:
+def _shard_done(path: str, count: int, row: dict | None = None) -> bool:
+    """A finished shard: `count` records and, when a previous run's manifest lists it (`row`), the
+    size and sha256 recorded there (a shard corrupted since then is recomputed, never re-blessed)."""
     if not os.path.exists(path):
         return False
+    if row is not None:
+        size = os.path.getsize(path)
+        if row.get("count") != count or row.get("bytes", size) != size or records.file_sha256(path) != row.get("sha256"):
+            return False
     try:
         from array_record.python.array_record_module import ArrayRecordReader
         r = ArrayRecordReader(path)
@@ -186,14 +193,19 @@ def precompute_images(config, out_dir: str, log=print) -> str:
         f"shards in {out_dir} ({', '.join(f'{f.name} {f.shape} {f.dtype}' for f in schema.fields)})")
     bounds = np.linspace(0, n, k + 1).astype(int)
     mine = [i for i in range(k) if i % jax.process_count() == jax.process_index()]
+    previous = {}  # a previous run's manifest: kept shards must still match it
+    if os.path.exists(os.path.join(out_dir, records.MANIFEST_FILE)):
+        previous = {r["file"]: r for r in records.read_manifest(out_dir)[1]["shards"]}
     bar = tqdm(total=sum(bounds[i + 1] - bounds[i] for i in mine), unit="img", desc="precompute", dynamic_ncols=True)
     for i in mine:
         path = os.path.join(out_dir, records.shard_name("train", i, k))
         count = int(bounds[i + 1] - bounds[i])
-        if _shard_done(path, count):
+        if _shard_done(path, count, previous.get(records.shard_name("train", i, k))):
             log(f"shard {i} of {k} already complete, kept")
             bar.update(count)
             continue
+        if os.path.exists(path):
+            log(f"shard {i} of {k} is incomplete or differs from {records.MANIFEST_FILE}: recomputing it")
         records.write_shard(out_dir, records.shard_name("train", i, k), schema, examples(bounds[i], bounds[i + 1]),
                             on_write=lambda: bar.update(1))
     bar.close()

@@ -117,7 +117,8 @@ def shard_name(split: str, i: int, n: int) -> str:
     return f"{split}-{i:05d}-of-{n:05d}.array_record"
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -129,7 +130,7 @@ def manifest_row(out_dir: str, name: str, split: str, count: int) -> dict:
     """The manifest entry of a finished shard file (record count, size in bytes, sha256)."""
     path = os.path.join(out_dir, name)
     return {"file": name, "split": split, "count": int(count), "bytes": os.path.getsize(path),
-            "sha256": _sha256(path)}
+            "sha256": file_sha256(path)}
 
 
 def write_shard(out_dir: str, name: str, schema: Schema, examples: Iterable[Mapping[str, np.ndarray]],
@@ -235,7 +236,7 @@ def split_files(data_dir: str, manifest: Mapping, split: str, checksums: str = "
             key = (p, st.st_size, st.st_mtime_ns, r["sha256"])
             if key in _VERIFIED:
                 continue
-            if _sha256(p) != r["sha256"]:
+            if file_sha256(p) != r["sha256"]:
                 raise DataError(f"shard file {p} does not match its sha256 in {MANIFEST_FILE} (corrupt: "
                                 f"precompute it again, or set data.verify_checksums='off' to read it anyway)")
             _VERIFIED.add(key)

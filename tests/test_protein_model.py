@@ -25,6 +25,26 @@ def test_colabdesign_proteinmpnn_parity():
     assert np.abs(np.asarray(logits[0]) - f["logits"]).max() < 1e-5
 
 
+def test_colabdesign_parity_of_the_teacher_targets():
+    """The taps that serve as REED targets against colabdesign's own intermediate outputs (captured by
+    haiku method interception in tools/make_proteinmpnn_fixture.py): encoder nodes and edges, every
+    decoder layer's nodes, the kNN graph, and teacher.make_fn's `structure`, `single`, `pair`, `pair_idx`."""
+    model, params = teacher.load(os.path.join(FIX, "proteinmpnn_tiny.pkl"))
+    f = np.load(os.path.join(FIX, "proteinmpnn_tiny.npz"))
+    n = len(f["S"])
+    args = (f["X"][None], np.ones((1, n), np.float32), np.arange(n)[None], f["S"][None])
+    _, taps = jax.jit(lambda p: model.apply({"params": p}, *args))(params)
+    np.testing.assert_array_equal(np.asarray(taps["e_idx"][0]), f["e_idx"])  # same neighbours, same order
+    for name, want in (("encoder_nodes", f["enc_nodes"]), ("encoder_edges", f["enc_edges"]),
+                       ("decoder1_nodes", f["dec1_nodes"]), ("decoder2_nodes", f["dec2_nodes"]),
+                       ("decoder3_nodes", f["dec3_nodes"])):
+        np.testing.assert_allclose(np.asarray(taps[name][0]), want, atol=1e-5, err_msg=name)  # max 1.9e-6
+    out = teacher.make_fn(model, params)(*args)
+    for name, want in (("structure", f["enc_nodes"]), ("single", f["dec3_nodes"]), ("pair", f["enc_edges"]),
+                       ("pair_idx", f["e_idx"])):
+        np.testing.assert_allclose(np.asarray(out[name][0]), want, atol=1e-5, err_msg=name)
+
+
 def test_virtual_cb_knn_rbf_and_offsets_by_hand():
     # an ideal residue: N at the origin, CA 1.46 A along x, C in the xy plane
     res = np.array([[0, 0, 0], [1.46, 0, 0], [2.0, 1.42, 0], [3.2, 1.6, 0]], np.float32)

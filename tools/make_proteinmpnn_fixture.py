@@ -1,16 +1,20 @@
 """Regenerate tests/fixtures/proteinmpnn_tiny.{pkl,npz}: colabdesign's own haiku ProteinMPNN (run by
 hand, never in CI; JAX + haiku, no torch).
 
-    python3 -m venv /tmp/cdvenv
-    /tmp/cdvenv/bin/pip install "jax[cpu]==0.4.30" dm-haiku==0.0.12 joblib "numpy<2" scipy
-    /tmp/cdvenv/bin/pip install --no-deps colabdesign==1.1.1
-    /tmp/cdvenv/bin/python tools/make_proteinmpnn_fixture.py .data/mdanalysistests-2.11.0.tar.gz
+    python3 -m venv /tmp/fixvenv   # the shared fixture venv (numpy 2.4 works with jax 0.4.30 here)
+    /tmp/fixvenv/bin/pip install "jax[cpu]==0.4.30" dm-haiku==0.0.12 joblib scipy
+    /tmp/fixvenv/bin/pip install --no-deps colabdesign==1.1.1
+    /tmp/fixvenv/bin/python tools/make_proteinmpnn_fixture.py .data/mdanalysistests-2.11.0.tar.gz
 
 A tiny ProteinMPNN (hidden 16, k 8, 3 + 3 layers) with haiku-initialised random weights (biases and
 norms perturbed so every parameter matters), saved with joblib in colabdesign's checkpoint layout;
 its logits on the first 40 residues of 1ahsA (mdanalysistests) with the native sequence and an
 all-visible decoding mask (`ar_mask` = ones: every residue sees every neighbour's token, the
-non-autoregressive decoder the protein track trains). colabdesign's package __init__ imports its
+non-autoregressive decoder the protein track trains). Besides the logits, the npz holds
+colabdesign's own intermediate outputs, captured with haiku's method interception (not recomputed
+here): `enc_nodes` / `enc_edges` (the last encoder layer's h_V [L, H] and h_E [L, k, H]: the
+teacher's `structure` and `pair` targets), `dec{i}_nodes` (decoder layer i's h_V, 1-based; the
+last is the `single` target) and `e_idx` [L, k]. colabdesign's package __init__ imports its
 AlphaFold code; only the mpnn modules are loaded here.
 """
 from __future__ import annotations
@@ -73,10 +77,32 @@ def main(archive: str):
     params = fn.init(jax.random.PRNGKey(0), inputs)
     rng = np.random.default_rng(0)
     params = jax.tree_util.tree_map(lambda a: np.asarray(a) + rng.normal(0, 0.1, a.shape).astype(np.float32), params)
-    out = fn.apply(params, jax.random.PRNGKey(1), inputs)
+    taps = {}
+
+    def capture(next_f, args, kwargs, context):  # colabdesign's layer outputs, as it computes them
+        out = next_f(*args, **kwargs)
+        name = context.module.module_name.split("/")[-1]
+        if context.method_name == "__call__" and isinstance(context.module, modules.EncLayer):
+            taps["enc_nodes"], taps["enc_edges"] = out
+        elif context.method_name == "__call__" and isinstance(context.module, modules.DecLayer):
+            taps[f"dec{len([k for k in taps if k.startswith('dec')]) + 1}_nodes"] = out
+        elif context.method_name == "__call__" and isinstance(context.module, modules.ProteinFeatures):
+            taps["e_idx"] = out[1]
+        return out
+
+    def scored(i):
+        with hk.intercept_methods(capture):
+            out = modules.ProteinMPNN(**cfg).score(i)
+        return out, dict(taps)
+
+    fn2 = hk.transform(scored)
+    out, got = fn2.apply(params, jax.random.PRNGKey(1), inputs)
     ck = {"num_edges": 8, "noise_level": 0.0, "model_state_dict": jax.tree_util.tree_map(np.asarray, dict(params))}
     joblib.dump(ck, os.path.join(OUT, "proteinmpnn_tiny.pkl"))
-    np.savez(os.path.join(OUT, "proteinmpnn_tiny.npz"), X=x, S=s, logits=np.asarray(out["logits"]))
+    assert sorted(got) == ["dec1_nodes", "dec2_nodes", "dec3_nodes", "e_idx", "enc_edges", "enc_nodes"], sorted(got)
+    np.savez(os.path.join(OUT, "proteinmpnn_tiny.npz"), X=x, S=s, logits=np.asarray(out["logits"]),
+             **{k: np.asarray(v) for k, v in got.items()})
+    print({k: np.asarray(v).shape for k, v in got.items()})
     print("logits", out["logits"].shape, float(jnp.abs(out["logits"]).max()))
 
 

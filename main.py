@@ -6,6 +6,8 @@ Modes: precompute (frozen encoders -> shards), train (resumes automatically), sa
 evaluate (FID/sFID/IS/precision-recall of the latest checkpoint; resumable), import (a PyTorch
 SiT/REPA/REED checkpoint -> orbax, `--torch_checkpoint=PATH [--torch_key=ema] [--import_step=N]`).
 """
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -55,5 +57,61 @@ def main(argv):
         train.sample_mode(config, FLAGS.workdir)
 
 
+def _unknown_override(argv: list[str]) -> str | None:
+    """The first `--config.<key>=...` override naming a key the config file does not have, or None."""
+    import importlib.util
+    import os
+
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None:
+        return None
+    path, _, arg = spec.partition(":")
+    mod_spec = importlib.util.spec_from_file_location("_reed_config", os.path.abspath(path))
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    cfg = mod.get_config(arg) if arg else mod.get_config()
+    for a in argv:
+        if not a.startswith("--config."):
+            continue
+        key = a[len("--config."):].split("=", 1)[0]
+        node = cfg
+        for part in key.split("."):
+            if not hasattr(node, "keys") or part not in node.keys():
+                return key
+            node = node[part]
+    return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, except that a `--config.<key>` override naming no key of the config stops with
+    the one line `validate()` gives for an unknown key, instead of ml_collections' traceback."""
+    try:
+        return FLAGS(argv)
+    except (AttributeError, KeyError) as e:
+        try:
+            key = _unknown_override(argv)
+        except Exception:  # noqa: BLE001  (the config file itself fails: show the original error)
+            key = None
+        if key is None:
+            raise
+        from reed_jax.config import ConfigError
+        sys.stderr.write(f"{ConfigError.__name__}: unknown config key {key!r}\n")
+        sys.exit(2)
+
+
+def run() -> None:
+    """`main`, with a config error printed as its one-line message (no traceback) and exit status 2."""
+    from reed_jax.config import ConfigError
+
+    def guarded(argv):
+        try:
+            main(argv)
+        except ConfigError as e:
+            sys.stderr.write(f"{type(e).__name__}: {e}\n")
+            sys.exit(2)
+
+    app.run(guarded, flags_parser=parse_flags)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from reed_jax import checkpoint, config as config_lib, curriculum, logs, objective, parallel, tracks, visualize
+from reed_jax import checkpoint, config as config_lib, curriculum, lock, logs, objective, parallel, tracks, visualize
 from reed_jax.data import pipeline, precompute, records
 from reed_jax.diffusion import interpolants, samplers
 from reed_jax.models import encoders, sit as sit_lib
@@ -45,9 +45,12 @@ def logical_specs(model) -> Any:
 
 
 def learning_rate(config) -> optax.Schedule:
-    """step -> learning rate: optim.lr, after a linear warm-up over optim.warmup_steps when set."""
+    """step -> learning rate: optim.lr, after a linear warm-up over optim.warmup_steps (from
+    optim.warmup_init x lr at step 0) when set."""
     o = config.optim
-    return optax.linear_schedule(0.0, o.lr, o.warmup_steps) if o.warmup_steps else optax.constant_schedule(o.lr)
+    if not o.warmup_steps:
+        return optax.constant_schedule(o.lr)
+    return optax.linear_schedule(o.get("warmup_init", 0.0) * o.lr, o.lr, o.warmup_steps)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -337,18 +340,17 @@ def train_iterator(config, data_dir: str, log=print):
 
 
 def train_and_evaluate(config, workdir: str, log=print) -> dict:
-    """Train (resuming from the latest checkpoint), evaluate periodically; returns the final eval.
+    """Train (resuming from the newest good checkpoint), evaluate periodically; returns the final eval.
 
-    SIGTERM at any point (TPU preemption, SLURM time limit) saves the current step after the
-    step in flight and returns; the next launch resumes there.
+    SIGTERM or SIGINT at any point (TPU preemption, SLURM time limit, Ctrl-C) saves the current
+    step after the step in flight and returns; the next launch resumes there. Process 0 holds the
+    workdir's lock (`reed_jax.lock`) for the whole run: a second trainer on it stops at once.
     """
-    with StopOnSignal() as stop:
+    with lock.WorkdirLock(workdir, enabled=jax.process_index() == 0), StopOnSignal() as stop:
         return _train(config, workdir, log, stop)
 
 
 def _train(config, workdir: str, log, stop: "StopOnSignal") -> dict:
-    from tqdm import tqdm
-
     config_lib.validate(config, jax.device_count())
     data_dir = precompute.data_dir(config, workdir)
     check_data(config, data_dir)
@@ -359,6 +361,32 @@ def _train(config, workdir: str, log, stop: "StopOnSignal") -> dict:
         fid_eval.check_inputs(config.eval, f"eval.fid_every={config.eval.fid_every}")
     model, tx = build_model(config), make_optimizer(config)
     mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
+    try:  # closed in `finally`, so a failure's own message is the last thing printed
+        return _run(config, workdir, log, stop, data_dir, frozen, render, model, tx, mngr)
+    finally:
+        mngr.close()
+
+
+def _resume_config(config, meta: dict, log) -> None:
+    """Log every config key that differs from the checkpoint's run; refuse a changed batch size
+    (it silently changes the data order and the optimisation) unless train.allow_batch_size_change."""
+    if "config" not in meta:
+        return
+    changes = checkpoint.config_changes(meta["config"], json.loads(config.to_json_best_effort()))
+    if not changes:
+        return
+    log("resuming with changed config keys: " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+    if "train.batch_size" in changes and not config.train.allow_batch_size_change:
+        a, b = changes["train.batch_size"]
+        raise config_lib.ConfigError(f"train.batch_size={b} but the checkpoint was trained with {a}: resuming would "
+                                     f"change the data order and the optimisation; set "
+                                     f"--config.train.allow_batch_size_change=True to resume anyway")
+
+
+def _run(config, workdir, log, stop, data_dir, frozen, render, model, tx, mngr) -> dict:
+    from tqdm import tqdm
+
+    checkpoint.check_writable(mngr)
     sig = signature(config)
     checkpoint.check_signature(mngr, sig, workdir)
 
@@ -367,8 +395,13 @@ def _train(config, workdir: str, log, stop: "StopOnSignal") -> dict:
     shardings = parallel.state_shardings(abstract, mesh, logical_specs(model))
     nproc = jax.process_count()
     it = train_iterator(config, data_dir, log)
-    if mngr.latest_step() is not None:
-        state, meta = checkpoint.restore(mngr, parallel.with_shardings(abstract, shardings))
+    restored = checkpoint.restore_good(mngr, parallel.with_shardings(abstract, shardings), log)
+    if restored is not None:
+        state, meta = restored
+        if meta.get("signature", sig) != json.loads(json.dumps(sig)):
+            raise checkpoint.CheckpointMismatch(f"workdir {workdir!r}: checkpoint step {int(state.step)} holds a "
+                                                f"different model; use another --workdir, it will not be overwritten")
+        _resume_config(config, meta, log)
         if meta.get("data_iterator"):
             it.set_state(meta["data_iterator"].encode())
         else:  # an imported checkpoint: no data position to continue from
@@ -388,12 +421,29 @@ def _train(config, workdir: str, log, stop: "StopOnSignal") -> dict:
     results_path = os.path.join(workdir, "results.json")
     history = []
     if os.path.exists(results_path) and start > 0:
-        with open(results_path) as fh:
-            history = json.load(fh)["evals"]
+        history = logs.read_json(results_path, "this run's evaluation history")["evals"]
+        history = [r for r in history if r.get("step", 0) <= start]  # evals after the resumed step are redone
     last = history[-1] if history else None
+    run_config = json.loads(config.to_json_best_effort())
 
-    def save(step, force=False):
-        checkpoint.save(mngr, step, state, {"signature": sig, "data_iterator": it.get_state().decode()}, force)
+    def save(step, force=False) -> bool:
+        """Save `step` unless it is inside a streak of skipped (non-finite) steps: such a state is not
+        one to resume from, so the newest checkpoint stays the last one saved without skips."""
+        skips = int(jax.device_get(state.consecutive_skips))
+        if skips:
+            log(f"step {step}: not saving a checkpoint during a streak of {skips} skipped non-finite steps; the "
+                f"newest checkpoint stays {'none' if mngr.latest_step() is None else f'step {mngr.latest_step()}'}")
+            return False
+        checkpoint.save(mngr, step, state, {"signature": sig, "data_iterator": it.get_state().decode(),
+                                            "config": run_config}, force)
+        return True
+
+    def check_saves():
+        try:
+            mngr.check_for_errors()
+        except Exception as e:  # noqa: BLE001
+            raise checkpoint.CheckpointSaveError(f"saving a checkpoint to {mngr.directory} failed: "
+                                                 f"{type(e).__name__}: {e}") from e
 
     t_last, n_last = time.time(), start
     bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0,
@@ -403,13 +453,14 @@ def _train(config, workdir: str, log, stop: "StopOnSignal") -> dict:
         state, metrics = train_step(state, batch)
         bar.update(1)
         if step % config.train.log_every == 0 or step == total:
+            check_saves()  # an asynchronous save that failed is reported here, with its directory
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             if metrics["consecutive_skips"] >= config.train.max_consecutive_skips:
                 mngr.wait_until_finished()
                 raise NonFiniteError(
                     f"stopped at step {step}: {int(metrics['consecutive_skips'])} consecutive steps with a "
                     f"non-finite loss, gradient or update (train.max_consecutive_skips="
-                    f"{config.train.max_consecutive_skips}); last good checkpoint: "
+                    f"{config.train.max_consecutive_skips}); last checkpoint saved without skips: "
                     f"{'none' if mngr.latest_step() is None else f'step {mngr.latest_step()}'} in {mngr.directory}")
             now = time.time()
             metrics["steps_per_sec"] = (step - n_last) / (now - t_last)
@@ -425,24 +476,24 @@ def _train(config, workdir: str, log, stop: "StopOnSignal") -> dict:
                 grid_png = visualize.grid(visualize.to_uint8(grid_images), config.sample.grid_per_class)
                 writer.write_images(step, {"samples": grid_png[None]})
             if jax.process_index() == 0:
-                with open(results_path, "w") as fh:
-                    json.dump({"final": last, "evals": history}, fh, indent=1)
+                logs.write_json(results_path, {"final": last, "evals": history})
             bar.write(logs.format_metrics(last))
         if config.eval.fid_every and (step % config.eval.fid_every == 0 or step == total):
             r = fid_evaluate(config, workdir, state.ema_params, step, mesh, config.eval.fid_every_samples,
                              log=bar.write)
             writer.write_scalars(step, {f"fid{r['num_samples']}/{k}": v for k, v in r.items()
                                         if isinstance(v, float) and k != "seconds"})
-        saved = step % config.train.checkpoint_every == 0 or step == total
-        if saved:
-            save(step)
+        due = step % config.train.checkpoint_every == 0 or step == total
+        saved = due and save(step)
         if stop.signum is not None:
-            if not saved:
-                save(step, force=True)
-            log(f"signal {stop.signum}: saved step {step} to {mngr.directory}; relaunch to resume")
+            if not due:
+                saved = save(step, force=True)
+            log(f"signal {stop.signum}: {f'saved step {step}' if saved else 'resume from'} "
+                f"{'to' if saved else 'step ' + str(mngr.latest_step()) + ' in'} {mngr.directory}; relaunch to resume")
             break
     bar.close()
     mngr.wait_until_finished()
+    check_saves()
     writer.flush()
     return last or {}
 
@@ -541,13 +592,16 @@ def evaluate_mode(config, workdir: str, log=print) -> dict:
 
 
 class StopOnSignal:
-    """Context in which SIGTERM (TPU preemption, SLURM time limit) only sets `signum`; the loop
-    then saves the current step and exits cleanly. The previous handler is restored on exit."""
+    """Context in which SIGTERM (TPU preemption, SLURM time limit) and SIGINT (Ctrl-C) only set
+    `signum`; the loop then saves the current step and exits cleanly. A second SIGINT stops at once
+    (KeyboardInterrupt). The previous handlers are restored on exit."""
 
-    def __init__(self, signals=(signal.SIGTERM,)):
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
         self.signals, self.signum, self._old = signals, None, {}
 
     def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.signum is not None:
+            raise KeyboardInterrupt
         self.signum = signum
 
     def __enter__(self):

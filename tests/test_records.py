@@ -199,3 +199,14 @@ def test_existing_shards_are_kept_only_when_identical(tmp_path):
         with pytest.raises(records.DataError, match="already holds different shards .* not overwritten"):
             records.matching_shards(str(tmp_path), s, counts)
     assert {f: os.path.getmtime(tmp_path / f) for f in os.listdir(tmp_path)} == before
+
+
+def test_trainer_start_names_a_corrupt_shard(tmp_path):
+    """The trainer's start-up check (train.check_data, before any compute) hashes small splits."""
+    from conftest import tiny_config
+    from reed_jax import train
+
+    write(tmp_path)
+    _flip(_shard(tmp_path), 100)
+    with pytest.raises(records.DataError, match=f"shard file {_shard(tmp_path)} does not match its sha256"):
+        train.check_data(tiny_config(), str(tmp_path))

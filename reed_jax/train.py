@@ -383,6 +383,48 @@ def _resume_config(config, meta: dict, log) -> None:
                                      f"--config.train.allow_batch_size_change=True to resume anyway")
 
 
+def data_identity(data_dir: str) -> dict:
+    """What the training data is, independent of where it lies: the train shards' sha256s (from the
+    manifest, in order) and their record count. Stored in each checkpoint's meta."""
+    _, manifest = records.read_manifest(data_dir)
+    rows = [r for r in manifest["shards"] if r["split"] == "train"]
+    return {"train_sha256": [r["sha256"] for r in rows], "train_records": int(sum(r["count"] for r in rows))}
+
+
+def _rebase(saved, current):
+    """The saved iterator state with each `data_source` entry (grain's identity of the shard paths)
+    replaced by the current iterator's: used once the shards' content is known to be the same."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return {k: current[k] if k == "data_source" and k in current else _rebase(v, current.get(k))
+                for k, v in saved.items()}
+    if isinstance(saved, str) and isinstance(current, str) and saved[:1] == "{" and current[:1] == "{":
+        try:
+            return json.dumps(_rebase(json.loads(saved), json.loads(current)))
+        except ValueError:
+            return saved
+    return saved
+
+
+def resume_iterator(it, meta: dict, data: dict, data_dir: str, log) -> None:
+    """Continue `it` where the checkpoint's run stopped. Shards are identified by content: the same
+    shards in another directory resume; other shards are refused, naming what differs."""
+    state = meta.get("data_iterator")
+    if not state:  # an imported checkpoint: no data position to continue from
+        log("checkpoint has no data-iterator state (imported): data order starts from the beginning")
+        return
+    if "data" in meta:
+        if meta["data"] != data:
+            old, new = meta["data"], data
+            diff = [i for i, (a, b) in enumerate(zip(old["train_sha256"], new["train_sha256"])) if a != b]
+            raise records.DataError(
+                f"the checkpoint was trained on other shards than those in {data_dir!r} ({old['train_records']} "
+                f"records in {len(old['train_sha256'])} shards then, {new['train_records']} in "
+                f"{len(new['train_sha256'])} now; train shards differing in sha256: {diff}); resume with the "
+                f"same data, or use another --workdir")
+        state = json.dumps(_rebase(json.loads(state), json.loads(it.get_state().decode())))
+    it.set_state(state.encode())
+
+
 def _run(config, workdir, log, stop, data_dir, frozen, render, model, tx, mngr) -> dict:
     from tqdm import tqdm
 
@@ -395,6 +437,7 @@ def _run(config, workdir, log, stop, data_dir, frozen, render, model, tx, mngr) 
     shardings = parallel.state_shardings(abstract, mesh, logical_specs(model))
     nproc = jax.process_count()
     it = train_iterator(config, data_dir, log)
+    data = data_identity(data_dir)
     restored = checkpoint.restore_good(mngr, parallel.with_shardings(abstract, shardings), log)
     if restored is not None:
         state, meta = restored
@@ -402,10 +445,7 @@ def _run(config, workdir, log, stop, data_dir, frozen, render, model, tx, mngr) 
             raise checkpoint.CheckpointMismatch(f"workdir {workdir!r}: checkpoint step {int(state.step)} holds a "
                                                 f"different model; use another --workdir, it will not be overwritten")
         _resume_config(config, meta, log)
-        if meta.get("data_iterator"):
-            it.set_state(meta["data_iterator"].encode())
-        else:  # an imported checkpoint: no data position to continue from
-            log("checkpoint has no data-iterator state (imported): data order starts from the beginning")
+        resume_iterator(it, meta, data, data_dir, log)
         log(f"resumed from {mngr.directory} at step {int(state.step)}")
     else:
         state = create_state(config, model, tx, shardings)
@@ -435,7 +475,7 @@ def _run(config, workdir, log, stop, data_dir, frozen, render, model, tx, mngr) 
                 f"newest checkpoint stays {'none' if mngr.latest_step() is None else f'step {mngr.latest_step()}'}")
             return False
         checkpoint.save(mngr, step, state, {"signature": sig, "data_iterator": it.get_state().decode(),
-                                            "config": run_config}, force)
+                                            "data": data, "config": run_config}, force)
         return True
 
     def check_saves():

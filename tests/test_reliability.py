@@ -259,3 +259,42 @@ def test_unknown_key_on_the_command_line_is_one_line(tmp_path):
         r = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--config=configs/demo.py:reed",
                             f"--workdir={tmp_path}", flag], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert r.returncode == 2 and r.stderr.strip().splitlines() == [msg], r.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- shards by content
+
+def test_moved_shards_resume_and_other_shards_are_refused(digits_shards, tmp_path):
+    import shutil
+
+    a, b, other = tmp_path / "a", tmp_path / "b", tmp_path / "other"
+    shutil.copytree(digits_shards, a)
+    c = _config(str(a), steps=2, checkpoint_every=2, eval_every=100)
+    run(c, tmp_path / "straight")
+    c.train.steps = 4
+    run(c, tmp_path / "straight")
+    want, _ = restored(c, tmp_path / "straight")
+
+    c.train.steps = 2
+    run(c, tmp_path / "w")
+    shutil.move(str(a), str(b))  # the same shards, elsewhere: resumes with the very next batch
+    c.data.dir, c.train.steps = str(b), 4
+    logged = []
+    run(c, tmp_path / "w", logged.append)
+    assert any("data.dir" in m for m in logged if m.startswith("resuming with changed config keys"))
+    got, _ = restored(c, tmp_path / "w")
+    for x, y in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(x, y)
+
+    shutil.copytree(b, other)  # other shards: two files' contents swapped (manifest kept consistent)
+    manifest = json.load(open(other / "manifest.json"))
+    r0, r1 = [r for r in manifest["shards"] if r["split"] == "train"][:2]
+    os.replace(other / r0["file"], other / "tmp")
+    os.replace(other / r1["file"], other / r0["file"])
+    os.replace(other / "tmp", other / r1["file"])
+    for k in ("count", "bytes", "sha256"):
+        r0[k], r1[k] = r1[k], r0[k]
+    json.dump(manifest, open(other / "manifest.json", "w"))
+    c.data.dir, c.train.steps = str(other), 6
+    with pytest.raises(Exception, match=r"trained on other shards than those in .*other.*differing in sha256: \[0, 1\]"):
+        run(c, tmp_path / "w")
+    assert steps_in(tmp_path / "w") == [2, 4]

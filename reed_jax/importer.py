@@ -76,7 +76,15 @@ def convert_for(config, state_dict: dict, projectors: str | None = None) -> dict
 
 def import_checkpoint(config, workdir: str, path: str, key: str | None = None, step: int = 0,
                       projectors: str | None = None, log=print) -> int:
-    """Write `path` as an orbax checkpoint at `step` in `workdir`; returns the step."""
+    """Write `path` as an orbax checkpoint at `step` in `workdir`; returns the step. Holds the
+    workdir's lock (`reed_jax.lock`): it never writes beside a running trainer."""
+    from reed_jax import lock
+
+    with lock.WorkdirLock(workdir, enabled=jax.process_index() == 0):
+        return _import(config, workdir, path, key, step, projectors, log)
+
+
+def _import(config, workdir, path, key, step, projectors, log) -> int:
     mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
     if mngr.latest_step() is not None:
         raise checkpoint.CheckpointMismatch(f"workdir {workdir!r} already holds checkpoints (latest step "

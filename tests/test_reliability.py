@@ -298,3 +298,13 @@ def test_moved_shards_resume_and_other_shards_are_refused(digits_shards, tmp_pat
     with pytest.raises(Exception, match=r"trained on other shards than those in .*other.*differing in sha256: \[0, 1\]"):
         run(c, tmp_path / "w")
     assert steps_in(tmp_path / "w") == [2, 4]
+
+
+def test_import_holds_the_workdir_lock(tmp_path):
+    from reed_jax import importer
+    from test_importer import CKPT, tiny_sit_config
+
+    with lock.WorkdirLock(str(tmp_path)):
+        with pytest.raises(lock.WorkdirBusy, match="is in use by another run"):
+            importer.import_checkpoint(tiny_sit_config(), str(tmp_path), CKPT, log=lambda *_: None)
+    assert steps_in(tmp_path) == []

@@ -39,11 +39,27 @@ def tiny(targets=(), **kw):
                targets=targets, projector_width=16, **kw)
 
 
+# jitted: one compiled program instead of one compile per primitive (eager init/grad of these tiny
+# models cost 10-70 s on a loaded 2-core machine)
+def init(m, *args):
+    return jax.jit(lambda: nn.unbox(m.init({"params": jax.random.PRNGKey(0)}, *args))["params"])()
+
+
+@jax.jit
+def perturb(p):
+    """Non-zero gates and final layer: every block changes the output."""
+    return jax.tree.map(lambda a: a + 0.05 * jnp.sin(jnp.arange(a.size).reshape(a.shape)), p)
+
+
+def apply(m, p, *args):
+    return jax.jit(lambda p, *a: m.apply({"params": p}, *a))(p, *args)
+
+
 def test_zero_velocity_at_init_and_reference_init():
     m = tiny((TargetSpec("a", 2, False, 7),))
     x = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 8, 3))
-    p = nn.unbox(m.init({"params": jax.random.PRNGKey(0)}, x, jnp.ones((3,)) * 0.3, jnp.arange(3)))["params"]
-    out, feats = m.apply({"params": p}, x, jnp.ones((3,)) * 0.3, jnp.arange(3))
+    p = init(m, x, jnp.ones((3,)) * 0.3, jnp.arange(3))
+    out, feats = apply(m, p, x, jnp.ones((3,)) * 0.3, jnp.arange(3))
     np.testing.assert_array_equal(out, 0.0)  # adaLN-Zero + zero final layer
     assert float(jnp.abs(feats["a"]).sum()) > 0  # projectors are not zero-initialised
     for i in range(3):
@@ -75,7 +91,7 @@ def test_timestep_embedding_hand_computed():
 def test_label_dropout_uses_null_class_only_in_training():
     m = tiny()
     x = jnp.zeros((64, 8, 8, 3))
-    p = nn.unbox(m.init({"params": jax.random.PRNGKey(0)}, x, jnp.zeros((64,)), jnp.zeros((64,), jnp.int32)))["params"]
+    p = init(m, x, jnp.zeros((64,)), jnp.zeros((64,), jnp.int32))
     emb = lambda train: m.apply({"params": p}, jnp.zeros((64,), jnp.int32), train,
                                 method=lambda mod, y, tr: mod.y_embedder(y, tr), rngs={"label_dropout": jax.random.PRNGKey(3)})
     table = p["y_embedder"]["embedding_table"]
@@ -89,9 +105,9 @@ def test_label_dropout_uses_null_class_only_in_training():
 def test_pooled_target_projects_token_mean_and_tap_depth_checked():
     m = tiny((TargetSpec("g", 1, True, 4),))
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
-    p = nn.unbox(m.init({"params": jax.random.PRNGKey(0)}, x, jnp.ones((2,)), jnp.zeros((2,), jnp.int32)))["params"]
+    p = init(m, x, jnp.ones((2,)), jnp.zeros((2,), jnp.int32))
     # at init all blocks are identity (zero gates), so the tap is the embedded input
-    _, feats = m.apply({"params": p}, x, jnp.ones((2,)), jnp.zeros((2,), jnp.int32))
+    _, feats = apply(m, p, x, jnp.ones((2,)), jnp.zeros((2,), jnp.int32))
     h = m.apply({"params": p}, x, method=lambda mod, x: mod.x_embedder(x)).reshape(2, -1, 32) + sit.sincos_2d(32, 4)
     want = m.apply({"params": p}, h.mean(1), method=lambda mod, v: mod.projectors["g"](v))
     np.testing.assert_allclose(feats["g"], want, atol=1e-5)
@@ -120,15 +136,15 @@ def test_remat_keeps_params_and_gradients(policy):
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
     t, y = jnp.array([0.3, 0.9]), jnp.array([1, 2])
     plain, rem = tiny(targets), tiny(targets, remat=policy)
-    p = nn.unbox(plain.init({"params": jax.random.PRNGKey(0)}, x, t, y))["params"]
-    p_rem = nn.unbox(rem.init({"params": jax.random.PRNGKey(0)}, x, t, y))["params"]
+    p = init(plain, x, t, y)
+    p_rem = jax.eval_shape(lambda: nn.unbox(rem.init({"params": jax.random.PRNGKey(0)}, x, t, y))["params"])
     assert jax.tree.structure(p) == jax.tree.structure(p_rem)  # checkpoints and the converter still apply
-    p = jax.tree.map(lambda a: a + 0.05 * jnp.sin(jnp.arange(a.size).reshape(a.shape)), p)  # non-zero gates
+    p = perturb(p)
 
     def loss(m):
         return lambda q: sum(jnp.sum(o ** 2) for o in jax.tree.leaves(m.apply({"params": q}, x, t, y)))
 
-    g, g_rem = jax.grad(loss(plain))(p), jax.grad(loss(rem))(p)
+    g, g_rem = jax.jit(jax.grad(loss(plain)))(p), jax.jit(jax.grad(loss(rem)))(p)
     assert float(jnp.abs(g["projectors_a"]["dense_0"]["kernel"]).sum()) > 0  # the tap reaches its projector
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_rem)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -141,11 +157,11 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
     t, y = jnp.array([0.3, 0.9]), jnp.array([1, 2])
     f32, bf16 = tiny(targets), tiny(targets, dtype=jnp.bfloat16)
-    p = nn.unbox(bf16.init({"params": jax.random.PRNGKey(0)}, x, t, y))["params"]
+    p = init(bf16, x, t, y)
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(p))
-    p = jax.tree.map(lambda a: a + 0.05 * jnp.cos(jnp.arange(a.size).reshape(a.shape)), p)
-    out32, f32_feats = f32.apply({"params": p}, x, t, y)
-    out16, bf_feats = bf16.apply({"params": p}, x, t, y)
+    p = perturb(p)
+    out32, f32_feats = apply(f32, p, x, t, y)
+    out16, bf_feats = apply(bf16, p, x, t, y)
     assert out16.dtype == jnp.float32 and bf_feats["a"].dtype == jnp.float32
     scale = float(jnp.abs(out32).max())
     assert float(jnp.abs(out16 - out32).max()) < 0.05 * scale  # bf16 has ~3 significant digits
@@ -162,16 +178,15 @@ def test_scan_over_blocks_matches_per_block_model(remat):
     m_scan = m.clone(scan=True, remat=remat)
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
     t, y = jnp.array([0.3, 0.9]), jnp.array([1, 2])
-    p = nn.unbox(m.init({"params": jax.random.PRNGKey(0)}, x, t, y))["params"]
-    p = jax.tree.map(lambda a: a + 0.05 * jnp.sin(jnp.arange(a.size).reshape(a.shape)), p)  # non-zero gates
+    p = perturb(init(m, x, t, y))
     segments = sit.block_segments(4, targets)
     assert segments == [(0, 1), (1, 3), (3, 4)]
     p_scan = sit.stack_blocks(p, segments)
     shapes = jax.eval_shape(lambda: nn.unbox(m_scan.init({"params": jax.random.PRNGKey(0)}, x, t, y)))["params"]
     assert jax.tree.structure(shapes) == jax.tree.structure(p_scan)
     assert shapes["blocks_1_to_2"]["attn"]["qkv"]["kernel"].shape == (2, 32, 96)
-    out, feats = m.apply({"params": p}, x, t, y)
-    out_s, feats_s = m_scan.apply({"params": p_scan}, x, t, y)
+    out, feats = apply(m, p, x, t, y)
+    out_s, feats_s = apply(m_scan, p_scan, x, t, y)
     np.testing.assert_allclose(out, out_s, rtol=1e-5, atol=1e-6)
     for k in feats:
         np.testing.assert_allclose(feats[k], feats_s[k], rtol=1e-5, atol=1e-6)
@@ -179,8 +194,8 @@ def test_scan_over_blocks_matches_per_block_model(remat):
     def loss(model):
         return lambda q: sum(jnp.sum(o ** 2) for o in jax.tree.leaves(model.apply({"params": q}, x, t, y)))
 
-    g = jax.grad(loss(m))(p)
-    g_scan = sit.unstack_blocks(jax.grad(loss(m_scan))(p_scan), segments)
+    g = jax.jit(jax.grad(loss(m)))(p)
+    g_scan = sit.unstack_blocks(jax.jit(jax.grad(loss(m_scan)))(p_scan), segments)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_scan)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(sit.unstack_blocks(p_scan, segments))):

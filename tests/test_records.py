@@ -210,3 +210,13 @@ def test_trainer_start_names_a_corrupt_shard(tmp_path):
     _flip(_shard(tmp_path), 100)
     with pytest.raises(records.DataError, match=f"shard file {_shard(tmp_path)} does not match its sha256"):
         train.check_data(tiny_config(), str(tmp_path))
+
+
+def test_shard_source_keeps_grains_identity_for_saved_iterator_states(tmp_path):
+    """Iterator states checkpointed before ShardSource carry grain's ArrayRecordDataSource repr, which
+    DataLoader.set_state compares: the repr is unchanged, so those runs still resume."""
+    import grain
+
+    write(tmp_path)
+    paths = [_shard(tmp_path, i) for i in range(3)]
+    assert repr(pipeline.open_split(str(tmp_path), "train")) == repr(grain.sources.ArrayRecordDataSource(paths))

@@ -180,3 +180,87 @@ def test_scanned_model_trains_like_the_per_block_model(digits_shards):
     np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(out[0][1]), jax.tree.leaves(sit.unstack_blocks(out[1][1], segments))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _perturbed_params(c, model, scale=0.1):
+    """Init params with every weight perturbed (the adaLN-zero init predicts 0 everywhere)."""
+    def init():
+        leaves, tree = jax.tree.flatten(train.init_state(c, model, train.make_optimizer(c)).params)
+        keys = jax.random.split(jax.random.PRNGKey(11), len(leaves))
+        return jax.tree.unflatten(tree, [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+
+    return jax.jit(init)()
+
+
+@pytest.mark.parametrize("kind,path,time_sampler", [("pixels", "linear", "uniform"), ("latents", "cosine", "uniform"),
+                                                    ("pixels", "linear", "lognormal")])
+def test_image_losses_and_step_loss_match_a_hand_computation(kind, path, time_sampler):
+    """One batch's generative and alignment terms computed by hand from the step's draws: the rng
+    splits into (x0, t, eps, label-dropout) keys; x0 = (mean + std N) * latent_scale for latents;
+    t ~ U(0, 1) or sigmoid(N(0, 1)) (linear-path lognormal); x_t = a x0 + s eps, v = a' x0 + s' eps
+    (linear a = 1 - t, s = t; cosine a = cos(pi t / 2), s = sin(pi t / 2)); L_gen = mean over C, H, W
+    of (pred - v)^2; L_align = -mean over tokens of cos(proj, target) (pooled: one vector); the
+    step's total = w_gen mean_b L_gen + w_align sum_k c_k mean_b L_align_k."""
+    c = tiny_config("reed")
+    c.curriculum.gen.warmup = 0
+    c.diffusion.update(path=path, time_sampler=time_sampler)
+    if kind == "latents":
+        c.data.update(kind="latents", latent_scale=0.5)
+    model = train.build_model(c)
+    params = _perturbed_params(c, model)
+    b, rng = 4, np.random.default_rng(0)
+    batch = {"label": np.array([0, 3, 7, 9], np.int32),
+             "target/digits_tokens": rng.normal(size=(b, 16, 64)).astype(np.float32),
+             "target/digits_pooled": rng.normal(size=(b, 128)).astype(np.float32)}
+    if kind == "pixels":
+        batch["image"] = rng.uniform(-1, 1, (b, 8, 8, 1)).astype(np.float32)
+    else:
+        batch["moments"] = np.concatenate([rng.normal(size=(b, 8, 8, 1)), rng.uniform(0.1, 0.5, (b, 8, 8, 1))],
+                                          -1).astype(np.float32)
+    key = jax.random.PRNGKey(7)
+    losses = jax.jit(lambda p, bt, k: train.image_losses(c, model, p, bt, k))
+    gen, align, t = losses(params, batch, key)
+
+    k_x0, k_t, k_eps, k_drop = jax.random.split(key, 4)
+    f64 = lambda a: np.asarray(a, np.float64)
+    t_h = f64(jax.random.uniform(k_t, (b,))) if time_sampler == "uniform" else \
+        1 / (1 + np.exp(-f64(jax.random.normal(k_t, (b,)))))
+    if kind == "pixels":
+        x0 = f64(batch["image"])
+    else:
+        mean, std = f64(batch["moments"][..., :1]), f64(batch["moments"][..., 1:])
+        x0 = (mean + std * f64(jax.random.normal(k_x0, mean.shape))) * 0.5
+    eps = f64(jax.random.normal(k_eps, x0.shape))
+    tt = t_h[:, None, None, None]
+    if path == "linear":
+        a, s, da, ds = 1 - tt, tt, -1.0, 1.0
+    else:
+        a, s = np.cos(np.pi * tt / 2), np.sin(np.pi * tt / 2)
+        da, ds = -np.pi / 2 * s, np.pi / 2 * a
+    xt, v = a * x0 + s * eps, da * x0 + ds * eps
+    fwd = jax.jit(lambda p, x, t, y, k: model.apply({"params": p}, x, t, y, train=True, rngs={"label_dropout": k}))
+    pred, feats = fwd(params, jnp.asarray(xt, jnp.float32), jnp.asarray(t_h, jnp.float32), batch["label"], k_drop)
+    gen_h = ((f64(pred) - v) ** 2).mean(axis=(1, 2, 3))
+
+    def neg_cos(p, z):
+        p, z = f64(p), f64(z)
+        return -(p * z).sum(-1) / (np.linalg.norm(p, axis=-1) * np.linalg.norm(z, axis=-1))
+
+    align_h = {"digits_tokens": neg_cos(feats["digits_tokens"], batch["target/digits_tokens"]).mean(-1),
+               "digits_pooled": neg_cos(feats["digits_pooled"], batch["target/digits_pooled"])}
+    np.testing.assert_allclose(t, t_h, rtol=1e-6)
+    np.testing.assert_allclose(gen, gen_h, rtol=1e-5)
+    assert set(align) == set(align_h)
+    for n in align_h:
+        np.testing.assert_allclose(align[n], align_h[n], rtol=1e-5, atol=1e-7)
+
+    if (kind, time_sampler) != ("pixels", "uniform"):
+        return
+    # the step: the same terms at its key fold_in(state.rng, step), weighted (w_gen 1, w_align 0.5)
+    tx = train.make_optimizer(c)
+    state = jax.jit(lambda: train.init_state(c, model, tx))().replace(params=params)
+    gen_s, align_s, _ = losses(params, batch, jax.random.fold_in(state.rng, 0))
+    _, m = train.make_train_step(c, model, tx)(state, batch)
+    total = float(np.mean(f64(gen_s))) + 0.5 * (1.0 * np.mean(f64(align_s["digits_tokens"]))
+                                                 + 0.5 * np.mean(f64(align_s["digits_pooled"])))
+    np.testing.assert_allclose(float(m["loss/total"]), total, rtol=1e-5)

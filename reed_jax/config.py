@@ -473,7 +473,7 @@ def epochs_to_steps(epochs: float, num_train: int, batch_size: int) -> int:
 
 PROTEIN_SIZES = {  # (hidden, k, lr, ema_decay, steps, max_length)
     "demo": (32, 12, 2e-3, 0.98, 400, 176),        # minutes on a laptop CPU (~0.5 s per step)
-    "reference": (128, 30, 1e-3, 0.0, 1200, 192),  # METHOD.md's width and k (~7 s per step on 2 CPU cores); no EMA
+    "reference": (128, 30, 1e-3, 0.0, 1200, 256),  # METHOD.md's width and k, the reference's --max_protein_length 256; no EMA
 }
 
 

@@ -117,6 +117,12 @@ def test_score_known_answers(tmp_path):
     assert shifted["fid"] == pytest.approx(float(c @ c), rel=1e-6)  # 900 + 1600 + 14400
     assert shifted["sfid"] == pytest.approx(float(e @ e), rel=1e-6)  # 169
     assert (shifted["precision"], shifted["recall"]) == (0.0, 0.0)
+    # half the samples are the reference's own points, half isolated far away: precision 0.5 (samples on
+    # the reference manifold), recall 1 (the far points' k-NN radii cover the reference): the order is pinned
+    mixed = pool.copy()
+    mixed[20:n, :4] = 1e3 * np.eye(4)[np.arange(20) % 4] * (1 + np.arange(20)[:, None])
+    r = fid_eval.score(_batches(tmp_path, mixed, spatial, logits, 16), n, ref, frechet_method="eigh")
+    assert (r["precision"], r["recall"]) == (0.5, 1.0)
     stats_only = {k: v for k, v in ref.items() if k != "pool_3"}
     r = fid_eval.score(_batches(tmp_path, pool, spatial, logits, 16), n, stats_only, frechet_method="eigh")
     assert r["precision"] is None and r["recall"] is None and r["fid"] == pytest.approx(0.0, abs=1e-6)

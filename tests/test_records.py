@@ -120,7 +120,7 @@ def test_bit_flipped_shard_is_named_by_checksum_or_by_the_reader(tmp_path):
     write(tmp_path)
     p = _shard(tmp_path)
     _, manifest = records.read_manifest(str(tmp_path))
-    records.split_files(str(tmp_path), manifest, "train", checksums="on")  # intact: passes (and is cached)
+    records.split_files(str(tmp_path), manifest, "train", checksums="on")  # intact: passes
     _flip(p, 100)  # inside the first chunk's header (same size, new content)
     for mode in ("on", "auto"):  # auto: 3 tiny shards are far below AUTO_CHECKSUM_BYTES
         with pytest.raises(records.DataError, match=f"shard file {p} does not match its sha256"):

@@ -203,9 +203,6 @@ def matching_shards(out_dir: str, schema: Schema, counts: Mapping[str, int]) -> 
                     f"data.dir elsewhere: they are not overwritten")
 
 
-_VERIFIED: set = set()  # (path, size, mtime_ns, sha256) already hashed by this process
-
-
 def split_files(data_dir: str, manifest: Mapping, split: str, checksums: str = "auto") -> tuple[list[str], int]:
     """Paths and total record count of `split`; DataError naming a missing, empty, wrong-sized or
     (when hashed) wrong-checksum shard file.
@@ -213,7 +210,7 @@ def split_files(data_dir: str, manifest: Mapping, split: str, checksums: str = "
     Every shard's size is checked against the manifest's `bytes` (manifests written before sizes
     were recorded have none: not checked). `checksums` (data.verify_checksums): 'on' hashes every
     shard of the split (sha256 against the manifest), 'off' never, 'auto' when the split's shards
-    total at most AUTO_CHECKSUM_BYTES. A file is hashed at most once per process (unless it changed).
+    total at most AUTO_CHECKSUM_BYTES.
     """
     if checksums not in CHECKSUM_MODES:
         raise DataError(f"data.verify_checksums={checksums!r} must be one of {CHECKSUM_MODES}")
@@ -232,14 +229,9 @@ def split_files(data_dir: str, manifest: Mapping, split: str, checksums: str = "
     total = sum(os.path.getsize(p) for p in paths)
     if checksums == "on" or (checksums == "auto" and total <= AUTO_CHECKSUM_BYTES):
         for p, r in zip(paths, rows):
-            st = os.stat(p)
-            key = (p, st.st_size, st.st_mtime_ns, r["sha256"])
-            if key in _VERIFIED:
-                continue
             if file_sha256(p) != r["sha256"]:
                 raise DataError(f"shard file {p} does not match its sha256 in {MANIFEST_FILE} (corrupt: "
                                 f"precompute it again, or set data.verify_checksums='off' to read it anyway)")
-            _VERIFIED.add(key)
     return paths, sum(r["count"] for r in rows)
 
 

@@ -184,7 +184,7 @@ def tiny_config(wheel, variant="reed"):
     c = config_lib.molecule_config(variant)
     c.molecule.update(qm9_wheel=wheel, train_limit=0, eval_limit=0, layers=2, edge_dim=8, encoder_steps=20,
                       encoder_hidden=8, encoder_layers=1, sample_steps=4, eval_samples=8, energy_samples=2,
-                      max_atoms=16, size_buckets=())
+                      max_atoms=16, size_buckets=(14, 16))  # size buckets on, as the demo
     c.model.update(hidden=16, projector_width=16)
     if variant == "reed":
         c.targets.qm9_property.update(tap="layer2", dim=8, proj_width=16)
@@ -217,8 +217,27 @@ def test_precompute_train_sample_end_to_end_and_target_import(wheel, tmp_path):
     m = b3["mask"]
     assert flow.transport_cost(b3["prior"], b3["coords"] / molecule_model.coord_scale(c.molecule), m) < flow.transport_cost(
         flow.centred_noise(np.random.default_rng(0), m), b3["coords"] / molecule_model.coord_scale(c.molecule), m)
+    it3 = train.train_iterator(c, out)
+    sizes = [(b["coords"].shape[1], b["bonds"].shape[1:], b["prior"].shape[1]) for b in (next(it3) for _ in range(6))]
+    assert {s[0] for s in sizes} == {14, 16} and all(s[1] == (s[0], s[0]) and s[2] == s[0] for s in sizes)
     res = train.train_and_evaluate(c, str(tmp_path / "run"), log=lambda *_: None)
     assert res["step"] == 4 and 0.0 <= res["atom_stability"] <= 1.0 and os.path.exists(res["samples"])
+    # trainer-level resume with the size-bucket iterator's state: 2 steps, relaunch to 4 == 4 in one go
+    from reed_jax import checkpoint
+    import copy
+    half = copy.deepcopy(c)
+    half.train.steps = 2
+    train.train_and_evaluate(half, str(tmp_path / "resumed"), log=lambda *_: None)
+    logs2 = []
+    res2 = train.train_and_evaluate(c, str(tmp_path / "resumed"), log=logs2.append)
+    assert any("resumed from" in m and "at step 2" in m for m in logs2)
+    model, tx = train.build_model(c), train.make_optimizer(c)
+    states = [checkpoint.restore(checkpoint.manager(str(tmp_path / d)), train.abstract_state(c, model, tx))
+              for d in ("run", "resumed")]
+    assert int(states[1][0].step) == 4 and states[0][1]["data_iterator"] == states[1][1]["data_iterator"]
+    for a, b in zip(jax.tree.leaves(states[0][0]), jax.tree.leaves(states[1][0])):
+        np.testing.assert_array_equal(a, b)
+    assert res2["atom_stability"] == res["atom_stability"] and res2["validity"] == res["validity"]
     assert len(chem.read_sdf(res["samples"])) == 8
     path = train.sample_mode(c, str(tmp_path / "run"), log=lambda *_: None)
     assert path == res["samples"]
@@ -311,12 +330,14 @@ def test_geom_style_readers_on_rdkit_sdf(tmp_path):
 
 
 def test_molecule_optimizer_is_amsgrad_with_warmup():
+    """AMSGrad with SemlaFlow's warm-up: LinearLR(start_factor=1e-2), i.e. from 1e-2 x lr to lr."""
     import optax
 
     c = config_lib.molecule_config("reed")
-    assert c.optim.amsgrad and c.optim.warmup_steps == 120
+    assert c.optim.amsgrad and c.optim.warmup_steps == 120 and c.optim.warmup_init == 0.01
     lr = train.learning_rate(c)
-    assert float(lr(0)) == 0.0 and float(lr(60)) == pytest.approx(c.optim.lr / 2, rel=1e-6)
+    assert float(lr(0)) == pytest.approx(0.01 * c.optim.lr, rel=1e-5)
+    assert float(lr(60)) == pytest.approx(c.optim.lr * (0.01 + 0.99 / 2), rel=1e-5)
     assert float(lr(10**6)) == pytest.approx(c.optim.lr, rel=1e-6)
     tx = train.make_optimizer(c)
     params = {"w": jnp.ones((3,))}
@@ -325,10 +346,10 @@ def test_molecule_optimizer_is_amsgrad_with_warmup():
         state, is_leaf=lambda s: isinstance(s, optax.ScaleByAmsgradState)))
     g = {"w": jnp.array([1.0, -2.0, 0.5])}
     upd, state = tx.update(g, state, params)
-    np.testing.assert_allclose(upd["w"], 0.0)  # step 0 of the warm-up: learning rate 0
+    np.testing.assert_allclose(np.abs(upd["w"]), 0.01 * c.optim.lr, rtol=1e-3)  # step 0: 1e-2 x lr (Adam: |u| = lr)
     for _ in range(60):
         upd, state = tx.update(g, state, params)
-    np.testing.assert_allclose(np.abs(upd["w"]), c.optim.lr * 60 / 120, rtol=1e-3)  # Adam: |update| = lr
+    np.testing.assert_allclose(np.abs(upd["w"]), c.optim.lr * (0.01 + 0.99 * 60 / 120), rtol=1e-3)
 
 
 @pytest.mark.parametrize("backbone", ["egnn", "semla"])

@@ -198,8 +198,9 @@ def _perturbed_params(c, model, scale=0.1):
 def test_image_losses_and_step_loss_match_a_hand_computation(kind, path, time_sampler):
     """One batch's generative and alignment terms computed by hand from the step's draws: the rng
     splits into (x0, t, eps, label-dropout) keys; x0 = (mean + std N) * latent_scale for latents;
-    t ~ U(0, 1) or sigmoid(N(0, 1)) (linear-path lognormal); x_t = a x0 + s eps, v = a' x0 + s' eps
-    (linear a = 1 - t, s = t; cosine a = cos(pi t / 2), s = sin(pi t / 2)); L_gen = mean over C, H, W
+    t ~ U(0, 1) or lognormal (r = exp(N(0, 1)); linear t = r / (1 + r), cosine t = 2/pi atan(r));
+    x_t = a x0 + s eps, v = a' x0 + s' eps (linear a = 1 - t, s = t; cosine a = cos(pi t / 2),
+    s = sin(pi t / 2)); L_gen = mean over C, H, W
     of (pred - v)^2; L_align = -mean over tokens of cos(proj, target) (pooled: one vector); the
     step's total = w_gen mean_b L_gen + w_align sum_k c_k mean_b L_align_k."""
     c = tiny_config("reed")
@@ -224,8 +225,11 @@ def test_image_losses_and_step_loss_match_a_hand_computation(kind, path, time_sa
 
     k_x0, k_t, k_eps, k_drop = jax.random.split(key, 4)
     f64 = lambda a: np.asarray(a, np.float64)
-    t_h = f64(jax.random.uniform(k_t, (b,))) if time_sampler == "uniform" else \
-        1 / (1 + np.exp(-f64(jax.random.normal(k_t, (b,)))))
+    if time_sampler == "uniform":
+        t_h = f64(jax.random.uniform(k_t, (b,)))
+    else:  # lognormal: noise-to-signal ratio exp(N(0, 1)); linear t = s / (1 + s), cosine t = 2/pi atan(s)
+        ratio = np.exp(f64(jax.random.normal(k_t, (b,))))
+        t_h = ratio / (1 + ratio) if path == "linear" else 2 / np.pi * np.arctan(ratio)
     if kind == "pixels":
         x0 = f64(batch["image"])
     else:

@@ -1,4 +1,4 @@
-"""One trainer per workdir: an exclusive `fcntl.flock` on `<workdir>/checkpoints/.lock`.
+"""One trainer per workdir: an exclusive `fcntl.flock` on `<workdir>/.lock`.
 
 Process 0 of a run holds the lock from start to exit; a second trainer on the same workdir stops
 at once with an error naming the holder (pid, host, start time) and the workdir. The kernel drops
@@ -23,7 +23,7 @@ class WorkdirLock:
 
     def __init__(self, workdir: str, enabled: bool = True):
         self.workdir = workdir
-        self.path = os.path.join(os.path.abspath(workdir), "checkpoints", ".lock")
+        self.path = os.path.join(os.path.abspath(workdir), ".lock")
         self.enabled, self._fh = enabled, None
 
     def __enter__(self) -> "WorkdirLock":

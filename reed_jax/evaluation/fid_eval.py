@@ -162,8 +162,9 @@ def load_reference(path: str, extractor: Extractor, cache_dir: str, log=print) -
                 log(f"computing Inception features of the {len(images)} reference images (cached in {cache})")
                 feats = {k: v for k, v in extractor(images).items() if k in ("pool_3", "spatial")}
                 os.makedirs(cache_dir, exist_ok=True)
-                np.savez(cache + ".tmp.npz", **feats)
-                os.replace(cache + ".tmp.npz", cache)
+                tmp = f"{cache}.tmp{os.getpid()}.npz"  # processes of a multi-host run never share a temp file
+                np.savez(tmp, **feats)
+                os.replace(tmp, cache)
             ref["pool_3"] = feats["pool_3"]
             if "mu" not in ref:
                 ref["mu"], ref["sigma"] = frechet.statistics(feats["pool_3"])

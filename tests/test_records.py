@@ -220,3 +220,18 @@ def test_shard_source_keeps_grains_identity_for_saved_iterator_states(tmp_path):
     write(tmp_path)
     paths = [_shard(tmp_path, i) for i in range(3)]
     assert repr(pipeline.open_split(str(tmp_path), "train")) == repr(grain.sources.ArrayRecordDataSource(paths))
+
+
+def test_manifests_without_sizes_still_load(tmp_path):
+    """Shards precomputed before sizes were recorded: no size check, the sha256 still applies."""
+    ex, schema = write(tmp_path)
+    _, manifest = records.read_manifest(str(tmp_path))
+    records.write_manifest(str(tmp_path), schema, [{k: v for k, v in r.items() if k != "bytes"}
+                                                   for r in manifest["shards"]])
+    np.testing.assert_array_equal(pipeline.read_all(str(tmp_path), "train")["index"], np.arange(30))
+    with open(_shard(tmp_path), "ab") as fh:
+        fh.write(b"\0")
+    _, old = records.read_manifest(str(tmp_path))
+    assert records.split_files(str(tmp_path), old, "train", checksums="off")[1] == 30
+    with pytest.raises(records.DataError, match="does not match its sha256"):
+        records.split_files(str(tmp_path), old, "train", checksums="auto")

@@ -419,6 +419,10 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _one_of(c.curriculum.gen.decay, DECAYS, "curriculum.gen.decay")
     _one_of(c.curriculum.align.decay, DECAYS, "curriculum.align.decay")
     _one_of(c.sample.method, SAMPLERS, "sample.method")
+    smp = c.sample
+    if smp.cfg_scale < 1.0 or not 0.0 <= smp.guidance_lo <= smp.guidance_hi <= 1.0:
+        raise ConfigError(f"sample.cfg_scale={smp.cfg_scale}, guidance_lo={smp.guidance_lo}, guidance_hi="
+                          f"{smp.guidance_hi}: need cfg_scale >= 1 (1 = no guidance) and 0 <= lo <= hi <= 1")
     m = c.model
     _one_of(m.dtype, ("float32", "bfloat16"), "model.dtype")
     _one_of(m.remat, tuple(REMAT_POLICIES), "model.remat")

@@ -1,5 +1,7 @@
 """Published evaluation settings in the ImageNet configs (issue 16.3, PROTOCOLS.md): REED's FID 1.80
 is CFG 1.275 on the whole interval, REPA's 1.42 is CFG 1.8 on [0, 0.7], both SDE with 250 steps."""
+import re
+
 import pytest
 
 from conftest import load_config
@@ -28,3 +30,12 @@ def test_imagenet_configs_evaluate_with_their_published_guidance(size, variant):
 def test_unknown_guidance_preset_is_named():
     with pytest.raises(config_lib.ConfigError, match="unknown guidance preset 'cfg4'"):
         load_config("imagenet_sit_xl_2_reed", "cfg4")
+
+
+@pytest.mark.parametrize("key,value", [("cfg_scale", 0.7), ("guidance_lo", 0.8), ("guidance_hi", 1.5),
+                                       ("guidance_lo", -0.1)])
+def test_guidance_settings_that_would_silently_do_nothing_are_refused(key, value):
+    c = load_config("imagenet_sit_xl_2_repa")  # CFG 1.8 on [0, 0.7]
+    c.sample[key] = value
+    with pytest.raises(config_lib.ConfigError, match=re.escape(f"{key}={value}")):
+        config_lib.validate(c, num_devices=8)

@@ -2,6 +2,7 @@
 stability, target import and an end-to-end run on real QM9 rows (tests/fixtures/qm9_rows.csv)."""
 import csv
 import io
+import json
 import os
 import zipfile
 
@@ -222,12 +223,12 @@ def test_precompute_train_sample_end_to_end_and_target_import(wheel, tmp_path):
     assert {s[0] for s in sizes} == {14, 16} and all(s[1] == (s[0], s[0]) and s[2] == s[0] for s in sizes)
     res = train.train_and_evaluate(c, str(tmp_path / "run"), log=lambda *_: None)
     assert res["step"] == 4 and 0.0 <= res["atom_stability"] <= 1.0 and os.path.exists(res["samples"])
-    # trainer-level resume with the size-bucket iterator's state: 2 steps, relaunch to 4 == 4 in one go
+    # trainer-level resume with the size-bucket iterator's state: the run's step-2 checkpoint (2 steps, with
+    # the iterator's position) relaunched to step 4 ends bitwise where the 4 steps in one go ended
+    import shutil
     from reed_jax import checkpoint
-    import copy
-    half = copy.deepcopy(c)
-    half.train.steps = 2
-    train.train_and_evaluate(half, str(tmp_path / "resumed"), log=lambda *_: None)
+    shutil.copytree(tmp_path / "run", tmp_path / "resumed", ignore=shutil.ignore_patterns("samples", "tensorboard"))
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "4")
     logs2 = []
     res2 = train.train_and_evaluate(c, str(tmp_path / "resumed"), log=logs2.append)
     assert any("resumed from" in m and "at step 2" in m for m in logs2)
@@ -235,6 +236,7 @@ def test_precompute_train_sample_end_to_end_and_target_import(wheel, tmp_path):
     states = [checkpoint.restore(checkpoint.manager(str(tmp_path / d)), train.abstract_state(c, model, tx))
               for d in ("run", "resumed")]
     assert int(states[1][0].step) == 4 and states[0][1]["data_iterator"] == states[1][1]["data_iterator"]
+    assert json.loads(states[1][1]["data_iterator"])["k"] == 4  # four batches (and OT priors) drawn
     for a, b in zip(jax.tree.leaves(states[0][0]), jax.tree.leaves(states[1][0])):
         np.testing.assert_array_equal(a, b)
     assert res2["atom_stability"] == res["atom_stability"] and res2["validity"] == res["validity"]

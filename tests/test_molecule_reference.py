@@ -65,6 +65,8 @@ def test_reference_defaults_in_the_configs():
     demo.molecule.coord_scale = 3.0
     assert molecule_model.coord_scale(demo.molecule) == 3.0  # an explicit scale wins
     assert ref.targets.qm9_property.tap == "layer5" and ref.molecule.layers == 12
+    from reed_jax.molecule import track
+    assert track.signature(ref)["inputs"] == ["t", "coords", "types", "bonds"]  # no charges: old checkpoints refused
     m = ref.molecule
     assert (m.sample_end, m.sample_noise, m.symmetric_bond_noise, m.coord_noise, tuple(m.time_beta)) == (
         0.99, 1.0, False, 0.2, (2.0, 1.0))

@@ -4,6 +4,12 @@
     python bench/protein_convergence.py --workdir=workdir/protein_convergence            # the README figure
     python bench/protein_convergence.py --hidden=128 --k=30 --steps=4000 --seeds=0,1,2   # reference width
 
+The model and objective are the reference's (REED `protein/fmif`): decoder edge updates with the
+pair target on decoder layer 2's updated edges, a 22-class head, the generative term at 10x the
+token-mean CE (the reference's sum / 2000 on 20,000-token batches), token-weighted alignment.
+CPU-scale choices kept from the demo size: EMA 0.98 on the evaluated weights, gradient clipping
+1.0, `--sample_steps` 50 sampler grid points (the reference size: no EMA, no clipping, 500).
+
 Both variants start from the same initial weights (one shared initialisation), see the same
 batches and draw the same masks and noise per seed; they differ only in the three ProteinMPNN-teacher
 targets and the REED curriculum (w_align 0.2 cosine-decayed over the run, w_gen warmed up over

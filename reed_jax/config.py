@@ -384,6 +384,11 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
                               f"{c.protein.max_length}")
         if not 0.0 < c.protein.t_min < c.protein.t_max < 1.0:
             raise ConfigError(f"protein.t_min={c.protein.t_min}, t_max={c.protein.t_max}: need 0 < t_min < t_max < 1")
+        p = c.protein
+        if p.sample_steps < 2 or p.num_classes not in (21, 22) or min(p.loss_norm, p.loss_tokens) <= 0:
+            raise ConfigError(f"protein.sample_steps={p.sample_steps} (sampler grid points, >= 2), num_classes="
+                              f"{p.num_classes} (21 or 22), loss_norm={p.loss_norm} and loss_tokens={p.loss_tokens} "
+                              f"(> 0): out of range")
     if c.track == "molecule":
         m = c.molecule
         _one_of(m.source, MOLECULE_SOURCES, "molecule.source")

@@ -217,6 +217,11 @@ def test_config_errors_name_keys(archive):
     c.data.source = "digits"
     with pytest.raises(config_lib.ConfigError, match="track='protein' with data.source='digits'"):
         config_lib.validate(c)
+    for key, bad in (("sample_steps", 1), ("num_classes", 23), ("loss_tokens", 0.0)):
+        c = tiny_protein_config(archive)
+        c.protein[key] = bad
+        with pytest.raises(config_lib.ConfigError, match=f"{key}={bad}"):
+            config_lib.validate(c)
     c = tiny_protein_config(archive)
     c.protein.archive = "/nope.tar.gz"
     with pytest.raises(records.DataError, match="protein.archive='/nope.tar.gz' does not exist"):

@@ -20,17 +20,53 @@ flags.DEFINE_string("torch_key", None, "--mode=import: entry holding the state d
 flags.DEFINE_integer("import_step", 0, "--mode=import: the step the imported checkpoint is saved as.")
 flags.DEFINE_string("torch_projectors", None, "--mode=import: target names of projectors.0,1,... "
                     "(default: token-level targets, then pooled ones).")
-flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (TPU pods, SLURM, "
-                  "or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).")
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first: with --coordinator_address/"
+                  "--num_processes/--process_id, else JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / "
+                  "JAX_PROCESS_ID, else auto-detection (TPU pods, SLURM, Open MPI).")
+flags.DEFINE_string("coordinator_address", None, "--multihost: host:port of process 0's coordinator.")
+flags.DEFINE_integer("num_processes", None, "--multihost: number of processes in the run.")
+flags.DEFINE_integer("process_id", None, "--multihost: this process's index, 0..num_processes-1.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+DIST_ENV = {"coordinator_address": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCESSES",
+            "process_id": "JAX_PROCESS_ID"}
+
+
+def distributed_args(flag_values: dict, environ) -> dict:
+    """jax.distributed.initialize's keyword arguments: each from its flag, else its JAX_* variable;
+    absent ones are left to JAX's cluster auto-detection (TPU VMs, SLURM, Open MPI)."""
+    out = {}
+    for key, env in DIST_ENV.items():
+        value = flag_values.get(key)
+        if value is None and environ.get(env):
+            value = environ[env]
+        if value is not None:
+            out[key] = value if key == "coordinator_address" else int(value)
+    if "process_id" in out and "num_processes" in out and not 0 <= out["process_id"] < out["num_processes"]:
+        raise app.UsageError(f"--process_id={out['process_id']} is outside 0..--num_processes-1="
+                             f"{out['num_processes'] - 1}")
+    return out
+
+
+def init_distributed() -> None:
+    """Join the multi-process run (`--multihost`). On CPU the collectives go through gloo, so a
+    multi-process run can be rehearsed on one machine (launch/local_multihost.sh)."""
+    import os
+
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kw = distributed_args({k: getattr(FLAGS, k) for k in DIST_ENV}, os.environ)
+    jax.distributed.initialize(**kw)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.multihost:
-        import jax
-        jax.distributed.initialize()
+        init_distributed()
+    elif any(getattr(FLAGS, k) is not None for k in DIST_ENV):
+        raise app.UsageError("--coordinator_address/--num_processes/--process_id need --multihost")
     from reed_jax import config as config_lib, logs, train
     from reed_jax.data import precompute
 

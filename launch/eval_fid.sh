@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # FID-50K (+ sFID, IS, precision/recall) of a workdir's latest checkpoint, through one of the launchers.
-#   bash launch/eval_fid.sh gpu   configs/imagenet_sit_xl_2_reed.py /ckpt/reed_xl /data/pt_inception-2015-12-05-6726825d.pth /data/VIRTUAL_imagenet256_labeled.npz [--config.sample.cfg_scale=1.8 --config.sample.guidance_hi=0.7]
+#   bash launch/eval_fid.sh gpu   configs/imagenet_sit_xl_2_reed.py /ckpt/reed_xl /data/pt_inception-2015-12-05-6726825d.pth /data/VIRTUAL_imagenet256_labeled.npz   (the config carries its paper's guidance: :none/:reed/:repa)
 #   bash launch/eval_fid.sh slurm ...      (sbatch-style multi-node: srun one process per node)
 #   TPU_NAME=... TPU_ZONE=... bash launch/eval_fid.sh tpu ...   (every worker of a TPU VM slice)
 #   DRY_RUN=1 bash launch/eval_fid.sh ...  # print the command only

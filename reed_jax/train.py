@@ -117,7 +117,7 @@ def image_losses(config, model, params, batch, rng):
     k_x0, k_t, k_eps, k_drop = jax.random.split(rng, 4)
     d = config.data
     x0 = batch["image"] if d.kind == "pixels" else interpolants.x0_from_moments(k_x0, batch["moments"], d.latent_scale)
-    t = interpolants.sample_time(config.diffusion.time_sampler, k_t, x0.shape[0])
+    t = interpolants.sample_time(config.diffusion.time_sampler, k_t, x0.shape[0], config.diffusion.path)
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     xt, v = interpolants.interpolate(config.diffusion.path, x0, eps, t)
     pred, feats = model.apply({"params": params}, xt, t, batch["label"], train=True, rngs={"label_dropout": k_drop})
@@ -271,7 +271,7 @@ def check_data(config, data_dir: str) -> None:
     from reed_jax.data import precompute_images
 
     schema, manifest = records.read_manifest(data_dir)
-    records.split_files(data_dir, manifest, "train")
+    records.split_files(data_dir, manifest, "train", config.data.verify_checksums)
     if (track := tracks.get(config)) is not None:
         return track.check_data(config, schema, data_dir)
     shapes = config_lib.target_shapes(config)
@@ -335,8 +335,8 @@ def train_iterator(config, data_dir: str, log=print):
     nproc, batch = jax.process_count(), config.train.batch_size // jax.process_count()
     if (track := tracks.get(config)) is not None:
         return track.train_iterator(config, data_dir, batch, jax.process_index(), nproc, log)
-    return iter(pipeline.make_loader(data_dir, "train", batch, seed=config.seed, shard_index=jax.process_index(),
-                                     shard_count=nproc))
+    return pipeline.GlobalBatches(pipeline.open_split(data_dir, "train"), config.train.batch_size, seed=config.seed,
+                                  shard_index=jax.process_index(), shard_count=nproc)
 
 
 def train_and_evaluate(config, workdir: str, log=print) -> dict:
@@ -405,7 +405,7 @@ def _rebase(saved, current):
     return saved
 
 
-def resume_iterator(it, meta: dict, data: dict, data_dir: str, log) -> None:
+def resume_iterator(it, meta: dict, data: dict, data_dir: str, log, step: int = 0) -> None:
     """Continue `it` where the checkpoint's run stopped. Shards are identified by content: the same
     shards in another directory resume; other shards are refused, naming what differs."""
     state = meta.get("data_iterator")
@@ -422,6 +422,11 @@ def resume_iterator(it, meta: dict, data: dict, data_dir: str, log) -> None:
                 f"{len(new['train_sha256'])} now; train shards differing in sha256: {diff}); resume with the "
                 f"same data, or use another --workdir")
         state = json.dumps(_rebase(json.loads(state), json.loads(it.get_state().decode())))
+    if isinstance(it, pipeline.GlobalBatches) and "last_seen_indices" in json.loads(state):
+        log(f"the checkpoint's data position is grain's per-process loader (an earlier version): training continues "
+            f"at global batch {step} of the process-count-independent order")
+        it.skip_to(step)
+        return
     it.set_state(state.encode())
 
 
@@ -445,7 +450,7 @@ def _run(config, workdir, log, stop, data_dir, frozen, render, model, tx, mngr) 
             raise checkpoint.CheckpointMismatch(f"workdir {workdir!r}: checkpoint step {int(state.step)} holds a "
                                                 f"different model; use another --workdir, it will not be overwritten")
         _resume_config(config, meta, log)
-        resume_iterator(it, meta, data, data_dir, log)
+        resume_iterator(it, meta, data, data_dir, log, int(state.step))
         log(f"resumed from {mngr.directory} at step {int(state.step)}")
     else:
         state = create_state(config, model, tx, shardings)
@@ -525,7 +530,7 @@ def _run(config, workdir, log, stop, data_dir, frozen, render, model, tx, mngr) 
                                         if isinstance(v, float) and k != "seconds"})
         due = step % config.train.checkpoint_every == 0 or step == total
         saved = due and save(step)
-        if stop.signum is not None:
+        if stop.agreed():
             if not due:
                 saved = save(step, force=True)
             log(f"signal {stop.signum}: {f'saved step {step}' if saved else 'resume from'} "
@@ -565,6 +570,9 @@ def fid_evaluate(config, workdir: str, params, step: int, mesh=None, num_samples
 
     t0 = time.time()
     paths = fid_eval.run_batches(os.path.join(out_dir, "batches"), n, bs, make_images, extractor, e.save_npz, log)
+    if jax.process_count() > 1:  # process 0 writes the batch files: every process scores them once all exist
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"fid batches {tag}")
     result = dict(fid_eval.score(paths, n, ref, frechet_method=e.frechet_method), step=step, tag=tag,
                   seconds=time.time() - t0)
     if jax.process_index() == 0:
@@ -634,7 +642,11 @@ def evaluate_mode(config, workdir: str, log=print) -> dict:
 class StopOnSignal:
     """Context in which SIGTERM (TPU preemption, SLURM time limit) and SIGINT (Ctrl-C) only set
     `signum`; the loop then saves the current step and exits cleanly. A second SIGINT stops at once
-    (KeyboardInterrupt). The previous handlers are restored on exit."""
+    (KeyboardInterrupt). The previous handlers are restored on exit.
+
+    In a multi-process run a signal may reach one process only: `agreed()`, called by every
+    process after each step, all-gathers the processes' flags, so all of them stop after the same
+    step and save it together (none is left waiting in a collective)."""
 
     def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
         self.signals, self.signum, self._old = signals, None, {}
@@ -643,6 +655,17 @@ class StopOnSignal:
         if signum == signal.SIGINT and self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
+
+    def agreed(self) -> bool:
+        """True on every process once any process has been signalled (a collective when
+        jax.process_count() > 1: call it at the same point on every process)."""
+        if jax.process_count() == 1:
+            return self.signum is not None
+        from jax.experimental import multihost_utils
+        flags = multihost_utils.process_allgather(np.int32(0 if self.signum is None else self.signum))
+        if self.signum is None and np.any(flags):
+            self.signum = int(np.max(flags))
+        return bool(np.any(flags))
 
     def __enter__(self):
         self._old = {s: signal.signal(s, self._handle) for s in self.signals}
@@ -675,13 +698,15 @@ def sample_mode(config, workdir: str, log=print) -> str:
     config_lib.validate(config, jax.device_count())
     if (track := tracks.get(config)) is not None:
         return track.sample_mode(config, workdir, log)
-    model, params, step = latest_ema(config, workdir)
+    mesh = parallel.make_mesh(config.mesh)
+    model, params, step = latest_ema(config, workdir, mesh)
     labels = grid_labels(config)
-    samples = generate(make_sample_fn(config, model), params, labels, config.sample.batch_size, config.seed + 3)
+    samples = generate(make_sample_fn(config, model), params, labels, config.sample.batch_size, config.seed + 3, mesh)
     images = grid_renderer(config, log)(samples)
     out = os.path.join(workdir, "samples", f"sample_{step:07d}.png")
-    visualize.save_grid(images, config.sample.grid_per_class, out, upscale=4)
-    np.savez(out.replace(".png", ".npz"), arr_0=visualize.to_uint8(images), labels=labels,
-             **({"latents": samples} if config.data.kind == "latents" else {}))
-    log(f"wrote {out} and {out.replace('.png', '.npz')}")
+    if jax.process_index() == 0:  # files from process 0 only
+        visualize.save_grid(images, config.sample.grid_per_class, out, upscale=4)
+        np.savez(out.replace(".png", ".npz"), arr_0=visualize.to_uint8(images), labels=labels,
+                 **({"latents": samples} if config.data.kind == "latents" else {}))
+        log(f"wrote {out} and {out.replace('.png', '.npz')}")
     return out

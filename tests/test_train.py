@@ -194,7 +194,8 @@ def _perturbed_params(c, model, scale=0.1):
 
 
 @pytest.mark.parametrize("kind,path,time_sampler", [("pixels", "linear", "uniform"), ("latents", "cosine", "uniform"),
-                                                    ("pixels", "linear", "lognormal")])
+                                                    ("pixels", "linear", "lognormal"),
+                                                    ("latents", "cosine", "lognormal")])
 def test_image_losses_and_step_loss_match_a_hand_computation(kind, path, time_sampler):
     """One batch's generative and alignment terms computed by hand from the step's draws: the rng
     splits into (x0, t, eps, label-dropout) keys; x0 = (mean + std N) * latent_scale for latents;

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 from typing import Mapping, Sequence
 
-import grain
 import numpy as np
 
 from reed_jax.data import records
@@ -68,7 +67,8 @@ def crop_axes(crop_fields: Sequence[str] | Mapping[str, int]) -> dict[str, int]:
 
 
 class BucketIterator:
-    """Infinite iterator of `{field: [batch, ...]}` numpy batches, one bucket per batch."""
+    """Infinite iterator of `{field: [batch, ...]}` numpy batches, one bucket per batch. `source[i]`
+    is record i decoded ({field: array}, e.g. a records.ShardSource)."""
 
     def __init__(self, source, schema: records.Schema, lengths: np.ndarray, buckets: Sequence[int],
                  crop_fields: Sequence[str] | Mapping[str, int], batch_size: int, *, seed: int, shard_index: int = 0,
@@ -96,7 +96,7 @@ class BucketIterator:
         idx = self._indices(b, self.drawn[b])
         self.step += 1
         self.drawn[b] += 1
-        rows = [records.decode(self.schema, self.source[int(i)]) for i in idx]
+        rows = [self.source[int(i)] for i in idx]  # decoded records (records.ShardSource names bad ones)
         length = self.buckets[b]
         crop = lambda k, a: a[(slice(0, length),) * self.crop_fields[k]] if k in self.crop_fields else a
         return {k: np.stack([crop(k, r[k]) for r in rows]) for k in self.schema.names}
@@ -124,10 +124,11 @@ def make_loader(data_dir: str, split: str, batch_size: int, buckets: Sequence[in
         if schema.field(f).shape[:axes] != (max(buckets),) * axes:
             raise records.DataError(f"field {f!r} in {data_dir!r} has shape {schema.field(f).shape}; bucketing "
                                     f"crops its first {axes} axes, which must be the largest bucket {max(buckets)}")
-    source = grain.sources.ArrayRecordDataSource(paths)
+    counts = [r["count"] for r in manifest["shards"] if r["split"] == split]
+    source = records.ShardSource(paths, schema, counts)
     lengths = manifest.get("lengths", {}).get(split)
     if lengths is None or len(lengths) != count:
-        lengths = lengths_of(np.stack([records.decode(schema, source[i])[mask_field] for i in range(len(source))]))
+        lengths = lengths_of(np.stack([source[i][mask_field] for i in range(len(source))]))
     it = BucketIterator(source, schema, np.asarray(lengths), buckets, crop_fields, batch_size, seed=seed,
                         shard_index=shard_index, shard_count=shard_count)
     log(f"length buckets {it.buckets} with {[len(g) for g in it.groups]} {split} records")

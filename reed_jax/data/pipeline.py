@@ -3,8 +3,14 @@
 Shuffled, repeated, batched, deterministic by seed; each process reads its own slice of the
 indices (`shard_index`, `shard_count`). The iterator state (`it.get_state()`) is checkpointed with
 the train state so a resumed run continues with the very next batch.
+
+Training batches come from `GlobalBatches` (the same global batches for any number of processes,
+so a checkpoint resumes on another process count); `make_loader` (grain's DataLoader, per-process
+index shards) serves evaluation and tools.
 """
 from __future__ import annotations
+
+import json
 
 import grain
 import numpy as np
@@ -59,3 +65,59 @@ def pad_batches(d: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.
             b = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in b.items()}
         out.append(b)
     return out
+
+
+class GlobalBatches:
+    """This process's slice of each global training batch; the order depends only on the seed.
+
+    Global batch k of epoch e is records `perm_e[i * G:(i + 1) * G]` (i = k mod batches per epoch,
+    `perm_e` a permutation drawn from `default_rng([seed, e])`, the last partial batch dropped);
+    process p of P takes the p-th of its P equal parts. So every process count trains on the same
+    global batches in the same order (a run moves between 1 and N hosts and resumes), each process
+    reads only its own records (disjoint slices), and the state is just the number of global
+    batches drawn. An iterator with get_state/set_state (bytes), as the trainer checkpoints it.
+    """
+
+    def __init__(self, source, global_batch: int, *, seed: int, shard_index: int = 0, shard_count: int = 1):
+        n = len(source)
+        if global_batch % shard_count:
+            raise records.DataError(f"global batch {global_batch} does not split over {shard_count} processes")
+        if n < global_batch:
+            raise records.DataError(f"{n} records are fewer than one global batch of {global_batch}")
+        self.source, self.n, self.global_batch, self.seed = source, n, global_batch, seed
+        self.shard_index, self.shard_count = shard_index, shard_count
+        self.per_epoch, self.k, self._perm = n // global_batch, 0, (None, None)
+
+    def __iter__(self):
+        return self
+
+    def indices(self, k: int) -> np.ndarray:
+        """Record indices of this process's part of global batch `k`."""
+        epoch, i = divmod(k, self.per_epoch)
+        if self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
+        batch = self._perm[1][i * self.global_batch:(i + 1) * self.global_batch]
+        per = self.global_batch // self.shard_count
+        return batch[self.shard_index * per:(self.shard_index + 1) * per]
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        rows = [self.source[int(i)] for i in self.indices(self.k)]
+        self.k += 1
+        return {f: np.stack([r[f] for r in rows]) for f in rows[0]}
+
+    def get_state(self) -> bytes:
+        return json.dumps({"global_batches": self.k, "records": self.n, "global_batch": self.global_batch,
+                           "seed": self.seed}).encode()
+
+    def set_state(self, state: bytes) -> None:
+        s = json.loads(state)
+        if "global_batches" not in s:
+            raise records.DataError(f"data-iterator state {sorted(s)} is not a GlobalBatches state")
+        if s["records"] != self.n or s["seed"] != self.seed:
+            raise records.DataError(f"data-iterator state was saved over {s['records']} records with seed {s['seed']}; "
+                                    f"this run has {self.n} records and seed {self.seed}")
+        self.k = int(s["global_batches"])
+
+    def skip_to(self, k: int) -> None:
+        """Continue at global batch `k` (a checkpoint whose iterator state is another loader's)."""
+        self.k = int(k)

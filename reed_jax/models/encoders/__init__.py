@@ -23,6 +23,7 @@ import importlib
 import os
 from typing import Any, Callable
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -73,12 +74,17 @@ def build(target_name: str, target, config) -> FrozenEncoder:
 
 
 def load_or_fit(path: str, fit_fn: Callable[[], dict], log=print) -> dict:
-    """Params cached at `path` (orbax), or `fit_fn()` once and saved there."""
+    """Params cached at `path` (orbax), or `fit_fn()` once and saved there. The cache restores onto
+    this process's first device whatever device saved it (in a multi-process run, process 1 has no
+    `cpu:0`, the device a single-process precompute wrote into the metadata)."""
     path = os.path.abspath(path)
     ckptr = ocp.StandardCheckpointer()
     if os.path.isdir(path):
         log(f"loading cached encoder {path}")
-        return ckptr.restore(path)
+        local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=local),
+                              ckptr.metadata(path).item_metadata)
+        return ckptr.restore(path, target)
     params = fit_fn()
     ckptr.save(path, params)
     ckptr.wait_until_finished()

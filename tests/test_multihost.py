@@ -175,7 +175,7 @@ def test_two_processes_train_like_one_and_checkpoints_cross_process_counts(digit
 def _wait_for_step(wd, step, proc, timeout=600):
     t0 = time.time()
     while time.time() - t0 < timeout:
-        if step in checkpoint.manager(str(wd)).all_steps():
+        if (checkpoint.manager(str(wd)).latest_step() or 0) >= step:  # older ones may be gone (keep=3)
             return
         if proc.poll() is not None:
             raise AssertionError(f"launcher ended early: {proc.stdout.read()}\n{logs(wd)}")

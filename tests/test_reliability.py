@@ -15,6 +15,13 @@ from conftest import ROOT, tiny_config
 from reed_jax import checkpoint, config as config_lib, lock, logs, train
 
 
+@pytest.fixture(autouse=True)
+def _no_sampling_eval(monkeypatch):
+    """These tests are about the loop's bookkeeping: the periodic evaluation is a stub (no sampler
+    compile, no digits-FD), which results.json still records."""
+    monkeypatch.setattr(train, "make_evaluator", lambda *a, **k: lambda params, step: ({"step": step}, None))
+
+
 def _config(shards, **train_kw):
     c = tiny_config("sit")  # no targets: the cheapest model that runs the whole loop
     c.data.dir = shards

@@ -153,8 +153,12 @@ def check_signature(mngr: ocp.CheckpointManager, signature: Mapping, workdir: st
         meta = read_meta(mngr)
     except Exception:  # noqa: BLE001  (unreadable: restore_good moves it aside and checks the next)
         return
-    if meta is None:
-        return
+    if meta is not None:
+        check_meta_signature(meta, signature, workdir)
+
+
+def check_meta_signature(meta: Mapping, signature: Mapping, workdir: str) -> None:
+    """Refuse a checkpoint whose meta holds another model's signature, naming the differing keys."""
     have = meta.get("signature", {})
     want = json.loads(json.dumps(dict(signature)))  # normalise tuples -> lists
     if have != want:

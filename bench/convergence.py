@@ -37,8 +37,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from reed_jax import benchmark, config as config_lib, train  # noqa: E402
-from reed_jax.data import digits, pipeline, precompute, records  # noqa: E402
-from reed_jax.evaluation.digits_fd import DigitsScorer  # noqa: E402
+from reed_jax.image import digits
+from reed_jax.data import pipeline, precompute, records  # noqa: E402
+from reed_jax.image.digits_fd import DigitsScorer  # noqa: E402
 
 MAIN = ("sit", "repa", "reed")
 ABLATIONS = ("reed_nowarmup", "reed_warmup30", "reed_at_linear", "reed_at_cutoff")

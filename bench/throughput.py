@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from reed_jax import config as config_lib, flops, parallel, train  # noqa: E402
+from reed_jax import config as config_lib, parallel, train
+from reed_jax.image import flops  # noqa: E402
 
 
 def bench_one(model: str, batch: int, dtype: str, fsdp: int, remat: str, variant: str, windows: int, steps: int,

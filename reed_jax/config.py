@@ -13,10 +13,10 @@ from typing import Any
 import ml_collections
 
 from reed_jax.curriculum import DECAYS
-from reed_jax.diffusion.interpolants import PATHS, TIME_SAMPLERS
-from reed_jax.diffusion.samplers import SAMPLERS
-from reed_jax.evaluation.frechet import METHODS as FRECHET_METHODS
-from reed_jax.models.sit import REMAT_POLICIES, SIT_SIZES
+from reed_jax.image.interpolants import PATHS, TIME_SAMPLERS
+from reed_jax.image.samplers import SAMPLERS
+from reed_jax.image.frechet import METHODS as FRECHET_METHODS
+from reed_jax.image.sit import REMAT_POLICIES, SIT_SIZES
 from reed_jax.objective import NOISE_WEIGHTS
 
 TRACKS = ("image", "protein", "molecule")

@@ -18,11 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from reed_jax import checkpoint, config as config_lib, curriculum, lock, logs, objective, parallel, tracks, visualize
+from reed_jax import checkpoint, config as config_lib, curriculum, lock, logs, objective, parallel, tracks
+from reed_jax.image import grids as visualize
 from reed_jax.data import pipeline, precompute, records
-from reed_jax.diffusion import interpolants, samplers
-from reed_jax.models import encoders, sit as sit_lib
-from reed_jax.models.sit import TargetSpec, build_sit
+from reed_jax.image import interpolants, samplers
+from reed_jax.models import encoders
+from reed_jax.image import sit as sit_lib
+from reed_jax.image.sit import TargetSpec, build_sit
 
 # ----------------------------------------------------------------------------- model and optimizer
 
@@ -198,7 +200,7 @@ def make_train_step(config, model, tx, losses_fn: Callable | None = None, mesh=N
 def online_encoders(config) -> dict:
     """{target name: FrozenEncoder} run inside the step (`encoder.mode='online'`), else {}; each one's
     output shape is checked against its target before any compute."""
-    from reed_jax.data import precompute_images
+    from reed_jax.image import precompute as precompute_images
 
     if config.encoder.mode != "online":
         return {}
@@ -268,7 +270,7 @@ def grid_labels(config) -> np.ndarray:
 
 def check_data(config, data_dir: str) -> None:
     """Shards exist, hold the configured targets with the configured widths, and one batch fits."""
-    from reed_jax.data import precompute_images
+    from reed_jax.image import precompute as precompute_images
 
     schema, manifest = records.read_manifest(data_dir)
     records.split_files(data_dir, manifest, "train", config.data.verify_checksums)
@@ -322,8 +324,8 @@ def make_evaluator(config, workdir: str, data_dir: str, model, mesh, render: Cal
         return track.make_evaluator(config, workdir, data_dir, model, log)
     scorer = None
     if config.data.source == "digits":
-        from reed_jax.data import digits
-        from reed_jax.evaluation.digits_fd import DigitsScorer
+        from reed_jax.image import digits
+        from reed_jax.image.digits_fd import DigitsScorer
         scorer = DigitsScorer(precompute.fd_params(config, data_dir, log), digits.load()[0])
     sample_fn = make_sample_fn(config, model)
     return lambda params, step: evaluate(config, workdir, sample_fn, params, step, scorer, log, mesh, render)
@@ -357,7 +359,7 @@ def _train(config, workdir: str, log, stop: "StopOnSignal") -> dict:
     frozen = online_encoders(config)
     render = grid_renderer(config, log)
     if config.eval.fid_every:  # the in-training FID's inputs are checked before any compute
-        from reed_jax.evaluation import fid_eval
+        from reed_jax.image import fid_eval
         fid_eval.check_inputs(config.eval, f"eval.fid_every={config.eval.fid_every}")
     model, tx = build_model(config), make_optimizer(config)
     mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
@@ -544,8 +546,8 @@ def _run(config, workdir, log, stop, data_dir, frozen, render, model, tx, mngr) 
 def fid_evaluate(config, workdir: str, params, step: int, mesh=None, num_samples: int | None = None,
                  decode: Callable | None = None, log=print) -> dict:
     """FID/sFID/IS/precision-recall of `params` (EMA) on `num_samples` (default eval.fid_samples)
-    samples; resumable per batch (see reed_jax.evaluation.fid_eval). Returns the metrics."""
-    from reed_jax.evaluation import fid_eval
+    samples; resumable per batch (see reed_jax.image.fid_eval). Returns the metrics."""
+    from reed_jax.image import fid_eval
 
     e, s = config.eval, config.sample
     if config.data.kind == "latents" and decode is None:
@@ -593,7 +595,7 @@ def decoder_path(config) -> tuple[str, str]:
 def latent_decoder(config) -> Callable:
     """latents [B, h, w, 4] (scaled by data.latent_scale) -> images [B, H, W, 3] in [-1, 1] through
     the SD-VAE decoder of `decoder_path(config)`."""
-    from reed_jax.data import precompute_images
+    from reed_jax.image import precompute as precompute_images
 
     path, key = decoder_path(config)
     vae, vae_params = precompute_images.build_vae(path, config.precompute.vae_groups, key)
@@ -617,7 +619,7 @@ def grid_renderer(config, log=print) -> Callable:
 def evaluate_mode(config, workdir: str, log=print) -> dict:
     """`--mode=evaluate`: FID-`eval.fid_samples` of the latest checkpoint's EMA params (images), or
     the protein metrics on the held-out backbones."""
-    from reed_jax.evaluation import fid_eval
+    from reed_jax.image import fid_eval
 
     config_lib.validate(config, jax.device_count())
     if (track := tracks.get(config)) is not None:

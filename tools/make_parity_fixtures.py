@@ -14,7 +14,7 @@ c) and pool_3 @ fc.weight.T.
 torch_files: tiny checkpoints in both torch.save formats for the torch-free reader.
 sit_checkpoint: a tiny REED-style SiT training checkpoint for the importer.
 sit: a tiny PyTorch SiT (REPA's layout and names, REED's token and pooled projectors) with random
-weights, its state dict, inputs, velocity and both projections (tests/test_convert.py).
+weights, its state dict, inputs, velocity and both projections (tests/image/test_convert.py).
 vae: a tiny diffusers AutoencoderKL (needs `pip install diffusers`).
 dinov2: tiny transformers DINOv2 models (plain, SwiGLU, registers) on REPA's preprocessing
 (needs `pip install transformers` in the same venv).
@@ -110,7 +110,7 @@ def torch_files():
 
 
 def sit_checkpoint():
-    """A REED-style training checkpoint of a tiny SiT (tests/test_convert.py's sizes: C=3, 8x8,
+    """A REED-style training checkpoint of a tiny SiT (tests/image/test_convert.py's sizes: C=3, 8x8,
     patch 2, D=16, depth 2, 2 heads, 5 classes, projectors of width 12 onto 8 (tokens) and 6 dims),
     as REPA's train.py saves it: {'model', 'ema', 'opt', 'args', 'steps'}, keys prefixed as the
     reference names them. `model` and `ema` differ so a test can tell which one was imported."""
@@ -249,7 +249,7 @@ def pdb2021():
         fh.write("30\n")
 
 
-# SiT sizes of tests/test_convert.py::test_sit_matches_a_pytorch_forward (tests/fixtures/sit_parity.npz)
+# SiT sizes of tests/image/test_convert.py::test_sit_matches_a_pytorch_forward (tests/fixtures/sit_parity.npz)
 SIT = dict(C=4, HW=8, P=2, D=32, DEPTH=4, HEADS=4, NCLS=5, W=24, TOK=(2, 10), POOL=(3, 7))
 
 

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import jax
 import numpy as np
 
-from reed_jax.models.sit import sincos_2d, stack_blocks
+from reed_jax.image.sit import sincos_2d, stack_blocks
 
 
 class ConversionError(ValueError):

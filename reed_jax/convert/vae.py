@@ -1,4 +1,4 @@
-"""diffusers AutoencoderKL state dict -> reed_jax.models.vae params (pure function, no torch).
+"""diffusers AutoencoderKL state dict -> reed_jax.image.vae params (pure function, no torch).
 
 Names: `encoder.down_blocks.0.resnets.1.conv1.weight` -> `encoder/down_blocks_0/resnets_1/conv1/kernel`
 (a numeric part joins the name before it). Conv weights [O, I, kh, kw] -> [kh, kw, I, O]; Linear

@@ -10,7 +10,8 @@ import os
 
 import numpy as np
 
-from reed_jax.data import digits, records
+from reed_jax.image import digits
+from reed_jax.data import records
 from reed_jax.models import encoders
 from reed_jax.models.encoders import classifier
 from reed_jax.models.encoders.digits import DigitsEncoder, DigitsFDNet
@@ -59,7 +60,7 @@ def precompute(config, workdir: str, log=print) -> str:
     if (track := tracks.get(config)) is not None:
         return track.precompute(config, out, log)
     if config.data.source == "imagenet":
-        from reed_jax.data import precompute_images
+        from reed_jax.image import precompute as precompute_images
         return precompute_images.precompute_images(config, out, log)
     fd_params(config, out, log)
     examples = digits_examples(config, out, log)

@@ -55,3 +55,33 @@ def test_every_config_key_is_documented_with_text():
 def test_no_documented_key_is_stale():
     stale = sorted(set(documented()) - set(schema_keys()))
     assert not stale, f"docs/configs.md documents keys the schema no longer has: {stale}: {FIX}"
+
+
+def anchor(title):
+    """GitHub's anchor of a heading: lower case, spaces to '-', punctuation other than '-' and '_' dropped."""
+    return "".join(ch for ch in title.strip().lower().replace(" ", "-") if ch.isalnum() or ch in "-_")
+
+
+def test_links_between_the_pages_resolve():
+    """Every relative link of README.md and docs/*.md names an existing file (and heading, after '#')."""
+    import glob
+    import re
+
+    pages = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+    broken = []
+    for page in pages:
+        text = open(page, encoding="utf-8").read()
+        for target in re.findall(r"\]\(([^)\s]+)\)", re.sub(r"```.*?```", "", text, flags=re.S)):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s), mailto: not checked here
+            path, _, frag = target.partition("#")
+            dest = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+            if not os.path.exists(dest):
+                broken.append(f"{os.path.relpath(page, ROOT)}: {target} (no file)")
+            elif frag and dest.endswith(".md"):
+                heads = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", open(dest, encoding="utf-8").read(),
+                                                        flags=re.S), flags=re.M)
+                if frag not in {anchor(h) for h in heads}:
+                    broken.append(f"{os.path.relpath(page, ROOT)}: {target} (no heading)")
+    assert len(pages) >= 8
+    assert not broken, broken

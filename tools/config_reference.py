@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "docs", "configs.md")
 TARGET_BLOCK = "targets.<name>"
+SCHEMA_FUNCTIONS = ("base_config", "schema", "template")  # functions whose names mark a schema definition
 
 # Text for keys the schema's source leaves without a comment (inline comments win when both exist).
 NOTES = {
@@ -147,6 +148,7 @@ class Group:
     lines: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (source line, column)
     shared: set[str] = field(default_factory=set)        # keys whose comment line names other keys too
     where: str = ""
+    in_schema: bool = False     # inside a function that builds the schema (base_config, schema, template)
 
 
 def _comments(src: str) -> tuple[dict[int, tuple[int, str]], set[int], dict[int, int]]:
@@ -205,6 +207,15 @@ def _groups_in(path: str) -> list[Group]:
     rel = os.path.relpath(path, ROOT)
     groups: list[Group] = []
     seen: set[int] = set()
+    enclosing: dict[int, str] = {}  # node -> the innermost function around it (ast.walk is outer-first)
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for inner in ast.walk(fn):
+                enclosing[id(inner)] = fn.name
+
+    def _append(g: Group, node: ast.AST) -> None:
+        g.in_schema = any(w in enclosing.get(id(node), "") for w in SCHEMA_FUNCTIONS)
+        groups.append(g)
 
     def add(node: ast.AST, prefix: str | None, definition: bool) -> None:
         if id(node) in seen:
@@ -232,7 +243,7 @@ def _groups_in(path: str) -> list[Group]:
                 g.shared.add(key)
             if _is_dict_call(value) or isinstance(value, ast.Dict):
                 add(value, None if prefix is None else (f"{prefix}.{key}" if prefix else key), definition)
-        groups.append(g)
+        _append(g, node)
 
     for node in ast.walk(tree):
         if isinstance(node, (ast.Assign, ast.AnnAssign)):
@@ -249,7 +260,7 @@ def _groups_in(path: str) -> list[Group]:
                     g = Group(block, True, where=f"{rel}:{node.lineno}")
                     g.keys[key] = _comment_at(node.lineno, comments, code, indent)
                     g.lines[key] = (node.lineno, node.col_offset)
-                    groups.append(g)
+                    _append(g, node)
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update"
               and node.keywords):
             names = _dotted(node.func.value)
@@ -261,7 +272,7 @@ def _groups_in(path: str) -> list[Group]:
                 g.lines[kw.arg] = (kw.lineno, kw.col_offset)
                 if sum(o.lineno == kw.lineno for o in named) > 1:
                     g.shared.add(kw.arg)
-            groups.append(g)
+            _append(g, node)
     for node in ast.walk(tree):  # dicts not under an assignment (`return ConfigDict(dict(...))`)
         if _is_dict_call(node) or isinstance(node, ast.Dict):
             add(node, None, True)
@@ -346,7 +357,7 @@ def describe(keys: dict[str, object], groups: list[Group], home: str = "",
                 level = 1
             else:
                 continue
-            ranked.append(((level, g.where.startswith(home + ":") if home else False, g.definition,
+            ranked.append(((level, g.in_schema, g.where.startswith(home + ":") if home else False, g.definition,
                             overlap / len(names)), g))
         ranked.sort(key=lambda sg: sg[0], reverse=True)
         own = next((g.keys[leaf] for _, g in ranked if g.keys[leaf] and leaf not in g.shared), "")
@@ -361,23 +372,23 @@ def describe(keys: dict[str, object], groups: list[Group], home: str = "",
 
 
 def _resolve(text: str) -> str:
-    """Append the value of each UPPER_CASE constant the text names (`one of DATA_SOURCES`) when a loaded
-    reed_jax module defines it as a tuple/list/dict of strings."""
+    """Append the value of each UPPER_CASE constant the text names (`one of DATA_SOURCES`) when the loaded
+    reed_jax modules define it as a tuple/list/dict of strings with one value (ambiguous names stay as
+    they are)."""
     import re
 
     for name in dict.fromkeys(re.findall(r"\b([A-Z][A-Z0-9_]{3,})\b", text)):
-        dotted = re.search(r"([a-z_.]+)\." + name, text)
-        for mod_name, mod in sorted(sys.modules.items()):
+        values = set()
+        for mod_name, mod in list(sys.modules.items()):
             if not mod_name.startswith("reed_jax") or mod is None:
-                continue
-            if dotted and not mod_name.endswith(dotted.group(1).split("reed_jax.")[-1]):
                 continue
             v = getattr(mod, name, None)
             if isinstance(v, dict):
                 v = list(v)
             if isinstance(v, (tuple, list)) and v and all(isinstance(x, str) for x in v):
-                text = text.replace(name, f"{name} ({', '.join(v)})", 1)
-                break
+                values.add(tuple(v))
+        if len(values) == 1:
+            text = text.replace(name, f"{name} ({', '.join(values.pop())})", 1)
     return text
 
 

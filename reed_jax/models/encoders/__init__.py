@@ -2,7 +2,8 @@
 
 `targets.<name>.encoder` is one of `names()`:
 - an image encoder registered by a module of this package (`dinov2_vitb14`, `dinov2_vitb14_reg`,
-  ..., `dinov2` for any width): `build(name, target, config)` returns a `FrozenEncoder` whose
+  ..., `dinov2` for any width; EfficientNet-Lite0's `efficientnet_lite0_<stageN|head|pooled>`):
+  `build(name, target, config)` returns a `FrozenEncoder` whose
   `apply(params, images)` maps uint8 ADM crops [B, S, S, 3] to the target's features, [B, T, D]
   for token targets (`pooled=False`) or [B, D] for pooled ones; it runs in `--mode=precompute`
   (features stored in the shards) or inside the train step (`encoder.mode='online'`);
@@ -28,7 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 EXTERNAL, DIGITS, PROTEIN_TEACHER, MOLECULE_STANDIN = "external", "digits", "proteinmpnn", "qm9_property"
-_MODULES = ("dinov2",)  # modules of this package that register image encoders
+_MODULES = ("dinov2", "efficientnet")  # modules of this package that register image encoders
 _BUILDERS: dict[str, Callable] = {}
 
 

@@ -130,18 +130,23 @@ def test_preprocess_and_token_grid():
     y = np.asarray(E.preprocess(x, 3))
     assert y.shape == (1, 3, 3, 3)
     np.testing.assert_allclose(y[0, 0, :, 0], [-127 / 128, 0.0, 1.0], atol=1e-6)
-    feats = np.arange(2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)
-    tok = np.asarray(E.tokens_on_grid(feats, 2))
-    assert tok.shape == (2, 4, 3)
-    np.testing.assert_allclose(tok[0, 1], feats[0, :2, 2:].mean((0, 1)), rtol=1e-6)  # row-major cells
+    feats = np.arange(2 * 6 * 6 * 3, dtype=np.float32).reshape(2, 6, 6, 3)
+    tok = np.asarray(E.tokens_on_grid(feats, 3))
+    assert tok.shape == (2, 9, 3)
+    np.testing.assert_allclose(tok[0, 1], feats[0, :2, 2:4].mean((0, 1)), rtol=1e-6)  # row-major 2x2 cells
     assert np.asarray(E.tokens_on_grid(feats[:, :3, :3], 2)).shape == (2, 4, 3)  # non-divisible: resized
     with pytest.raises(ValueError, match=r"\[B, H, W, 1 or 3\]"):
         E.preprocess(np.zeros((1, 4, 4, 2), np.uint8), 4)
 
 
 def test_registered_encoders():
-    from reed_jax.models import encoders
+    """The registry lists the EfficientNet outputs by itself (a fresh interpreter: this file's own import
+    of the module does not count)."""
+    import subprocess
+    import sys
 
-    names = encoders.image_encoders()
+    code = "from reed_jax.models import encoders; print(' '.join(encoders.names()))"
+    names = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert {"efficientnet_lite0_stage3", "efficientnet_lite0_stage5", "efficientnet_lite0_pooled"} <= set(names)
+    assert "efficientnet_lite0_logits" not in names
     assert E.output_dim("stage3") == 80 and E.output_dim("pooled") == 1280

@@ -12,7 +12,7 @@ import csv
 import json
 import os
 import time
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -189,3 +189,108 @@ def report(summary: dict, metric: str, baseline: str, log=print) -> None:
         sp = "-" if s is None else (f"{s['median']:.2f}x [{s['min']:.2f}, {s['max']:.2f}] reached {s['reached']}"
                                     if "median" in s else f"not reached ({s['reached']})")
         log(f"{v:15s} {f['median']:8.3f} [{f['min']:.3f}, {f['max']:.3f}]{'':14s} {sp}")
+
+# ----------------------------------------------------------------------------- speed benchmarks
+# (bench/vs_torch.py, bench/input_pipeline.py, bench/accelerator.py): one parser, one load line,
+# one way to summarise alternating windows.
+
+
+def parser(doc: str):
+    """The speed benchmarks' argparse parser: `doc` (the script's docstring, with its command) as
+    the help text, and the flags every one of them takes (`--json`)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", default=None, help="also write every row to this JSON file")
+    return ap
+
+
+def machine_line() -> str:
+    """What a timing ran on and under: UTC time, CPU count (schedulable / online), 1-5-15 min load
+    averages, jax version and backend device."""
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    cpus = f"{len(os.sched_getaffinity(0))}/{os.cpu_count()}"
+    d = jax.devices()[0]
+    return (f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; cpus {cpus}; load average {load}; "
+            f"jax {jax.__version__} on {jax.device_count()} x {d.device_kind} ({d.platform})")
+
+
+def spread(values: Sequence[float]) -> dict:
+    """{'median', 'q1', 'q3', 'min', 'max', 'n'} of `values` (quartiles by linear interpolation)."""
+    v = np.asarray(list(values), np.float64)
+    if v.size == 0:
+        raise ValueError("spread of no values")
+    q1, med, q3 = np.percentile(v, [25, 50, 75])
+    return {"median": float(med), "q1": float(q1), "q3": float(q3), "min": float(v.min()), "max": float(v.max()),
+            "n": int(v.size)}
+
+
+def format_spread(s: Mapping, fmt: str = "{:.3f}", unit: str = "") -> str:
+    """'median [IQR q1-q3; min-max] (n)' of a `spread` dict."""
+    f = lambda x: fmt.format(x) + unit
+    return f"{f(s['median'])} [IQR {f(s['q1'])}-{f(s['q3'])}; min-max {f(s['min'])}-{f(s['max'])}; n={s['n']}]"
+
+
+def alternate(runners: Mapping[str, Callable[[], float]], windows: int, pause: float = 0.0,
+              log: Callable | None = None) -> dict[str, list[float]]:
+    """Run each runner once per window, in the order given, `windows` times (a, b, a, b, ...): machine
+    noise hits every runner alike. A runner times one window itself and returns its seconds per
+    unit (step, record, ...). `pause` seconds between runners let spinning worker threads settle.
+    Returns {name: [seconds per window]}."""
+    out = {n: [] for n in runners}
+    for w in range(windows):
+        for name, run in runners.items():
+            if pause:
+                time.sleep(pause)
+            out[name].append(float(run()))
+            if log is not None:
+                log(f"  window {w + 1}/{windows} {name}: {out[name][-1]:.4g}")
+    return out
+
+
+def paired_ratios(num: Sequence[float], den: Sequence[float]) -> dict:
+    """`spread` of num[i] / den[i] over windows run back to back (the per-window ratio, so slow
+    phases of the machine cancel), plus the ratio of medians as 'of_medians'."""
+    r = [a / b for a, b in zip(num, den)]
+    return dict(spread(r), of_medians=float(np.median(num) / np.median(den)))
+
+
+def write_rows(path: str | None, rows: list, meta: Mapping | None = None) -> None:
+    """Write `{'meta': meta, 'rows': rows}` as JSON to `path` (nothing when path is None)."""
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump({"meta": dict(meta or {}), "rows": rows}, fh, indent=1)
+
+
+def trace_top(trace_dir: str, n: int = 15) -> dict:
+    """Top device/XLA ops of the newest jax.profiler trace under `trace_dir` (its trace.json.gz):
+    {'ops': [(name, ms, calls)], 'kinds': [(kind, ms, calls)], 'total_ms'} by total duration, a kind
+    being an op name without its '.N' suffix (dot, ynn_fusion, multiply_add_fusion, ...). Python
+    frames and the executor's own spans are left out."""
+    import collections
+    import glob
+    import gzip
+    import re
+
+    paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True), key=os.path.getmtime)
+    if not paths:
+        raise FileNotFoundError(f"no *.trace.json.gz under {trace_dir}")
+    with gzip.open(paths[-1]) as fh:
+        events = json.load(fh)["traceEvents"]
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+               if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    ops, kinds = collections.defaultdict(lambda: [0.0, 0]), collections.defaultdict(lambda: [0.0, 0])
+    for e in events:
+        if e.get("ph") != "X" or threads.get((e["pid"], e.get("tid"))) == "python":
+            continue
+        name = e["name"]
+        if name.startswith(("ThunkExecutor", "$", "PjitFunction", "Pjrt", "PjRt")):
+            continue
+        for table, key in ((ops, name), (kinds, re.sub(r"\.\d+$", "", name))):
+            table[key][0] += e.get("dur", 0) / 1e3
+            table[key][1] += 1
+    top = lambda t: [(k, round(v[0], 3), v[1]) for k, v in sorted(t.items(), key=lambda kv: -kv[1][0])[:n]]
+    return {"ops": top(ops), "kinds": top(kinds), "total_ms": round(sum(v[0] for v in ops.values()), 3),
+            "trace": paths[-1]}

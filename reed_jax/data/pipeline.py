@@ -30,8 +30,10 @@ def open_split(data_dir: str, split: str, checksums: str = "off") -> records.Sha
 
 def make_loader(data_dir: str, split: str, batch_size: int, *, seed: int, shuffle: bool = True,
                 num_epochs: int | None = None, shard_index: int = 0, shard_count: int = 1,
-                drop_remainder: bool = True, checksums: str = "off") -> grain.DataLoader:
-    """A grain DataLoader yielding `{field: [batch_size, ...]}` numpy batches (per process)."""
+                drop_remainder: bool = True, checksums: str = "off", worker_count: int = 0) -> grain.DataLoader:
+    """A grain DataLoader yielding `{field: [batch_size, ...]}` numpy batches (per process).
+    `worker_count` > 0 reads and batches in that many grain worker processes (absl flags must be
+    parsed first; see PROTOCOLS.md)."""
     source = open_split(data_dir, split, checksums)
     count = len(source)
     if drop_remainder and count // shard_count < batch_size:
@@ -41,7 +43,7 @@ def make_loader(data_dir: str, split: str, batch_size: int, *, seed: int, shuffl
         num_records=count, shuffle=shuffle, seed=seed, num_epochs=num_epochs,
         shard_options=grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=True))
     ops = [grain.transforms.Batch(batch_size, drop_remainder=drop_remainder)]
-    return grain.DataLoader(data_source=source, sampler=sampler, operations=ops, worker_count=0)
+    return grain.DataLoader(data_source=source, sampler=sampler, operations=ops, worker_count=worker_count)
 
 
 def read_all(data_dir: str, split: str, fields: list[str] | None = None,
@@ -101,9 +103,14 @@ class GlobalBatches:
         return batch[self.shard_index * per:(self.shard_index + 1) * per]
 
     def __next__(self) -> dict[str, np.ndarray]:
-        rows = [self.source[int(i)] for i in self.indices(self.k)]
+        idx = self.indices(self.k)
+        if hasattr(self.source, "read_batch"):  # ShardSource: records decoded straight into the batch
+            batch = self.source.read_batch(idx)
+        else:
+            rows = [self.source[int(i)] for i in idx]
+            batch = {f: np.stack([r[f] for r in rows]) for f in rows[0]}
         self.k += 1
-        return {f: np.stack([r[f] for r in rows]) for f in rows[0]}
+        return batch
 
     def get_state(self) -> bytes:
         return json.dumps({"global_batches": self.k, "records": self.n, "global_batch": self.global_batch,

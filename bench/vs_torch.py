@@ -1,0 +1,351 @@
+"""Our SiT + REED train step against a PyTorch peer, alternating windows in one run.
+
+    .venv/bin/python bench/vs_torch.py --torch_python=/tmp/fixvenv/bin/python \\
+        --model=S/2,B/2 --latent=16,32 --batch=16,64 --windows=5 --steps=2 --json=workdir/vs_torch.json
+    .venv/bin/python bench/vs_torch.py --model=S/2 --latent=16 --batch=16 --profile=workdir/vs_torch_profile
+
+Ours: `reed_jax.train.make_train_step` of the ImageNet REED config (`image.config.imagenet_config(size,
+'reed')`: SiT-<size>/2, DINOv2 token target [T, 768] bfloat16 at its tap, the pooled VLM target
+[3584] float32 at its tap, projectors D -> 2048 -> 2048 -> z, the velocity loss of the linear
+path on VAE-moment samples, AdamW, global-norm clipping 1.0, EMA, the non-finite-update guard,
+state donated), jitted, float32.
+
+The peer (a user's alternative): diffusers' `DiTTransformer2DModel` (adaLN-Zero DiT, the same
+architecture; its blocks each embed (t, y) themselves) with the same depth/width/heads/patch,
+the two REED projector heads (the same MLPs) on forward hooks at the same taps, the same loss
+(velocity MSE + w_align x sum_k c_k x -cos), `torch.nn.utils.clip_grad_norm_`, `torch.optim.AdamW`
+(foreach) and a foreach-lerp EMA, float32, eager (what diffusers' training scripts run).
+
+How the two runtimes meet: this script runs under the project's venv (jax, no torch) and starts
+itself under `--torch_python` (a venv with torch + diffusers, no jax: the `bench` extra) as a
+persistent worker (`--torch_worker`, which imports nothing of reed_jax). The parent sends one JSON
+line per command over the worker's stdin and reads one JSON line back; it alternates windows
+(torch, jax, torch, jax, ...) and never runs both at once. Both use the same threads: the worker
+inherits the parent's CPU affinity (`--threads` first CPUs) and calls torch.set_num_threads(threads);
+XLA's CPU thread pool sizes itself from the same affinity.
+
+Per configuration it prints both step times (median [IQR; min-max] over windows) and the per-window
+ratio ours / peer's (< 1: ours is faster; the issue's goal is <= 0.8). `--profile=DIR` also writes
+a jax.profiler trace of a few of our steps and prints the split of our step into forward, backward
+and update (each jitted alone, timed the same way).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+# ----------------------------------------------------------------------------- torch worker (no jax here)
+
+
+def _torch_worker() -> None:
+    """JSON-lines server: {'cmd': 'setup', ...} builds the peer; {'cmd': 'window', 'steps': n} times n
+    steps and answers {'seconds_per_step'}; {'cmd': 'quit'} ends."""
+    import numpy as np
+    import torch
+    from diffusers import DiTTransformer2DModel
+
+    state = {}
+
+    def setup(a):
+        torch.manual_seed(0)
+        torch.set_num_threads(a["threads"])
+        d, heads, depth = a["hidden"], a["heads"], a["depth"]
+        model = DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=d // heads, in_channels=4,
+                                      out_channels=4, num_layers=depth, sample_size=a["latent"], patch_size=a["patch"],
+                                      activation_fn="gelu-approximate", num_embeds_ada_norm=a["num_classes"],
+                                      norm_type="ada_norm_zero", norm_elementwise_affine=False, norm_eps=1e-6)
+        proj = torch.nn.ModuleDict({n: torch.nn.Sequential(
+            torch.nn.Linear(d, a["proj_width"]), torch.nn.SiLU(), torch.nn.Linear(a["proj_width"], a["proj_width"]),
+            torch.nn.SiLU(), torch.nn.Linear(a["proj_width"], t["dim"])) for n, t in a["targets"].items()})
+        taps = {}
+        for n, t in a["targets"].items():
+            model.transformer_blocks[t["depth"] - 1].register_forward_hook(
+                lambda mod, inp, out, n=n: taps.__setitem__(n, out))
+        params = list(model.parameters()) + list(proj.parameters())
+        opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, foreach=True)
+        ema = [p.detach().clone() for p in params]
+        rng = np.random.default_rng(0)
+        b, s = a["batch"], a["latent"]
+        moments = torch.from_numpy(rng.normal(size=(b, 8, s, s)).astype(np.float32))
+        moments[:, 4:] = moments[:, 4:].abs()
+        labels = torch.from_numpy(rng.integers(0, a["num_classes"], b).astype(np.int64))
+        targets = {n: torch.from_numpy(rng.normal(size=(b, *t["shape"])).astype(np.float32)).to(
+            getattr(torch, t["dtype"])) for n, t in a["targets"].items()}
+        model.train()
+
+        def step():
+            mean, std = moments[:, :4], moments[:, 4:]
+            x0 = (mean + std * torch.randn_like(mean)) * a["latent_scale"]
+            t = torch.rand(b)
+            eps = torch.randn_like(x0)
+            tb = t[:, None, None, None]
+            xt, v = (1 - tb) * x0 + tb * eps, eps - x0
+            pred = model(xt, timestep=t * 1000, class_labels=labels).sample
+            gen = ((pred - v) ** 2).mean()
+            align = 0.0
+            for n, tg in a["targets"].items():
+                h = taps[n].mean(1) if tg["pooled"] else taps[n]
+                z = proj[n](h)
+                cos = torch.nn.functional.cosine_similarity(z, targets[n].float(), dim=-1, eps=1e-6)
+                align = align + tg["coeff"] * (-cos).mean()
+            loss = a["w_gen"] * gen + a["w_align"] * align
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, a["grad_clip"], foreach=True)
+            opt.step()
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, params, 1.0 - a["ema_decay"])
+            return loss
+
+        state.update(step=step, n_params=sum(p.numel() for p in params),
+                     n_backbone=sum(p.numel() for p in model.parameters()))
+        loss = step()  # warm-up (allocator, lazy inits)
+        return {"loss": loss.item(), "n_params": state["n_params"], "n_backbone": state["n_backbone"],
+                "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+    def window(a):
+        t0 = time.perf_counter()
+        for _ in range(a["steps"]):
+            loss = state["step"]()
+        loss.item()
+        return {"seconds_per_step": (time.perf_counter() - t0) / a["steps"]}
+
+    for line in sys.stdin:
+        msg = json.loads(line)
+        if msg["cmd"] == "quit":
+            break
+        try:
+            out = setup(msg) if msg["cmd"] == "setup" else window(msg)
+        except Exception as e:  # noqa: BLE001  (reported to the parent, which raises)
+            out = {"error": f"{type(e).__name__}: {e}"}
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
+
+
+class TorchPeer:
+    """The worker process, one JSON line per request."""
+
+    def __init__(self, python: str, threads: int):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--torch_worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env)
+
+    def ask(self, **msg) -> dict:
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the torch worker ended (exit {self.proc.wait()}); is torch + diffusers installed "
+                               f"in --torch_python?")
+        out = json.loads(line)
+        if "error" in out:
+            raise RuntimeError(f"torch worker: {out['error']}")
+        return out
+
+    def close(self):
+        try:
+            self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        self.proc.wait(timeout=30)
+
+# ----------------------------------------------------------------------------- our side
+
+
+def our_config(model: str, latent: int, batch: int):
+    from reed_jax.image import config as image_config
+
+    size, patch = model.split("/")
+    c = image_config.imagenet_config(size, "reed")
+    c.model = image_config.sit_model(model)
+    c.data.image_shape = (latent, latent, 4)
+    c.train.batch_size = batch
+    return c
+
+
+def our_step(c, seed: int = 0):
+    """(jitted step, state, batch) of the library's train step on synthetic data."""
+    import jax
+    import numpy as np
+
+    from reed_jax import train
+    from reed_jax.image import config as image_config
+
+    net, tx = train.build_model(c), train.make_optimizer(c)
+    step = train.make_train_step(c, net, tx)
+    state = train.init_state(c, net, tx)
+    rng = np.random.default_rng(seed)
+    b, (h, w, ch) = c.train.batch_size, c.data.image_shape
+    moments = rng.normal(size=(b, h, w, 2 * ch)).astype(np.float32)
+    moments[..., ch:] = np.abs(moments[..., ch:])
+    batch = {"moments": moments, "label": rng.integers(0, c.data.num_classes, b).astype(np.int32)}
+    from reed_jax.data import records
+    for name, shape in image_config.target_shapes(c).items():
+        batch[records.TARGET_PREFIX + name] = rng.normal(size=(b,) + shape).astype(
+            records.np_dtype(c.targets[name].dtype))
+    return step, state, jax.device_put(batch), net, tx
+
+
+def peer_setup(c, threads: int) -> dict:
+    from reed_jax.image import config as image_config
+
+    shapes = image_config.target_shapes(c)
+    w_gen, w_align = 1.0, c.curriculum.align.coeff
+    return dict(cmd="setup", threads=threads, hidden=c.model.hidden, heads=c.model.heads, depth=c.model.depth,
+                patch=c.model.patch_size, latent=c.data.image_shape[0], num_classes=c.data.num_classes,
+                proj_width=c.model.projector_width, batch=c.train.batch_size, latent_scale=c.data.latent_scale,
+                grad_clip=c.optim.grad_clip, ema_decay=c.optim.ema_decay, w_gen=w_gen, w_align=w_align,
+                targets={n: dict(depth=int(t.tap.removeprefix("block")), pooled=bool(t.pooled), dim=t.dim, coeff=t.coeff, shape=list(shapes[n]),
+                                 dtype=t.dtype) for n, t in c.targets.items()})
+
+
+def profile_split(c, state, batch, net, tx, windows: int, steps: int, trace_dir: str, log) -> dict:
+    """Our step split into forward (loss), forward+backward (value_and_grad) and the full step, each
+    jitted alone; plus a jax.profiler trace of `steps` full steps in `trace_dir`."""
+    import jax
+
+    from reed_jax import benchmark, objective, tracks, train
+
+    losses = tracks.get(c).losses
+    targets = {n: dict(t) for n, t in c.targets.items()}
+
+    def loss_fn(params, batch, rng):
+        gen, align, t = losses(c, net, params, batch, rng)
+        return objective.combine(gen, align, t, 1.0, c.curriculum.align.coeff, targets)[0]
+
+    fwd = jax.jit(loss_fn)
+    fwd_bwd = jax.jit(jax.value_and_grad(loss_fn))
+    params, rng = state.params, jax.random.PRNGKey(0)
+
+    def update_only(st, grads):
+        updates, opt = tx.update(grads, st.opt_state, st.params)
+        import optax
+        p = optax.apply_updates(st.params, updates)
+        ema = jax.tree.map(lambda e, q: c.optim.ema_decay * e + (1 - c.optim.ema_decay) * q, st.ema_params, p)
+        return st.replace(params=p, opt_state=opt, ema_params=ema)
+
+    upd = jax.jit(update_only, donate_argnums=0)
+    grads = jax.block_until_ready(fwd_bwd(params, batch, rng)[1])
+    st = [jax.tree.map(lambda x: x.copy(), state)]
+
+    def timer(fn):
+        def run():
+            jax.block_until_ready(fn())
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                out = fn()
+            jax.block_until_ready(out)
+            return (time.perf_counter() - t0) / steps
+        return run
+
+    def do_upd():
+        st[0] = upd(st[0], grads)
+        return st[0].step
+
+    times = benchmark.alternate({"forward": timer(lambda: fwd(params, batch, rng)),
+                                 "forward+backward": timer(lambda: fwd_bwd(params, batch, rng)[0]),
+                                 "optimizer+EMA": timer(do_upd)}, windows)
+    out = {k: benchmark.spread(v) for k, v in times.items()}
+    if trace_dir:
+        step = train.make_train_step(c, net, tx)
+        s = jax.tree.map(lambda x: x.copy(), state)
+        s, m = step(s, batch)
+        jax.block_until_ready(m)
+        with jax.profiler.trace(trace_dir):
+            for _ in range(steps):
+                s, m = step(s, batch)
+            jax.block_until_ready(m)
+        log(f"  jax.profiler trace of {steps} steps in {trace_dir}")
+    return out
+
+# ----------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    import jax
+    import numpy as np
+
+    from reed_jax import benchmark, train  # noqa: F401
+
+    ap = benchmark.parser(__doc__)
+    ap.add_argument("--torch_python", default="/tmp/fixvenv/bin/python",
+                    help="a Python with torch and diffusers (the bench extra), without jax")
+    ap.add_argument("--model", default="S/2,B/2", help="comma-separated SiT sizes")
+    ap.add_argument("--latent", default="16,32", help="comma-separated latent sides (x4 channels)")
+    ap.add_argument("--batch", default="16,64", help="comma-separated batch sizes")
+    ap.add_argument("--windows", type=int, default=5, help="timed windows per side (alternating)")
+    ap.add_argument("--steps", type=int, default=2, help="steps per window")
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                    help="CPU threads for both sides (the first N CPUs of this process's affinity)")
+    ap.add_argument("--profile", default="", help="directory: also time our forward/backward/update split and "
+                                                    "write a jax.profiler trace there")
+    a = ap.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))[:a.threads]
+    os.sched_setaffinity(0, cpus)  # before jax starts its CPU client: XLA's pool sizes itself from it
+    print(benchmark.machine_line(), flush=True)
+    peer = TorchPeer(a.torch_python, a.threads)
+    rows = []
+    try:
+        for model in a.model.split(","):
+            for latent in (int(x) for x in a.latent.split(",")):
+                for batch in (int(x) for x in a.batch.split(",")):
+                    c = our_config(model, latent, batch)
+                    name = f"SiT-{model} {latent}x{latent}x4 batch {batch}"
+                    info = peer.ask(**peer_setup(c, a.threads))
+                    step, state, data, net, tx = our_step(c)
+                    n_ours = sum(x.size for x in jax.tree.leaves(state.params))
+                    t0 = time.perf_counter()
+                    state, m = step(state, data)  # compile + warm-up
+                    jax.block_until_ready(m)
+                    compile_s = time.perf_counter() - t0
+                    holder = [state]
+
+                    def ours():
+                        t0 = time.perf_counter()
+                        s = holder[0]
+                        for _ in range(a.steps):
+                            s, m = step(s, data)
+                        jax.block_until_ready((s, m))
+                        holder[0] = s
+                        return (time.perf_counter() - t0) / a.steps
+
+                    def theirs():
+                        return peer.ask(cmd="window", steps=a.steps)["seconds_per_step"]
+
+                    load0 = os.getloadavg()[0]
+                    times = benchmark.alternate({"torch": theirs, "jax": ours}, a.windows, pause=0.3)
+                    ratio = benchmark.paired_ratios(times["jax"], times["torch"])
+                    row = dict(model=model, latent=latent, batch=batch, threads=a.threads,
+                               params_ours=int(n_ours), params_peer=info["n_params"], compile_s=compile_s,
+                               jax=benchmark.spread(times["jax"]), torch=benchmark.spread(times["torch"]),
+                               ratio=ratio, windows=times, load1=[load0, os.getloadavg()[0]],
+                               loss_ours=float(m["loss/total"]), loss_peer=info["loss"])
+                    print(f"{name}: params ours {n_ours / 1e6:.2f}M, peer {info['n_params'] / 1e6:.2f}M; "
+                          f"compile {compile_s:.1f}s\n"
+                          f"  ours  {benchmark.format_spread(row['jax'], '{:.3f}', 's')}/step\n"
+                          f"  torch {benchmark.format_spread(row['torch'], '{:.3f}', 's')}/step\n"
+                          f"  ratio ours/torch {benchmark.format_spread(ratio, '{:.2f}')} "
+                          f"(goal <= 0.80: {'met' if ratio['median'] <= 0.8 else 'NOT met'}); "
+                          f"load {load0:.2f} -> {os.getloadavg()[0]:.2f}", flush=True)
+                    if a.profile:
+                        sub = os.path.join(a.profile, f"{model.replace('/', '_')}_{latent}_{batch}")
+                        split = profile_split(c, holder[0], data, net, tx, max(3, a.windows // 2), a.steps, sub, print)
+                        row["split"] = split
+                        print("  our step split: " + "; ".join(f"{k} {benchmark.format_spread(v, '{:.3f}', 's')}"
+                                                                 for k, v in split.items()), flush=True)
+                    rows.append(row)
+                    del state, holder, data
+    finally:
+        peer.close()
+    benchmark.write_rows(a.json, rows, {"machine": benchmark.machine_line(), "argv": sys.argv})
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--torch_worker"]:
+        _torch_worker()
+    else:
+        main()

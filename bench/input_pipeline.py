@@ -13,10 +13,14 @@ and reads them back the way training does, per window `--batches` global batches
   global_batches        pipeline.GlobalBatches (the trainer's reader: seeded shuffle, this process's
                         slice, every field decoded) -> parallel.global_batch
                         (jax.make_array_from_process_local_data), arrays ready on the device
+  global_batches_1thread  the same, read_threads=1
   global_batches_before the same with the reader as it was before this benchmark (one record at a
-                        time: decode each record, then np.stack): the before/after of the change
+                        time: decode each record, then np.stack), on shards written as before
+                        (`--before_writer`, brotli) and as now (zstd:1): the before/after
   grain_wN              pipeline.make_loader (grain DataLoader: IndexSampler shuffle + per-process
-                        shard + Batch) with N = 0, 1, 2 worker processes -> global_batch
+                        shard + Batch) with N = 0, 1, 2 worker processes -> global_batch; grain reads
+                        ahead (500 records per reading process, 16 threads) while other readers run,
+                        so each of its windows first drains that many batches untimed
 Windows alternate over the readers (machine noise hits them alike); the shards are in the page
 cache after the first window, so this is the CPU cost of reading, decoding and batching, not disk.
 Prints records/s and MB/s (median [IQR; min-max]) and the ratio to one chip's need: SiT-XL/2 at 50%
@@ -43,9 +47,10 @@ LAYOUTS = {
 }
 
 
-def write_shards(out_dir: str, layout: str, n: int, shards: int, seed: int = 0) -> records.Schema:
-    """`n` synthetic records of `layout` in `shards` ArrayRecord files (a pool of 8 random examples
-    cycled, label and index distinct), with schema and manifest."""
+def write_shards(out_dir: str, layout: str, n: int, shards: int, seed: int = 0,
+                 options: str = records.WRITER_OPTIONS) -> records.Schema:
+    """`n` synthetic records of `layout` in `shards` ArrayRecord files written with `options` (a pool
+    of 8 random examples cycled, label and index distinct), with schema and manifest."""
     schema = records.Schema(tuple(records.Field(k, s, d) for k, s, d in LAYOUTS[layout]))
     rng = np.random.default_rng(seed)
 
@@ -62,17 +67,33 @@ def write_shards(out_dir: str, layout: str, n: int, shards: int, seed: int = 0) 
         name = records.shard_name("train", s, shards)
         ex = ({**pool[i % len(pool)], "label": np.int32(i % 1000), "index": np.int64(i)}
               for i in range(bounds[s], bounds[s + 1]))
-        records.write_shard(out_dir, name, schema, ex)
+        records.write_shard(out_dir, name, schema, ex, options=options)
         rows.append(records.manifest_row(out_dir, name, "train", bounds[s + 1] - bounds[s]))
     records.write_manifest(out_dir, schema, rows)
     return schema
 
 
+def _decode_before(schema: records.Schema, record: bytes) -> dict:
+    """records.decode as it was before this benchmark's change (field sizes recomputed per record)."""
+    if len(record) != sum(f.nbytes for f in schema.fields):
+        raise records.DataError("record length")
+    out, off = {}, 0
+    for f in schema.fields:
+        dt = records.np_dtype(f.dtype).newbyteorder("<")
+        out[f.name] = np.frombuffer(record, dt, count=f.nbytes // dt.itemsize, offset=off).reshape(f.shape).astype(
+            records.np_dtype(f.dtype))
+        off += f.nbytes
+    return out
+
+
 class PerRecordBatches(pipeline.GlobalBatches):
-    """GlobalBatches as it read before this benchmark: one record at a time, then np.stack."""
+    """GlobalBatches as it read before this benchmark: one record at a time (read, decode), then np.stack."""
 
     def __next__(self):
-        rows = [self.source[int(i)] for i in self.indices(self.k)]
+        src, rows = self.source, []
+        for i in self.indices(self.k):
+            f = src._file(int(i))
+            rows.append(_decode_before(src.schema, src._files[f][int(i) - (src._ends[f - 1] if f else 0)]))
         self.k += 1
         return {f: np.stack([r[f] for r in rows]) for f in rows[0]}
 
@@ -88,6 +109,10 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=5)
     ap.add_argument("--workers", default="0,1,2", help="grain worker counts")
     ap.add_argument("--layouts", default="precomputed,online")
+    ap.add_argument("--before_writer", default="group_size:1",
+                    help="writer options before this benchmark's change (ArrayRecord's default compression, "
+                         "brotli): the precomputed layout is also written so and read the way it was read "
+                         "before ('' = skip)")
     ap.add_argument("--chip_rate", type=float, default=690.0, help="images/s one chip trains (SiT-XL/2, 50%% MFU)")
     ap.add_argument("--dir", default="/tmp/reed_input_pipeline", help="scratch directory (deleted at the end)")
     ap.add_argument("--keep", action="store_true", help="keep the shards")
@@ -102,20 +127,26 @@ def main() -> None:
     local = a.batch // a.process_count
     rows = []
     try:
-        for layout in a.layouts.split(","):
-            d = os.path.join(a.dir, layout)
+        sets = [(layout, records.WRITER_OPTIONS) for layout in a.layouts.split(",")]
+        if a.before_writer and "precomputed" in a.layouts.split(","):
+            sets.insert(1, ("precomputed", a.before_writer))
+        for layout, options in sets:
+            before = options != records.WRITER_OPTIONS
+            d = os.path.join(a.dir, layout + ("_before" if before else ""))
             t0 = time.perf_counter()
-            schema = write_shards(d, layout, a.records, a.shards)
+            schema = write_shards(d, layout, a.records, a.shards, options=options)
             write_s = time.perf_counter() - t0
             rec_mb = schema.record_bytes / 1e6
             disk = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d) if f.endswith(".array_record"))
-            print(f"{layout}: {a.records} records x {schema.record_bytes:,} B in {a.shards} shards "
+            print(f"{layout} (writer {options!r}): {a.records} records x {schema.record_bytes:,} B in {a.shards} shards "
                   f"({disk / 1e9:.2f} GB on disk, {disk / (a.records * schema.record_bytes):.3f} of raw); written at "
                   f"{a.records / write_s:.0f} records/s ({a.records * rec_mb / write_s:.0f} MB/s)", flush=True)
             source = pipeline.open_split(d, "train")
 
-            def timed(it):
+            def timed(it, drain=0):
                 def run():
+                    for _ in range(drain):  # batches grain's workers made while other readers ran
+                        next(it)
                     t0 = time.perf_counter()
                     for _ in range(a.batches):
                         arrays = parallel.global_batch({k: v for k, v in next(it).items()}, mesh)
@@ -125,15 +156,18 @@ def main() -> None:
 
             readers = {
                 "global_batches": timed(pipeline.GlobalBatches(source, a.batch, seed=0, shard_count=a.process_count)),
+                "global_batches_1thread": timed(pipeline.GlobalBatches(source, a.batch, seed=0,
+                                                                       shard_count=a.process_count, read_threads=1)),
                 "global_batches_before": timed(PerRecordBatches(source, a.batch, seed=0, shard_count=a.process_count)),
             }
             loaders = []
-            for w in (int(x) for x in a.workers.split(",")):
+            for w in ([] if before else (int(x) for x in a.workers.split(","))):
                 loader = pipeline.make_loader(d, "train", local, seed=0, shard_count=a.process_count,
                                               worker_count=w)
                 it = iter(loader)
                 loaders.append(it)
-                readers[f"grain_w{w}"] = timed(it)
+                ahead = -(-500 // local) + 1  # grain's default read-ahead: 500 records per reading process
+                readers[f"grain_w{w}"] = timed(it, drain=w * (ahead + 1) + 1 if w else ahead)
             for run in readers.values():  # warm-up: page cache, worker start-up
                 run()
             times = benchmark.alternate(readers, a.windows)
@@ -143,7 +177,7 @@ def main() -> None:
                 rate = benchmark.spread([1.0 / s for s in secs])
                 mbs = benchmark.spread([rec_mb / s for s in secs])
                 chips = benchmark.spread([1.0 / s / a.chip_rate for s in secs])
-                rows.append(dict(layout=layout, reader=name, batch=a.batch, process_count=a.process_count,
+                rows.append(dict(layout=layout, writer=options, reader=name, batch=a.batch, process_count=a.process_count,
                                  record_bytes=schema.record_bytes, records_per_s=rate, mb_per_s=mbs,
                                  chips_fed=chips, write_records_per_s=a.records / write_s))
                 print(f"  {name:22s} {benchmark.format_spread(rate, '{:.0f}')} records/s, "
@@ -152,7 +186,7 @@ def main() -> None:
             if "global_batches_before" in times:
                 r = benchmark.paired_ratios(times["global_batches_before"], times["global_batches"])
                 print(f"  speed-up of global_batches over before: {benchmark.format_spread(r, '{:.2f}')}x", flush=True)
-                rows.append(dict(layout=layout, reader="speedup_global_batches", ratio=r))
+                rows.append(dict(layout=layout, writer=options, reader="speedup_global_batches", ratio=r))
             for it in loaders:
                 del it
             del readers, loaders

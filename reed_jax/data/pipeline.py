@@ -11,6 +11,7 @@ index shards) serves evaluation and tools.
 from __future__ import annotations
 
 import json
+import os
 
 import grain
 import numpy as np
@@ -78,9 +79,12 @@ class GlobalBatches:
     global batches in the same order (a run moves between 1 and N hosts and resumes), each process
     reads only its own records (disjoint slices), and the state is just the number of global
     batches drawn. An iterator with get_state/set_state (bytes), as the trainer checkpoints it.
+    A ShardSource's records are read and decoded straight into the batch arrays by `read_threads`
+    threads (default: the CPUs this process may use, at most 8; bench/input_pipeline.py).
     """
 
-    def __init__(self, source, global_batch: int, *, seed: int, shard_index: int = 0, shard_count: int = 1):
+    def __init__(self, source, global_batch: int, *, seed: int, shard_index: int = 0, shard_count: int = 1,
+                 read_threads: int | None = None):
         n = len(source)
         if global_batch % shard_count:
             raise records.DataError(f"global batch {global_batch} does not split over {shard_count} processes")
@@ -88,6 +92,8 @@ class GlobalBatches:
             raise records.DataError(f"{n} records are fewer than one global batch of {global_batch}")
         self.source, self.n, self.global_batch, self.seed = source, n, global_batch, seed
         self.shard_index, self.shard_count = shard_index, shard_count
+        # threads reading and decoding a ShardSource batch (the batch is the same for any number)
+        self.read_threads = read_threads or min(8, len(os.sched_getaffinity(0)))
         self.per_epoch, self.k, self._perm = n // global_batch, 0, (None, None)
 
     def __iter__(self):
@@ -105,7 +111,7 @@ class GlobalBatches:
     def __next__(self) -> dict[str, np.ndarray]:
         idx = self.indices(self.k)
         if hasattr(self.source, "read_batch"):  # ShardSource: records decoded straight into the batch
-            batch = self.source.read_batch(idx)
+            batch = self.source.read_batch(idx, self.read_threads)
         else:
             rows = [self.source[int(i)] for i in idx]
             batch = {f: np.stack([r[f] for r in rows]) for f in rows[0]}

@@ -128,14 +128,23 @@ def decode_batch(schema: Schema, raws: Sequence[bytes]) -> dict[str, np.ndarray]
     """[bytes] -> {name: [len(raws), ...]}: what stacking `decode` of each record gives, with each
     record's bytes copied once, straight into its row of the batch arrays (no per-record arrays).
     A record of the wrong length raises DataError naming its position in `raws`."""
-    n, size = len(raws), schema.record_bytes
-    out = {name: np.empty((n,) + shape, native) for name, _, native, _, _, shape in schema.layout}
+    out = empty_batch(schema, len(raws))
     for j, raw in enumerate(raws):
-        if len(raw) != size:
-            raise DataError(f"record {j} of the batch has {len(raw)} bytes, the schema's records {size}")
-        for name, le, _, count, off, shape in schema.layout:
-            out[name][j] = np.frombuffer(raw, le, count=count, offset=off).reshape(shape)
+        if len(raw) != schema.record_bytes:
+            raise DataError(f"record {j} of the batch has {len(raw)} bytes, the schema's records {schema.record_bytes}")
+        decode_into(schema, raw, out, j)
     return out
+
+
+def empty_batch(schema: Schema, n: int) -> dict[str, np.ndarray]:
+    """{name: uninitialised [n, ...] array} of the schema's fields (what `decode_into` fills)."""
+    return {name: np.empty((n,) + shape, native) for name, _, native, _, _, shape in schema.layout}
+
+
+def decode_into(schema: Schema, record: bytes, out: Mapping[str, np.ndarray], row: int) -> None:
+    """Decode one record (its length already checked) into row `row` of the batch arrays `out`."""
+    for name, le, _, count, off, shape in schema.layout:
+        out[name][row] = np.frombuffer(record, le, count=count, offset=off).reshape(shape)
 
 
 def shard_name(split: str, i: int, n: int) -> str:
@@ -308,27 +317,39 @@ class ShardSource:
         except Exception as e:
             raise DataError(f"shard file {path}: record {local} cannot be decoded: {e}") from e
 
-    def read_batch(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
-        """{name: [len(indices), ...]}: the records at `indices` decoded straight into batch arrays
-        (`decode_batch`; equal to stacking `self[i]`). Errors name the shard file and record index."""
-        raws = []
-        for index in indices:
-            index = int(index)
-            f = self._file(index)
-            try:
-                raws.append(self._files[f][index - (self._ends[f - 1] if f else 0)])
-            except Exception as e:
-                path, local = self.locate(index)
-                raise DataError(f"shard file {path}: record {local} cannot be read ({type(e).__name__}: {e})") from e
-        try:
-            return decode_batch(self.schema, raws)
-        except DataError:
-            for index, raw in zip(indices, raws):  # name the first bad record
+    def read_batch(self, indices: Sequence[int], threads: int = 1) -> dict[str, np.ndarray]:
+        """{name: [len(indices), ...]}: the records at `indices` read and decoded straight into batch
+        arrays (equal to stacking `self[i]`), by `threads` threads each filling a contiguous run of
+        rows (ArrayRecord reads and numpy copies release the GIL). Errors name the shard file and
+        record index."""
+        indices = [int(i) for i in indices]
+        out = empty_batch(self.schema, len(indices))
+
+        def fill(lo: int, hi: int) -> None:
+            for row in range(lo, hi):
+                f = self._file(indices[row])
+                local = indices[row] - (self._ends[f - 1] if f else 0)
+                try:
+                    raw = self._files[f][local]
+                except Exception as e:
+                    raise DataError(f"shard file {self.paths[f]}: record {local} cannot be read "
+                                    f"({type(e).__name__}: {e})") from e
                 if len(raw) != self.schema.record_bytes:
-                    path, local = self.locate(int(index))
-                    raise DataError(f"shard file {path}: record {local} cannot be decoded: record of {len(raw)} "
-                                    f"bytes does not match the schema's {self.schema.record_bytes}") from None
-            raise
+                    raise DataError(f"shard file {self.paths[f]}: record {local} cannot be decoded: record of "
+                                    f"{len(raw)} bytes does not match the schema's {self.schema.record_bytes}")
+                decode_into(self.schema, raw, out, row)
+
+        threads = max(1, min(int(threads), len(indices) // 8))  # >= 8 records per thread
+        if threads == 1:
+            fill(0, len(indices))
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            bounds = np.linspace(0, len(indices), threads + 1).astype(int)
+            with ThreadPoolExecutor(threads) as pool:
+                for r in [pool.submit(fill, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]:
+                    r.result()  # the first error, named
+        return out
 
     def __repr__(self) -> str:
         """grain's ArrayRecordDataSource repr of the same paths (checkpointed iterator states stay valid)."""

@@ -79,3 +79,22 @@ def test_writer_compresses_compressible_records(tmp_path):
     rows = [records.manifest_row(str(tmp_path), "a.array_record", "train", 64)]
     records.write_manifest(str(tmp_path), schema, rows)
     np.testing.assert_array_equal(pipeline.open_split(str(tmp_path), "train").read_batch([7])["x"][0], 7.0)
+
+
+def test_threaded_read_batch_equals_one_thread_and_names_bad_record(tmp_path):
+    schema, ex = _schema(), _examples(40)
+    src = _shards(tmp_path, ex, schema, k=3)
+    idx = list(np.random.default_rng(1).permutation(40)[:33])
+    one = src.read_batch(idx, threads=1)
+    _assert_batches_equal(one, {f: np.stack([src[i][f] for i in idx]) for f in schema.names})
+    _assert_batches_equal(src.read_batch(idx, threads=3), one)  # 3 runs of 11 rows
+    good = records.encode(schema, ex[0])
+
+    class Short:  # record 5 of the last file is a byte short
+        def __getitem__(self, i):
+            return good[:-1] if i == 5 else good
+
+    src._files[2] = Short()
+    bad = src._ends[1] + 5  # global index of that record, read by the third thread
+    with pytest.raises(records.DataError, match=r"train-00002-of-00003.array_record: record 5 cannot be decoded"):
+        src.read_batch(list(range(22)) + [bad] + list(range(10)), threads=3)

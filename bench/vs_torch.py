@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -55,6 +54,8 @@ def _torch_worker() -> None:
     def setup(a):
         torch.manual_seed(0)
         torch.set_num_threads(a["threads"])
+        dev = torch.device(a.get("device", "cpu"))
+        autocast = a.get("autocast")  # None (float32) or 'bfloat16' (torch.autocast, as AMP training runs)
         d, heads, depth = a["hidden"], a["heads"], a["depth"]
         model = DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=d // heads, in_channels=4,
                                       out_channels=4, num_layers=depth, sample_size=a["latent"], patch_size=a["patch"],
@@ -67,6 +68,8 @@ def _torch_worker() -> None:
         for n, t in a["targets"].items():
             model.transformer_blocks[t["depth"] - 1].register_forward_hook(
                 lambda mod, inp, out, n=n: taps.__setitem__(n, out))
+        model.to(dev)
+        proj.to(dev)
         params = list(model.parameters()) + list(proj.parameters())
         opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, foreach=True)
         ema = [p.detach().clone() for p in params]
@@ -75,24 +78,25 @@ def _torch_worker() -> None:
         moments = torch.from_numpy(rng.normal(size=(b, 8, s, s)).astype(np.float32))
         moments[:, 4:] = moments[:, 4:].abs()
         labels = torch.from_numpy(rng.integers(0, a["num_classes"], b).astype(np.int64))
+        moments, labels = moments.to(dev), labels.to(dev)
         targets = {n: torch.from_numpy(rng.normal(size=(b, *t["shape"])).astype(np.float32)).to(
-            getattr(torch, t["dtype"])) for n, t in a["targets"].items()}
+            getattr(torch, t["dtype"])).to(dev) for n, t in a["targets"].items()}
         model.train()
 
         def step():
             mean, std = moments[:, :4], moments[:, 4:]
             x0 = (mean + std * torch.randn_like(mean)) * a["latent_scale"]
-            t = torch.rand(b)
+            t = torch.rand(b, device=dev)
             eps = torch.randn_like(x0)
             tb = t[:, None, None, None]
             xt, v = (1 - tb) * x0 + tb * eps, eps - x0
-            pred = model(xt, timestep=t * 1000, class_labels=labels).sample
-            gen = ((pred - v) ** 2).mean()
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast == "bfloat16"):
+                pred = model(xt, timestep=t * 1000, class_labels=labels).sample
+                zs = {n: proj[n](taps[n].mean(1) if tg["pooled"] else taps[n]) for n, tg in a["targets"].items()}
+            gen = ((pred.float() - v) ** 2).mean()
             align = 0.0
             for n, tg in a["targets"].items():
-                h = taps[n].mean(1) if tg["pooled"] else taps[n]
-                z = proj[n](h)
-                cos = torch.nn.functional.cosine_similarity(z, targets[n].float(), dim=-1, eps=1e-6)
+                cos = torch.nn.functional.cosine_similarity(zs[n].float(), targets[n].float(), dim=-1, eps=1e-6)
                 align = align + tg["coeff"] * (-cos).mean()
             loss = a["w_gen"] * gen + a["w_align"] * align
             opt.zero_grad(set_to_none=True)
@@ -129,33 +133,12 @@ def _torch_worker() -> None:
         sys.stdout.flush()
 
 
-class TorchPeer:
-    """The worker process, one JSON line per request."""
+def torch_peer(python: str, threads: int):
+    """The worker (`--torch_worker` of this file) under `python`, as a benchmark.Worker."""
+    from reed_jax import benchmark
 
-    def __init__(self, python: str, threads: int):
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--torch_worker"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=env)
-
-    def ask(self, **msg) -> dict:
-        self.proc.stdin.write(json.dumps(msg) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the torch worker ended (exit {self.proc.wait()}); is torch + diffusers installed "
-                               f"in --torch_python?")
-        out = json.loads(line)
-        if "error" in out:
-            raise RuntimeError(f"torch worker: {out['error']}")
-        return out
-
-    def close(self):
-        try:
-            self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError:
-            pass
-        self.proc.wait(timeout=30)
+    return benchmark.Worker([python, os.path.abspath(__file__), "--torch_worker"],
+                            env=dict(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)))
 
 # ----------------------------------------------------------------------------- our side
 
@@ -347,7 +330,7 @@ def main() -> None:
     cpus = sorted(os.sched_getaffinity(0))[:a.threads]
     os.sched_setaffinity(0, cpus)  # before jax starts its CPU client: XLA's pool sizes itself from it
     print(benchmark.machine_line(), flush=True)
-    peer = TorchPeer(a.torch_python, a.threads)
+    peer = torch_peer(a.torch_python, a.threads)
     rows = []
     try:
         for model in a.model.split(","):

@@ -313,3 +313,42 @@ def trace_top(trace_dir: str, n: int = 15) -> dict:
     top = lambda t: [(k, round(v[0], 3), v[1]) for k, v in sorted(t.items(), key=lambda kv: -kv[1][0])[:n]]
     return {"ops": top(ops), "kinds": top(kinds), "total_ms": round(sum(v[0] for v in ops.values()), 3),
             "trace": paths[-1]}
+
+
+class Worker:
+    """A persistent helper process under another Python (e.g. a torch venv without jax), spoken to in
+    JSON lines: `ask(**msg)` writes one JSON object to its stdin and returns the one it answers; an
+    answer with 'error' raises RuntimeError. The caller decides when it runs (never beside a timed
+    window of its own). `argv`: the command; `env`: extra environment variables."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None):
+        import subprocess
+
+        self.argv = list(argv)
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=dict(os.environ, **(env or {})))
+
+    def ask(self, **msg) -> dict:
+        try:
+            self.proc.stdin.write(json.dumps(msg) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except BrokenPipeError:
+            line = ""
+        if not line:
+            raise RuntimeError(f"worker {' '.join(self.argv)} ended (exit {self.proc.wait()}); see its stderr above")
+        out = json.loads(line)
+        if "error" in out:
+            raise RuntimeError(f"worker {self.argv[-2] if len(self.argv) > 1 else self.argv[0]}: {out['error']}")
+        return out
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+        try:
+            self.proc.wait(timeout=60)
+        except Exception:  # noqa: BLE001
+            self.proc.kill()

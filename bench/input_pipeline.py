@@ -23,7 +23,9 @@ and reads them back the way training does, per window `--batches` global batches
                         so each of its windows first drains that many batches untimed
 Windows alternate over the readers (machine noise hits them alike); the shards are in the page
 cache after the first window, so this is the CPU cost of reading, decoding and batching, not disk.
-Prints records/s and MB/s (median [IQR; min-max]) and the ratio to one chip's need: SiT-XL/2 at 50%
+Prints records/s and MB/s (wall clock, median [IQR; min-max]), records per CPU-second of this
+process (all its threads: the cost, robust on a loaded machine; what a host needs cores for) and
+the ratio to one chip's need: SiT-XL/2 at 50%
 MFU on an H100/H200 trains ~690 img/s (`--chip_rate`), i.e. ~300 MB/s of precomputed records.
 """
 from __future__ import annotations
@@ -144,14 +146,15 @@ def main() -> None:
             source = pipeline.open_split(d, "train")
 
             def timed(it, drain=0):
-                def run():
-                    for _ in range(drain):  # batches grain's workers made while other readers ran
-                        next(it)
-                    t0 = time.perf_counter()
+                def window():
                     for _ in range(a.batches):
                         arrays = parallel.global_batch({k: v for k, v in next(it).items()}, mesh)
                     jax.block_until_ready(arrays)
-                    return (time.perf_counter() - t0) / (a.batches * local)  # seconds per record
+
+                def run():
+                    for _ in range(drain):  # batches grain's workers made while other readers ran
+                        next(it)
+                    return benchmark.timed_window(window, a.batches * local)  # per record
                 return run
 
             readers = {
@@ -174,19 +177,28 @@ def main() -> None:
             print(f"  per process (slice {local} of {a.batch}; {a.process_count} process(es)); chip need "
                   f"{a.chip_rate:.0f} img/s = {a.chip_rate * rec_mb:.0f} MB/s of these records", flush=True)
             for name, secs in times.items():
-                rate = benchmark.spread([1.0 / s for s in secs])
-                mbs = benchmark.spread([rec_mb / s for s in secs])
-                chips = benchmark.spread([1.0 / s / a.chip_rate for s in secs])
-                rows.append(dict(layout=layout, writer=options, reader=name, batch=a.batch, process_count=a.process_count,
-                                 record_bytes=schema.record_bytes, records_per_s=rate, mb_per_s=mbs,
-                                 chips_fed=chips, write_records_per_s=a.records / write_s))
-                print(f"  {name:22s} {benchmark.format_spread(rate, '{:.0f}')} records/s, "
-                      f"{mbs['median']:.0f} MB/s, = {chips['median']:.2f} chips' need "
-                      f"[min-max {chips['min']:.2f}-{chips['max']:.2f}]", flush=True)
+                rate = benchmark.spread([1.0 / t.wall for t in secs])
+                mbs = benchmark.spread([rec_mb / t.wall for t in secs])
+                chips = benchmark.spread([1.0 / t.wall / a.chip_rate for t in secs])
+                # records per CPU-second of this process (its threads included; grain's worker
+                # processes are not counted, so no per-core figure for them)
+                core = None if name.startswith("grain_w") and name != "grain_w0" else benchmark.spread(
+                    [1.0 / t.cpu for t in secs])
+                rows.append(dict(layout=layout, writer=options, reader=name, batch=a.batch,
+                                 process_count=a.process_count, record_bytes=schema.record_bytes,
+                                 records_per_s=rate, mb_per_s=mbs, chips_fed=chips, records_per_cpu_s=core,
+                                 write_records_per_s=a.records / write_s, windows=secs))
+                per_core = ("" if core is None else f"; {benchmark.format_spread(core, '{:.0f}')} records per CPU-s "
+                            f"= {core['median'] / a.chip_rate:.2f} chips per core")
+                print(f"  {name:22s} wall {benchmark.format_spread(rate, '{:.0f}')} records/s, "
+                      f"{mbs['median']:.0f} MB/s = {chips['median']:.2f} chips' need{per_core}", flush=True)
             if "global_batches_before" in times:
-                r = benchmark.paired_ratios(times["global_batches_before"], times["global_batches"])
-                print(f"  speed-up of global_batches over before: {benchmark.format_spread(r, '{:.2f}')}x", flush=True)
-                rows.append(dict(layout=layout, writer=options, reader="speedup_global_batches", ratio=r))
+                for clock, i in (("wall", 0), ("cpu", 1)):
+                    r = benchmark.paired_ratios([t[i] for t in times["global_batches_before"]],
+                                                [t[i] for t in times["global_batches_1thread"]])
+                    print(f"  speed-up of global_batches (1 thread) over before, {clock} time: "
+                          f"{benchmark.format_spread(r, '{:.2f}')}x", flush=True)
+                    rows.append(dict(layout=layout, writer=options, reader=f"speedup_1thread_{clock}", ratio=r))
             for it in loaders:
                 del it
             del readers, loaders

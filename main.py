@@ -67,7 +67,7 @@ def main(argv):
         init_distributed()
     elif any(getattr(FLAGS, k) is not None for k in DIST_ENV):
         raise app.UsageError("--coordinator_address/--num_processes/--process_id need --multihost")
-    from reed_jax import config as config_lib, logs, train
+    from reed_jax import config as config_lib, logs, modes, train
     from reed_jax.data import precompute
 
     config = FLAGS.config
@@ -87,10 +87,10 @@ def main(argv):
         importer.import_checkpoint(config, FLAGS.workdir, FLAGS.torch_checkpoint, FLAGS.torch_key, FLAGS.import_step,
                                    FLAGS.torch_projectors)
     elif FLAGS.mode == "evaluate":
-        result = train.evaluate_mode(config, FLAGS.workdir)
+        result = modes.evaluate_mode(config, FLAGS.workdir)
         print("evaluation:", logs.format_metrics(result, ", "))
     else:
-        train.sample_mode(config, FLAGS.workdir)
+        modes.sample_mode(config, FLAGS.workdir)
 
 
 def _unknown_override(argv: list[str]) -> str | None:
@@ -123,7 +123,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     the one line `validate()` gives for an unknown key, instead of ml_collections' traceback."""
     try:
         return FLAGS(argv)
-    except (AttributeError, KeyError) as e:
+    except (AttributeError, KeyError):
         try:
             key = _unknown_override(argv)
         except Exception:  # noqa: BLE001  (the config file itself fails: show the original error)

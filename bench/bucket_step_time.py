@@ -13,19 +13,14 @@ train step on batches cropped to that bucket; then the mix of buckets the bucket
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from reed_jax import config as config_lib, train  # noqa: E402
-from reed_jax.data import buckets as buckets_lib, precompute  # noqa: E402
+from reed_jax import benchmark, config as config_lib, train
+from reed_jax.data import precompute
 
 
 def load_config(spec: str):
@@ -37,7 +32,7 @@ def load_config(spec: str):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = benchmark.parser(__doc__)
     ap.add_argument("--config", required=True)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--buckets", required=True, help="comma-separated lengths, the last = the config's maximum")

@@ -40,6 +40,8 @@ from reed_jax import benchmark, config as config_lib, train  # noqa: E402
 from reed_jax.image import digits
 from reed_jax.data import pipeline, precompute, records  # noqa: E402
 from reed_jax.image.digits_fd import DigitsScorer  # noqa: E402
+from reed_jax.image import evaluate as image_eval  # noqa: E402
+from reed_jax.image import config as image_config  # noqa: E402
 
 MAIN = ("sit", "repa", "reed")
 ABLATIONS = ("reed_nowarmup", "reed_warmup30", "reed_at_linear", "reed_at_cutoff")
@@ -50,14 +52,14 @@ def variant_config(name: str, args) -> "config_lib.ml_collections.ConfigDict":
     base = name.split("_")[0]
     if base not in MAIN or (name not in MAIN and name not in ABLATIONS):
         raise ValueError(f"--variants: unknown variant {name!r}; expected one of {MAIN + ABLATIONS}")
-    c = config_lib.digits_config(base)
+    c = image_config.digits_config(base)
     c.model.update(depth=args.depth, hidden=args.hidden, heads=args.heads)
     c.optim.update(lr=args.lr, ema_decay=args.ema_decay)
     c.train.update(batch_size=args.batch, steps=args.steps)
     c.sample.update(method=args.sampler, num_steps=args.sample_steps, batch_size=args.eval_samples)
     c.eval.num_samples = args.eval_samples
     for t in c.targets.values():
-        t.depth = min(t.depth, args.depth)
+        t.tap = f"block{min(int(t.tap[5:]), args.depth)}"
     if base == "reed":
         c.curriculum.gen.warmup = int(args.warmup * args.steps)
     if name == "reed_nowarmup":
@@ -81,7 +83,7 @@ def compiled(name: str, config):
     """(train step, sample fn) of a variant, built once and reused for every seed."""
     if name not in _COMPILED:
         model, tx = train.build_model(config), train.make_optimizer(config)
-        _COMPILED[name] = train.make_train_step(config, model, tx), train.make_sample_fn(config, model)
+        _COMPILED[name] = train.make_train_step(config, model, tx), image_eval.make_sample_fn(config, model)
     return _COMPILED[name]
 
 
@@ -96,7 +98,7 @@ def run_one(name: str, config, params, data: dict, scorer: DigitsScorer, seed: i
     for step in range(1, config.train.steps + 1):
         state, metrics = step_fn(state, next(it))
         if step % eval_every == 0 or step == config.train.steps:
-            images = train.generate(sample_fn, state.ema_params, labels, config.sample.batch_size, seed=12345)
+            images = image_eval.generate(sample_fn, state.ema_params, labels, config.sample.batch_size, seed=12345)
             score = scorer(images, labels)
             p = {"variant": name, "seed": seed, "step": step, **score, "loss_gen": float(metrics["loss/gen"]),
                  "seconds": time.time() - t0}
@@ -135,7 +137,7 @@ def main(argv=None) -> dict:
     os.makedirs(args.workdir, exist_ok=True)
     data_dir = precompute.precompute(first, args.workdir, log)
     data = pipeline.read_all(data_dir, "train")
-    scorer = DigitsScorer(precompute.fd_params(first, data_dir, log), digits.load()[0])
+    scorer = DigitsScorer(digits.fd_params(first, data_dir, log), digits.load()[0])
     points, wall = benchmark.run(args.workdir, settings, configs, seeds, args.steps,
                                  lambda name, c, params, seed: run_one(name, c, params, data, scorer, seed,
                                                                        args.eval_every, log), log)

@@ -21,23 +21,23 @@ perplexity and the speed-up per seed).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from reed_jax import benchmark, config as config_lib, train  # noqa: E402
-from reed_jax.data import pipeline, precompute  # noqa: E402
-from reed_jax.protein import evaluate as protein_eval, model as protein_model  # noqa: E402
+from reed_jax import benchmark, config as config_lib, train
+from reed_jax.data import pipeline, precompute
+from reed_jax.protein import (
+    config as protein_config,
+    evaluate as protein_eval,
+    model as protein_model,
+)
 
 VARIANTS = ("base", "reed")
 
 
 def variant_config(name: str, args):
-    c = config_lib.protein_config(name)
+    c = protein_config.protein_config(name)
     c.model.update(hidden=args.hidden)
     c.protein.update(k=args.k, max_length=args.max_length, sample_steps=args.sample_steps, eval_samples=2)
     c.optim.update(lr=args.lr, ema_decay=args.ema_decay)
@@ -50,7 +50,7 @@ def variant_config(name: str, args):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = benchmark.parser(__doc__)
     ap.add_argument("--workdir", default="workdir/protein_convergence")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=400)

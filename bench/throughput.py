@@ -11,38 +11,36 @@ device's peak bf16 FLOP/s (PROTOCOLS.md; `--peak_tflops` for devices not in the 
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from reed_jax import config as config_lib, parallel, train
-from reed_jax.image import flops  # noqa: E402
+from reed_jax import benchmark, config as config_lib, parallel, train
+from reed_jax.image import (
+    config as image_config,
+    flops,
+)
 
 
 def bench_one(model: str, batch: int, dtype: str, fsdp: int, remat: str, variant: str, windows: int, steps: int,
               peak: float | None, compile_only: bool = False, scan: bool = False) -> dict:
     size, _ = model.split("/")
-    c = config_lib.imagenet_config(size, variant)
-    c.model = config_lib.sit_model(model, dtype=dtype, remat=remat, scan=scan)
+    c = image_config.imagenet_config(size, variant)
+    c.model = image_config.sit_model(model, dtype=dtype, remat=remat, scan=scan)
     c.train.batch_size = batch
     c.mesh.update(data=-1, fsdp=fsdp)
     config_lib.validate(c, jax.device_count())
     net, tx = train.build_model(c), train.make_optimizer(c)
     mesh = parallel.make_mesh(c.mesh)
     abstract = train.abstract_state(c, net, tx)
-    shardings = parallel.state_shardings(abstract, mesh, train.logical_specs(net))
+    shardings = parallel.state_shardings(abstract, mesh, train.logical_specs(c, net))
     rng = np.random.default_rng(0)
     h, w, ch = c.data.image_shape
     local = {"moments": rng.normal(size=(batch, h, w, 2 * ch)).astype(np.float32),
              "label": rng.integers(0, 1000, batch).astype(np.int32)}
-    for name, shape in config_lib.target_shapes(c).items():
+    for name, shape in image_config.target_shapes(c).items():
         local[f"target/{name}"] = rng.normal(size=(batch,) + shape).astype(np.float32)
     gbatch = parallel.global_batch(local, mesh)
     step = train.make_train_step(c, net, tx, mesh=mesh, shardings=shardings)
@@ -79,7 +77,7 @@ def bench_one(model: str, batch: int, dtype: str, fsdp: int, remat: str, variant
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = benchmark.parser(__doc__)
     ap.add_argument("--model", default="S/2,B/2", help="comma-separated SiT sizes, e.g. S/2,B/2,L/2,XL/2")
     ap.add_argument("--variant", default="reed", choices=["sit", "repa", "reed"])
     ap.add_argument("--batch", type=int, default=32, help="global batch")
@@ -90,7 +88,6 @@ def main():
     ap.add_argument("--windows", type=int, default=5)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--peak_tflops", type=float, default=None, help="peak FLOP/s per device, in TFLOP/s")
-    ap.add_argument("--json", default=None, help="also write all rows to this JSON file")
     ap.add_argument("--compile_only", action="store_true", help="compile on abstract state; print compile time")
     a = ap.parse_args()
     peak = a.peak_tflops * 1e12 if a.peak_tflops else None

@@ -6,7 +6,7 @@
 
 `--config=configs/demo.py:repa` and `:sit` give the baselines (same as demo_repa.py / demo_sit.py).
 """
-from reed_jax.config import digits_config
+from reed_jax.image.config import digits_config
 
 
 def get_config(variant: str = "reed"):

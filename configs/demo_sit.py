@@ -2,7 +2,7 @@
 
     python main.py --config=configs/demo_sit.py --workdir=workdir/demo_sit --config.data.dir=workdir/demo/data
 """
-from reed_jax.config import digits_config
+from reed_jax.image.config import digits_config
 
 
 def get_config():

@@ -10,7 +10,7 @@ Evaluation (`--mode=evaluate`, SDE 250 steps) uses this variant's published guid
 0.7] (REPA's FID 1.42). `--config=configs/imagenet_sit_l_2_repa.py:none` evaluates without CFG,
 `:reed` or `:repa` with REED's or REPA's preset (reed_jax.config.GUIDANCE_PRESETS).
 """
-from reed_jax.config import imagenet_config
+from reed_jax.image.config import imagenet_config
 
 
 def get_config(guidance: str = ""):

@@ -12,7 +12,7 @@ alignment (the baseline); `,reference` is the full-QM9 run for an accelerator (S
 
     python main.py --config=configs/molecule_demo.py:reed,demo,semla --workdir=workdir/molecule_semla --mode=train
 """
-from reed_jax.config import molecule_config
+from reed_jax.molecule.config import molecule_config
 
 
 def get_config(arg: str = "reed"):

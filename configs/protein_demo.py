@@ -13,7 +13,7 @@ raw params are evaluated), 500 sampler grid points, chains up to 256 residues. B
 reference's model and loss (decoder edge updates, 22-class head, 10x token-mean CE); what still
 differs is listed in docs/deviations.md.
 """
-from reed_jax.config import protein_config
+from reed_jax.protein.config import protein_config
 
 
 def get_config(arg: str = "reed"):

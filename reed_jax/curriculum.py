@@ -14,7 +14,7 @@ w_gen = min(s/50000, 1), w_align = 0.5, so step 0 trains the alignment alone.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import optax
 

@@ -26,7 +26,7 @@ class WorkdirLock:
         self.path = os.path.join(os.path.abspath(workdir), ".lock")
         self.enabled, self._fh = enabled, None
 
-    def __enter__(self) -> "WorkdirLock":
+    def __enter__(self) -> WorkdirLock:
         if not self.enabled:
             return self
         os.makedirs(os.path.dirname(self.path), exist_ok=True)

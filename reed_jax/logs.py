@@ -13,6 +13,7 @@ def write_json(path: str, obj) -> None:
     import json
     import os
 
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as fh:
         json.dump(obj, fh, indent=1)

@@ -11,7 +11,7 @@ Tracks provide their per-sample generative loss; this module only combines.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -74,7 +74,8 @@ def combine(gen: jax.Array, align: Mapping[str, jax.Array], t: jax.Array, w_gen,
     gen: [B] per-sample generative loss; align: {name: [B] per-sample alignment loss};
     t: [B] noise levels in [0, 1], 1 = pure noise (a track whose own time runs the other way, proteins
     and molecules with t = 1 clean, passes 1 - t; see reed_jax/tracks.py); w_gen, w_align: scalars
-    for this step; targets: {name: {coeff, noise_weight, cutoff_lo, cutoff_hi}}. Returns (loss scalar, metrics dict of scalars).
+    for this step; targets: {name: {coeff, noise_weight, cutoff_lo, cutoff_hi}}.
+    Returns (loss scalar, metrics dict of scalars).
     """
     metrics = {"loss/gen": gen.mean(), "weight/gen": jnp.asarray(w_gen, jnp.float32),
                "weight/align": jnp.asarray(w_align, jnp.float32)}

@@ -26,7 +26,7 @@ def tiny_config(variant: str = "reed"):
     c.eval.num_samples = 40
     c.precompute.update(encoder_steps=20, fd_steps=20)
     if "digits_pooled" in c.targets:
-        c.targets.digits_pooled.depth = 3
+        c.targets.digits_pooled.tap = "block3"
     return c
 
 

@@ -1,8 +1,10 @@
 """Regenerate the PyTorch parity fixtures in tests/fixtures/ (run by hand, never in CI).
 
     python3 -m venv /tmp/fixvenv
-    /tmp/fixvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 numpy && /tmp/fixvenv/bin/pip install --no-deps pytorch-fid==0.3.0
-    /tmp/fixvenv/bin/python tools/make_parity_fixtures.py [inception] [torch_files] [sit_checkpoint] [sit] [dinov2] [vae] [safetensors_file]
+    /tmp/fixvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 numpy &&
+        /tmp/fixvenv/bin/pip install --no-deps pytorch-fid==0.3.0
+    /tmp/fixvenv/bin/python tools/make_parity_fixtures.py \
+        [inception] [torch_files] [sit_checkpoint] [sit] [dinov2] [vae] [safetensors_file]
 
 inception: pytorch-fid's FID InceptionV3 (`fid_inception_v3`, its FIDInceptionA/C/E blocks) with
 deterministic random weights (tests/fixture_weights.py; the pretrained download is bypassed),
@@ -396,7 +398,8 @@ def sit():
 
 
 if __name__ == "__main__":
-    targets = {"safetensors_file": safetensors_file, "vae": vae, "inception": inception, "torch_files": torch_files, "sit_checkpoint": sit_checkpoint, "sit": sit,
+    targets = {"safetensors_file": safetensors_file, "vae": vae, "inception": inception, "torch_files": torch_files,
+               "sit_checkpoint": sit_checkpoint, "sit": sit,
                "dinov2": dinov2, "pdb2021": pdb2021}
     for name in sys.argv[1:] or list(targets):
         targets[name]()

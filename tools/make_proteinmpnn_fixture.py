@@ -58,7 +58,8 @@ def backbone(archive: str, n: int = 40):
     for line in text.splitlines():
         if line.startswith("ATOM") and line[12:16].strip() in ("N", "CA", "C", "O"):
             key = (int(line[22:26]), line[26])
-            res.setdefault(key, [line[17:20], {}])[1].setdefault(line[12:16].strip(), [float(line[30:38]), float(line[38:46]), float(line[46:54])])
+            xyz = [float(line[30:38]), float(line[38:46]), float(line[46:54])]
+            res.setdefault(key, [line[17:20], {}])[1].setdefault(line[12:16].strip(), xyz)
     keys = [k for k in res if len(res[k][1]) == 4][:n]
     x = np.array([[res[k][1][a] for a in ("N", "CA", "C", "O")] for k in keys], np.float32)
     s = np.array([ALPHABET.index(THREE.get(res[k][0], "X")) for k in keys], np.int32)
@@ -81,7 +82,6 @@ def main(archive: str):
 
     def capture(next_f, args, kwargs, context):  # colabdesign's layer outputs, as it computes them
         out = next_f(*args, **kwargs)
-        name = context.module.module_name.split("/")[-1]
         if context.method_name == "__call__" and isinstance(context.module, modules.EncLayer):
             taps["enc_nodes"], taps["enc_edges"] = out
         elif context.method_name == "__call__" and isinstance(context.module, modules.DecLayer):

@@ -15,11 +15,13 @@ Every key must be consumed.
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
-from reed_jax.models.encoders.dinov2 import SIZES
+# The released DINOv2 sizes: name -> (hidden, depth, heads) (the facebookresearch/dinov2 checkpoints);
+# reed_jax.models.encoders.dinov2 builds its registry from this table.
+SIZES = {"S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "G": (1536, 40, 24)}
 
 
 class ConversionError(ValueError):

@@ -25,7 +25,8 @@ import io
 import pickle
 import struct
 import zipfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -92,12 +93,12 @@ def _rebuild_tensor(storage: np.ndarray, offset: int, size, stride, *args) -> np
 class _Deferred:
     """A legacy-format tensor: its storage bytes follow the pickle, so it is built afterwards."""
 
-    def __init__(self, storage: "_Lazy", offset: int, size, stride):
+    def __init__(self, storage: _Lazy, offset: int, size, stride):
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
 
 class _Lazy:
-    def __init__(self, dtype, view_offset: int = 0, root: "_Lazy | None" = None):
+    def __init__(self, dtype, view_offset: int = 0, root: _Lazy | None = None):
         self.dtype, self.view_offset, self.root, self.array = dtype, view_offset, root, None
 
 

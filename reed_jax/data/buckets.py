@@ -19,7 +19,7 @@ Buckets with fewer records than one global batch are merged into the next larger
 from __future__ import annotations
 
 import json
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

@@ -24,19 +24,15 @@ Reference: any `.npz` with `arr_0` (uint8 NHWC images) and/or precomputed `mu`, 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import time
 import zipfile
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import jax
 import numpy as np
 
-from reed_jax.image import grids as visualize
-from reed_jax.convert import inception as convert_inception, torch_file
-from reed_jax.image import frechet, metrics
-from reed_jax.image import inception
+from reed_jax.convert import torch_file
+from reed_jax.image import convert_inception, frechet, grids as visualize, inception, metrics
 
 FEATURES = ("pool_3", "spatial", "logits")
 

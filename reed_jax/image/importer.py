@@ -5,8 +5,9 @@
 
 Reads the `.pt` without torch (`convert.torch_file`), takes the state dict under `--torch_key`
 (default: `ema` when the file has one, else `model`, else the file itself), converts it with
-`convert.sit.from_torch` for the config's model (projectors kept, in `--torch_projectors` order or
-token-level targets first; dropped when the config has no targets; blocks stacked when `model.scan`), checks every shape against
+`image.convert_sit.from_torch` for the config's model (projectors kept, in `--torch_projectors` order or
+token-level targets first; dropped when the config has no targets; blocks stacked when `model.scan`),
+checks every shape against
 the config, and writes step `--import_step` with params = EMA = the imported weights and a fresh
 optimizer state. `--mode=evaluate` and `--mode=sample` then use it, and `--mode=train` continues
 from it (with the data order from the beginning). An existing checkpoint is never overwritten.
@@ -17,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reed_jax import checkpoint, train
-from reed_jax.convert import sit as convert_sit, torch_file
-from reed_jax.image import sit
+from reed_jax import checkpoint, targets as targets_lib, train
+from reed_jax.convert import torch_file
+from reed_jax.image import convert_sit, sit
 
 
 class ImportError_(ValueError):
@@ -49,7 +50,7 @@ def projector_order(config, names: str | None = None) -> list[str]:
 
 def convert_for(config, state_dict: dict, projectors: str | None = None) -> dict:
     """Params for `config`'s model from a reference state dict, shape-checked."""
-    segments = sit.block_segments(config.model.depth, train.target_specs(config)) if config.model.scan else None
+    segments = sit.block_segments(config.model.depth, targets_lib.from_config(config)) if config.model.scan else None
     has_proj = any(k.removeprefix("module.").startswith("projectors.") for k in state_dict)
     if config.targets and not has_proj:
         raise ImportError_(f"the config has targets {list(config.targets)} but the checkpoint has no projectors; "

@@ -2,7 +2,7 @@
 
 This is the network behind every published FID/sFID/IS number (the ADM evaluator runs the TF
 graph; pytorch-fid's `FIDInceptionA/C/E` blocks and pooling choices reproduce it). Submodule
-names follow torchvision's `Inception3` so `reed_jax.convert.inception` is a rename table.
+names follow torchvision's `Inception3` so `reed_jax.image.convert_inception` is a rename table.
 
 `FIDInception()(images)` takes uint8-valued images `[N, H, W, 3]` (0..255, any size), resizes
 them to 299x299 like TF1 `ResizeBilinear` (align_corners=False, no half-pixel centres: source
@@ -15,11 +15,12 @@ coordinate = dst * in / out), scales `(x - 128) / 128` as the TF graph does, and
                             evaluator computes the Inception Score.
 Batch norm is in inference mode with the stored statistics (eps 1e-3); there are no training
 paths. Weights: a local `pt_inception-2015-12-05-6726825d.pth` converted with
-`reed_jax.convert.inception.from_torch`; tests use random weights.
+`reed_jax.image.convert_inception.from_torch`; tests use random weights.
 """
 from __future__ import annotations
 
 import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -217,7 +218,7 @@ def init_params(seed: int = 0, size: int = SIZE) -> dict:
     return init(jax.random.PRNGKey(seed))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def feature_fn(size: int = SIZE):
     """A jitted (params, uint8 images [N, H, W, 3]) -> {pool_3, spatial, logits}, resized to `size`."""
     net = FIDInception(size=size)

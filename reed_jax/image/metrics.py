@@ -30,7 +30,7 @@ class Moments:
     def __init__(self, dim: int):
         self.n, self.s1, self.s2 = 0, np.zeros(dim, np.float64), np.zeros((dim, dim), np.float64)
 
-    def update(self, features: np.ndarray) -> "Moments":
+    def update(self, features: np.ndarray) -> Moments:
         f = np.asarray(features, np.float64)
         if f.ndim != 2 or f.shape[1] != self.s1.shape[0]:
             raise ValueError(f"features of shape {f.shape}; expected [N, {self.s1.shape[0]}]")
@@ -39,7 +39,7 @@ class Moments:
         self.s2 += f.T @ f
         return self
 
-    def merge(self, other: "Moments") -> "Moments":
+    def merge(self, other: Moments) -> Moments:
         self.n += other.n
         self.s1 += other.s1
         self.s2 += other.s2
@@ -57,7 +57,7 @@ class Moments:
         return {"n": np.int64(self.n), "s1": self.s1, "s2": self.s2}
 
     @classmethod
-    def from_state(cls, state: dict) -> "Moments":
+    def from_state(cls, state: dict) -> Moments:
         m = cls(state["s1"].shape[0])
         m.n, m.s1, m.s2 = int(state["n"]), np.array(state["s1"]), np.array(state["s2"])
         return m
@@ -79,7 +79,7 @@ class InceptionScore:
         self.psum: dict[int, np.ndarray] = {}
         self.plogp: dict[int, float] = {}
 
-    def update(self, logits: np.ndarray, start: int) -> "InceptionScore":
+    def update(self, logits: np.ndarray, start: int) -> InceptionScore:
         """logits [N, K] of samples start .. start + N - 1 (their global indices)."""
         p = softmax64(logits)
         idx = start + np.arange(len(p))
@@ -90,7 +90,7 @@ class InceptionScore:
             self.plogp[s] = self.plogp.get(s, 0.0) + float(np.sum(part * np.log(part)))
         return self
 
-    def merge(self, other: "InceptionScore") -> "InceptionScore":
+    def merge(self, other: InceptionScore) -> InceptionScore:
         for s in other.count:
             self.count[s] = self.count.get(s, 0) + other.count[s]
             self.psum[s] = self.psum.get(s, np.zeros(self.k)) + other.psum[s]

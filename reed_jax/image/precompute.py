@@ -32,11 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from reed_jax.convert import vae as convert_vae, weight_file
-from reed_jax.image import sources as image_sources
+from reed_jax.convert import weight_file
 from reed_jax.data import records
+from reed_jax.image import convert_vae, sources as image_sources, vae as vae_lib
 from reed_jax.models import encoders
-from reed_jax.image import vae as vae_lib
 
 
 def build_vae(path: str, groups: int, key: str = "precompute.vae_path"):
@@ -156,7 +155,8 @@ def precompute_images(config, out_dir: str, log=print) -> str:
     encode = jax.jit(encode, in_shardings=(NamedSharding(mesh, P("data")), NamedSharding(mesh, P())))
     bs = p.batch_size
     if bs % len(jax.local_devices()):
-        raise records.DataError(f"precompute.batch_size={bs} must be a multiple of the {len(jax.local_devices())} local devices")
+        n = len(jax.local_devices())
+        raise records.DataError(f"precompute.batch_size={bs} must be a multiple of the {n} local devices")
     crop = (d.image_size, d.image_size, 3)
     shapes = jax.eval_shape(encode, jax.ShapeDtypeStruct((bs,) + crop, jnp.uint8), params)
     fields = [records.Field(k, v.shape[1:], jnp.dtype(v.dtype).name) for k, v in shapes.items()]

@@ -21,7 +21,7 @@ Everything is jit-able; the loops are `lax.fori_loop` over a precomputed time gr
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

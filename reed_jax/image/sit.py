@@ -5,11 +5,11 @@ Layout: images are NHWC (`x: [B, H, W, C]`); the PyTorch reference is NCHW. Time
 [0, num_classes]; `num_classes` is the null class used by classifier-free guidance.
 
 The forward returns `(velocity [B, H, W, C], {target_name: projected features})`. A token-level
-target gets `[B, T, z_dim]` (projector on every token of the raw residual stream after block
-`depth`), a pooled target gets `[B, z_dim]` (projector on the token mean). Sampling calls the
-model with `with_projectors=False`, which skips every projector.
+target (reed_jax.targets.Target, tap 'block<N>') gets `[B, T, dim]` (projector on every token of the
+raw residual stream after block N), a pooled target gets `[B, dim]` (projector on the token mean).
+Sampling calls the model with `with_projectors=False`, which skips every projector.
 
-Submodule names follow the reference state dict so `reed_jax.convert.sit` is a rename table.
+Submodule names follow the reference state dict so `reed_jax.image.convert_sit` is a rename table.
 
 Every parameter carries logical axis names (flax logical partitioning; `LOGICAL_AXES` lists
 them, `reed_jax.parallel.RULES` maps them to mesh axes). `init_params` returns plain arrays;
@@ -17,9 +17,9 @@ them, `reed_jax.parallel.RULES` maps them to mesh axes). `init_params` returns p
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reed_jax.models.projector import Projector, dense, xavier, zeros  # noqa: F401  (re-exported)
+from reed_jax.targets import Target
 
 # (depth, hidden, heads) of the published sizes; the patch size is chosen separately.
 SIT_SIZES: dict[str, tuple[int, int, int]] = {
@@ -58,17 +59,15 @@ LOGICAL_AXES = ("embed", "mlp", "qkv", "heads", "adaln", "temb", "freq", "vocab"
                 "proj", "proj_in", "target", "layers")
 
 
-@dataclasses.dataclass(frozen=True)
-class TargetSpec:
-    """One alignment target as the backbone sees it.
+TAP_PREFIX = "block"  # a target's tap 'block<N>': the tokens after block N (1-based)
 
-    name: key of the projected output; depth: tap after block `depth` (1-based, 1..model depth);
-    pooled: project the token mean ([B, D]) instead of every token; z_dim: target width.
-    """
-    name: str
-    depth: int
-    pooled: bool
-    z_dim: int
+
+def tap_depth(target: Target) -> int:
+    """The block after which `target` taps (its tap 'block<N>' -> N); a ValueError names any other tap."""
+    digits = target.tap[len(TAP_PREFIX):] if target.tap.startswith(TAP_PREFIX) else ""
+    if not digits.isdigit():
+        raise ValueError(f"targets.{target.name}.tap={target.tap!r}: SiT taps are '{TAP_PREFIX}<N>'")
+    return int(digits)
 
 
 def sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
@@ -194,10 +193,10 @@ class _ScanBody(SiTBlock):
         return super().__call__(x, c), None
 
 
-def block_segments(depth: int, targets: Sequence[TargetSpec] = ()) -> list[tuple[int, int]]:
+def block_segments(depth: int, targets: Sequence[Target] = ()) -> list[tuple[int, int]]:
     """Runs of blocks `[start, end)` (0-based) between tap points; with `scan`, each run is one
     nn.scan whose params are stacked on a leading axis, so every tap output stays available."""
-    cuts = sorted({0, depth} | {s.depth for s in targets})
+    cuts = sorted({0, depth} | {tap_depth(s) for s in targets})
     return list(zip(cuts[:-1], cuts[1:]))
 
 
@@ -247,7 +246,7 @@ class SiT(nn.Module):
     num_classes: int
     mlp_ratio: float = 4.0
     label_dropout: float = 0.1
-    targets: Sequence[TargetSpec] = ()
+    targets: Sequence[Target] = ()
     projector_width: int = 2048
     dtype: Any = jnp.float32  # compute dtype; params stay float32, projector/alignment math float32
     remat: str = "none"  # per-block rematerialisation: one of REMAT_POLICIES
@@ -258,8 +257,8 @@ class SiT(nn.Module):
         if self.input_size % self.patch_size:
             raise ValueError(f"model.patch_size={self.patch_size} does not divide the input size {self.input_size}")
         for spec in self.targets:
-            if not 1 <= spec.depth <= self.depth:
-                raise ValueError(f"targets.{spec.name}.depth={spec.depth} is outside 1..model.depth={self.depth}")
+            if not 1 <= tap_depth(spec) <= self.depth:
+                raise ValueError(f"targets.{spec.name}.tap={spec.tap!r} is outside block1..block{self.depth}")
         p = self.patch_size
         self.x_embedder = nn.Conv(self.hidden, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
                                   kernel_init=nn.with_logical_partitioning(patch_init, (None, None, "patch_in", "embed")),
@@ -282,7 +281,7 @@ class SiT(nn.Module):
             self.segments = [(i, i + 1) for i in range(self.depth)]
             self.blocks = [block(*args, name=f"blocks_{i}") for i in range(self.depth)]
         self.final_layer = FinalLayer(self.hidden, p * p * self.in_channels, self.dtype)
-        self.projectors = {s.name: Projector(self.projector_width, s.z_dim, name=f"projectors_{s.name}")
+        self.projectors = {s.name: Projector(s.proj_width or self.projector_width, s.dim, name=f"projectors_{s.name}")
                            for s in self.targets}
 
     @property
@@ -310,7 +309,7 @@ class SiT(nn.Module):
         feats = {}
         if with_projectors:
             for spec in self.targets:
-                tap = taps[spec.depth].astype(jnp.float32)
+                tap = taps[tap_depth(spec)].astype(jnp.float32)
                 if spec.pooled:
                     tap = tap.mean(axis=1)
                 feats[spec.name] = self.projectors[spec.name](tap)
@@ -338,7 +337,7 @@ def logical_specs(model: SiT) -> dict:
 
 
 def build_sit(model_cfg: Mapping[str, Any], data_shape: Sequence[int], num_classes: int,
-              targets: Sequence[TargetSpec] = ()) -> SiT:
+              targets: Sequence[Target] = ()) -> SiT:
     """SiT from a `config.model` block and the data shape `[H, W, C]`."""
     h, w, c = data_shape
     if h != w:

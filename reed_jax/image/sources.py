@@ -13,8 +13,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from reed_jax.image import imagenet
 from reed_jax.data import records
+from reed_jax.image import imagenet
 
 
 class FolderSource:

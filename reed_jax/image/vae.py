@@ -4,7 +4,7 @@ The architecture of `stabilityai/sd-vae-ft-mse` / `sd-vae-ft-ema` (block widths 
 512; 2 ResNet blocks per level in the encoder, 3 in the decoder; one self-attention block in each
 mid block; GroupNorm(32, eps 1e-6); SiLU; 4 latent channels, 8x downsampling) with any widths for
 tests. Param names mirror diffusers' with list indices joined (`down_blocks_0/resnets_1/conv1`),
-so `reed_jax.convert.vae.from_diffusers` is a rename.
+so `reed_jax.image.convert_vae.from_diffusers` is a rename.
 
     vae = AutoencoderKL()                                   # the SD configuration
     moments = vae.apply(p, x, method=vae.encode)            # x [B, 256, 256, 3] in [-1, 1] -> [B, 32, 32, 8]
@@ -16,7 +16,7 @@ so `reed_jax.convert.vae.from_diffusers` is a rename.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

@@ -8,7 +8,7 @@ explicit atoms.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

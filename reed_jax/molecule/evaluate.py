@@ -11,7 +11,6 @@ import os
 import jax
 import numpy as np
 
-from reed_jax import logs
 from reed_jax.data import records
 from reed_jax.molecule import chem, metrics, model as molecule_model
 
@@ -55,23 +54,14 @@ def make_evaluator(config, workdir: str, data_dir: str, model, log=print):
     return fn
 
 
-def evaluate_mode(config, workdir: str, log=print) -> dict:
-    """`--mode=evaluate`: the latest EMA params -> molecule.eval_samples molecules, scored (logged and
-    written to <workdir>/eval_<step>.json), and their SDF."""
-    import json
-
-    from reed_jax import train
+def evaluate(config, workdir: str, model, params, step: int, mesh, log=print) -> dict:
+    """`--mode=evaluate`: `params` -> molecule.eval_samples molecules, scored, and their SDF."""
     from reed_jax.data import precompute
 
-    model, params, step = train.latest_ema(config, workdir)
     result, _ = make_evaluator(config, workdir, precompute.data_dir(config, workdir), model, log)(params, step)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, f"eval_{step:07d}.json"), "w") as fh:
-            json.dump(result, fh, indent=1)
-    log(logs.format_metrics(result))
     return result
 
 
-def sample_mode(config, workdir: str, log=print) -> str:
-    """`--mode=sample`: `evaluate_mode`, returning the path of the SDF it wrote."""
-    return evaluate_mode(config, workdir, log)["samples"]
+def sample(config, workdir: str, model, params, step: int, mesh, log=print) -> str:
+    """`--mode=sample`: `evaluate`'s molecules; returns the path of the SDF it wrote."""
+    return evaluate(config, workdir, model, params, step, mesh, log)["samples"]

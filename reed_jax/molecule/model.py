@@ -15,7 +15,6 @@ level, 1 = noise). The batch carries the OT-paired prior draw `prior` [B, N, 3] 
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 
@@ -24,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reed_jax import objective
+from reed_jax import objective, targets as targets_lib
 from reed_jax.data import records
 from reed_jax.models.projector import Projector
 from reed_jax.molecule import chem, egnn, flow, semla
@@ -42,18 +41,10 @@ def coord_scale(m) -> float:
     return float(m.coord_scale) or COORD_SCALE[m.elements]
 
 
-@dataclasses.dataclass(frozen=True)
-class MoleculeTarget:
-    name: str
-    tap: str
-    width: int
-    z_dim: int
-
-
 class MoleculeREED(nn.Module):
     net: nn.Module  # egnn.EGNN or semla.Semla
     num_types: int
-    targets: tuple[MoleculeTarget, ...] = ()
+    targets: tuple[targets_lib.Target, ...] = ()
     self_condition: bool = False
 
     @nn.compact
@@ -89,7 +80,7 @@ class MoleculeREED(nn.Module):
         if with_projectors:
             for tg in self.targets:
                 pooled = (taps[tg.tap] * mask[..., None]).sum(1)  # real atoms only
-                feats[tg.name] = Projector(tg.width, tg.z_dim, hidden_layers=2, name=f"projectors_{tg.name}")(pooled)
+                feats[tg.name] = Projector(tg.proj_width, tg.dim, hidden_layers=2, name=f"projectors_{tg.name}")(pooled)
         return out, feats
 
 
@@ -123,8 +114,7 @@ def build_backbone(config):
 def build_model(config) -> MoleculeREED:
     m = config.molecule
     net = build_backbone(config)
-    targets = tuple(MoleculeTarget(n, t.tap, t.proj_width or config.model.projector_width, t.dim)
-                    for n, t in config.targets.items())
+    targets = targets_lib.from_config(config)
     return MoleculeREED(net, len(elements(m)), targets, bool(m.self_condition))
 
 

@@ -1,10 +1,23 @@
-"""The molecule track's hooks for the shared trainer (see reed_jax/tracks.py)."""
+"""The molecule track's hooks for the shared trainer (see reed_jax/tracks.py): unconditional 3D
+molecule generation by flow matching (EGNN or Semla), a pooled target from a frozen 3D encoder."""
 from __future__ import annotations
 
+from reed_jax import tracks
 from reed_jax.data import pipeline
 from reed_jax.molecule import model as molecule_model
+from reed_jax.molecule.config import SOURCES, extend_schema, validate  # noqa: F401 (hooks)
+from reed_jax.molecule.evaluate import evaluate, make_evaluator, sample  # noqa: F401 (hooks)
 from reed_jax.molecule.model import build_model, check_data, init_params, losses  # noqa: F401 (hooks)
-from reed_jax.molecule.evaluate import evaluate_mode, make_evaluator, sample_mode  # noqa: F401 (hooks)
+
+NAME = "molecule"
+
+
+def preflight(config, mode: str) -> None:
+    """Nothing beyond the shards (checked by check_data)."""
+
+
+def logical_specs(model):
+    return None  # no logical names: the size-based FSDP tactic (parallel.state_shardings)
 
 
 def signature(config) -> dict:
@@ -34,6 +47,16 @@ def train_iterator(config, data_dir: str, batch_size: int, shard_index: int, sha
         inner = iter(pipeline.make_loader(data_dir, "train", batch_size, seed=config.seed, shard_index=shard_index,
                                           shard_count=shard_count))
     return molecule_model.WithPrior(inner, config, shard_index)
+
+
+def frozen_encoders(config) -> dict:
+    return {}  # the 3D encoder's features are precomputed
+
+
+def evaluations(config, workdir: str, data_dir: str, model, mesh, log=print) -> list:
+    """molecule.eval_samples generated molecules scored (stability, validity, uniqueness, novelty,
+    energies) and written as SDF every train.eval_every steps."""
+    return [tracks.Evaluation("eval", config.train.eval_every, make_evaluator(config, workdir, data_dir, model, log))]
 
 
 def precompute(config, out_dir: str, log=print) -> str:

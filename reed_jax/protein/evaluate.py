@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reed_jax import logs
 from reed_jax.protein import masked_diffusion, model as pmodel, residues
 
 
@@ -41,8 +40,8 @@ def masked_stats(params, batch, rng, *, model, t_min: float, t_max: float):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_steps", "temperature", "allow_x", "t_min"))
-def sample(params, batch, rng, *, model, num_steps: int, temperature: float, allow_x: bool = True,
-           t_min: float = 0.01):
+def sample_sequences(params, batch, rng, *, model, num_steps: int, temperature: float, allow_x: bool = True,
+                     t_min: float = 0.01):
     """Designed sequences [B, L] for the batch's backbones (jitted once per model and shape)."""
     return masked_diffusion.sample(pmodel.logits_fn(model, params, batch), rng, batch["mask"], num_steps, temperature,
                                    allow_x, t_min)
@@ -51,7 +50,7 @@ def sample(params, batch, rng, *, model, num_steps: int, temperature: float, all
 def designer(config, model):
     """(params, batch, rng) -> sequences [B, L] with the config's sampler settings."""
     p = config.protein
-    return functools.partial(sample, model=model, num_steps=p.sample_steps, temperature=p.temperature,
+    return functools.partial(sample_sequences, model=model, num_steps=p.sample_steps, temperature=p.temperature,
                              allow_x=bool(p.sample_allow_x), t_min=p.t_min)
 
 
@@ -102,34 +101,22 @@ def make_evaluator(config, model, batches: list[dict], fold_fn: Callable | None 
     return evaluate
 
 
-def evaluate_mode(config, workdir: str, log=print) -> dict:
-    """`--mode=evaluate`: the metrics of the latest EMA params (the raw params when optim.ema_decay = 0, as
-    the reference evaluates) on the held-out backbones -> metrics json."""
-    import json
-    import os
-
-    from reed_jax import train
+def evaluate(config, workdir: str, model, params, step: int, mesh, log=print) -> dict:
+    """`--mode=evaluate`: the metrics of `params` (the latest EMA; the raw params when optim.ema_decay = 0,
+    as the reference evaluates) on the held-out backbones."""
     from reed_jax.data import precompute
 
-    model, params, step = train.latest_ema(config, workdir)
     batches = pmodel.eval_batches(precompute.data_dir(config, workdir), "validation", config.sample.batch_size)
     result, _ = make_evaluator(config, model, batches)(params, step)
-    path = os.path.join(workdir, "eval", f"protein_step{step:07d}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as fh:
-        json.dump(result, fh, indent=1)
-    log(logs.format_metrics(result))
     return result
 
 
-def sample_mode(config, workdir: str, log=print) -> str:
+def sample(config, workdir: str, model, params, step: int, mesh, log=print) -> str:
     """`--mode=sample`: `protein.eval_samples` designs per held-out backbone -> FASTA with recovery."""
     import os
 
-    from reed_jax import train
     from reed_jax.data import pipeline, precompute
 
-    model, params, step = train.latest_ema(config, workdir)
     p = config.protein
     names = pipeline.read_all(precompute.data_dir(config, workdir), "validation",
                               list(pmodel.BATCH_FIELDS) + ["index", "length"])

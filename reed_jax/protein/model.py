@@ -24,16 +24,15 @@ backbone noise; a model edge the teacher does not have is left out of the loss.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import flax.linen as nn
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from reed_jax import objective
+from reed_jax import objective, targets as targets_lib
 from reed_jax.data import records
 from reed_jax.protein import masked_diffusion, mpnn, residues
+
 
 def tap_names(p) -> tuple[str, ...]:
     """Taps of a `config.protein` model."""
@@ -66,17 +65,9 @@ class TorchProjector(nn.Module):
         return h
 
 
-@dataclasses.dataclass(frozen=True)
-class ProteinTarget:
-    name: str
-    tap: str
-    width: int
-    z_dim: int
-
-
 class ProteinREED(nn.Module):
     net: mpnn.MPNN
-    targets: tuple[ProteinTarget, ...] = ()
+    targets: tuple[targets_lib.Target, ...] = ()
 
     @nn.compact
     def __call__(self, coords, mask, residue_idx, tokens, train: bool = False, with_projectors: bool = True):
@@ -84,7 +75,7 @@ class ProteinREED(nn.Module):
         feats = {}
         if with_projectors:
             for t in self.targets:
-                feats[t.name] = TorchProjector(t.width, t.z_dim, name=f"projectors_{t.name}")(taps[t.tap])
+                feats[t.name] = TorchProjector(t.proj_width, t.dim, name=f"projectors_{t.name}")(taps[t.tap])
         return logits, feats, taps["e_idx"]
 
 
@@ -93,8 +84,7 @@ def build_model(config) -> ProteinREED:
     net = mpnn.MPNN(hidden=config.model.hidden, encoder_layers=p.enc_layers, decoder_layers=p.dec_layers, k=p.k,
                     dropout=p.dropout, backbone_noise=p.backbone_noise, num_letters=p.num_classes,
                     decoder_edge_mlp=True, update_edge=p.update_edge, learnable_node=p.learnable_node)
-    targets = tuple(ProteinTarget(n, t.tap, t.proj_width or config.model.projector_width, t.dim)
-                    for n, t in config.targets.items())
+    targets = targets_lib.from_config(config)
     return ProteinREED(net, targets)
 
 

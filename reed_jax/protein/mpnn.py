@@ -23,7 +23,7 @@ The layers are ProteinMPNN's (and colabdesign's): features -> W_e -> encoder lay
 edge updates, messages summed over neighbours / 30) -> decoder layers that see, for every
 neighbour j (itself included: the nearest neighbour is the residue itself), [h_E_ij, h_S_j, h_V_j]
 with h_S the embedding of the current (noisy) token: ProteinMPNN's decoder with an all-visible
-order. Parameter names follow colabdesign's haiku modules so `convert.proteinmpnn` maps its
+order. Parameter names follow colabdesign's haiku modules so `protein.convert_mpnn` maps its
 released weights 1:1. Padded neighbours (chains shorter than k in a padded batch) are masked in
 the decoder too, so outputs do not depend on the padding (the reference masks them in the
 encoder only; docs/deviations.md).

@@ -9,7 +9,6 @@ identical (schema and counts) and never overwritten otherwise.
 """
 from __future__ import annotations
 
-
 import jax
 import numpy as np
 
@@ -43,7 +42,7 @@ def add_targets(config, splits: dict, log=print) -> None:
     knn = jax.jit(lambda c, m: features.knn(c[:, :, 1], m, PAIR_K)) if imported else None
     total = sum(len(v) for v, _ in splits.values())
     bar = tqdm(total=total, desc="targets", unit="chain", dynamic_ncols=True)
-    for split, (examples, chains) in splits.items():
+    for examples, chains in splits.values():
         if not examples:
             continue
         stacked = {k: np.stack([e[k] for e in examples]) for k in protein_model.BATCH_FIELDS}

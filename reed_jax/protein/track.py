@@ -1,10 +1,23 @@
-"""The protein track's hooks for the shared trainer (see reed_jax/tracks.py)."""
+"""The protein track's hooks for the shared trainer (see reed_jax/tracks.py): inverse folding by
+masked discrete diffusion on a ProteinMPNN-style backbone, targets from the frozen ProteinMPNN."""
 from __future__ import annotations
 
+from reed_jax import tracks
 from reed_jax.data import pipeline
 from reed_jax.protein import evaluate as protein_eval, model as protein_model
+from reed_jax.protein.config import SOURCES, extend_schema, validate  # noqa: F401 (hooks)
+from reed_jax.protein.evaluate import evaluate, sample  # noqa: F401 (hooks)
 from reed_jax.protein.model import build_model, check_data, init_params, losses  # noqa: F401 (hooks)
-from reed_jax.protein.evaluate import evaluate_mode, sample_mode  # noqa: F401 (hooks)
+
+NAME = "protein"
+
+
+def preflight(config, mode: str) -> None:
+    """Nothing beyond the shards (checked by check_data) and the teacher (read at precompute)."""
+
+
+def logical_specs(model):
+    return None  # no logical names: the size-based FSDP tactic (parallel.state_shardings)
 
 
 def signature(config) -> dict:
@@ -27,9 +40,15 @@ def train_iterator(config, data_dir: str, batch_size: int, shard_index: int, sha
                                      shard_count=shard_count))
 
 
-def make_evaluator(config, workdir: str, data_dir: str, model, log=print):
+def frozen_encoders(config) -> dict:
+    return {}  # the teacher's features are precomputed
+
+
+def evaluations(config, workdir: str, data_dir: str, model, mesh, log=print) -> list:
+    """Masked-token loss and accuracy, then sequence recovery and diversity of sampled designs, on the
+    held-out backbones every train.eval_every steps."""
     batches = protein_model.eval_batches(data_dir, "validation", config.sample.batch_size)
-    return protein_eval.make_evaluator(config, model, batches)
+    return [tracks.Evaluation("eval", config.train.eval_every, protein_eval.make_evaluator(config, model, batches))]
 
 
 def precompute(config, out_dir: str, log=print) -> str:

@@ -6,11 +6,12 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 import ml_collections  # noqa: E402
-
+import numpy as np  # noqa: E402
 from conftest import tiny_config  # noqa: E402
+
 from reed_jax import parallel, train  # noqa: E402
+from reed_jax.image import evaluate as image_eval  # noqa: E402
 
 assert jax.device_count() == 8, jax.devices()
 c = tiny_config("reed")
@@ -29,14 +30,14 @@ batch = {"image": rng.uniform(-1, 1, (16, 8, 8, 1)).astype(np.float32),
 def run(data, fsdp, devices):
     mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(data=data, fsdp=fsdp)), devices)
     abstract = train.abstract_state(c, model, tx)
-    shardings = parallel.state_shardings(abstract, mesh, train.logical_specs(model))
+    shardings = parallel.state_shardings(abstract, mesh, train.logical_specs(c, model))
     state = train.create_state(c, model, tx, shardings)
     step = train.make_train_step(c, model, tx, mesh=mesh, shardings=shardings)
     losses = []
     for _ in range(3):
         state, m = step(state, parallel.global_batch(batch, mesh))
         losses.append(float(m["loss/total"]))
-    samples = train.generate(train.make_sample_fn(c, model), state.ema_params, np.arange(16, dtype=np.int32) % 10,
+    samples = image_eval.generate(image_eval.make_sample_fn(c, model), state.ema_params, np.arange(16, dtype=np.int32) % 10,
                              16, seed=0, mesh=mesh)
     return state, losses, samples
 
@@ -75,7 +76,7 @@ mngr.wait_until_finished()
 abstract = train.abstract_state(c, model, tx)
 for data, fsdp, devices in ((4, 1, jax.devices()[:4]), (2, 2, jax.devices()[4:]), (1, 1, jax.devices()[:1])):
     mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(data=data, fsdp=fsdp)), devices)
-    shardings = parallel.state_shardings(abstract, mesh, train.logical_specs(model))
+    shardings = parallel.state_shardings(abstract, mesh, train.logical_specs(c, model))
     restored, _ = checkpoint.restore(mngr, parallel.with_shardings(abstract, shardings))
     for a, b, s in zip(jax.tree.leaves(restored), jax.tree.leaves(state8), jax.tree.leaves(shardings)):
         assert a.sharding == s, (a.sharding, s)

@@ -2,9 +2,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import load_config
+
 from reed_jax import config as config_lib, train
+from reed_jax.image import config as image_config
 
 IMAGENET = [f"imagenet_sit_{s}_2_{v}" for s in ("b", "l", "xl") for v in ("sit", "repa", "reed")]
 
@@ -25,7 +26,7 @@ def test_imagenet_configs_build_with_eval_shape(name):
 
 
 # The published runs (METHOD.md section 2, PROTOCOLS.md): SiT size table, tap depths (DINOv2 tokens after
-# block 8, 4 for SiT-B; the pooled VLM vector after 16, 8 for SiT-B: reed_jax.config.IMAGENET_TAPS),
+# block 8, 4 for SiT-B; the pooled VLM vector after 16, 8 for SiT-B: reed_jax.image.config.IMAGENET_TAPS),
 # AdamW 1e-4 (0.9, 0.999, 1e-8, no decay), clip 1.0, EMA 0.9999, batch 256, label dropout 0.1, linear
 # path with uniform t, evaluation with 250 SDE steps on 50K samples.
 SIZES = {"b": (12, 768, 12), "l": (24, 1024, 16), "xl": (28, 1152, 16)}
@@ -50,10 +51,10 @@ def test_imagenet_configs_hold_the_published_values(name):
     d = c.data
     assert (d.kind, tuple(d.image_shape), d.num_classes, d.latent_scale, d.image_size) == (
         "latents", (32, 32, 4), 1000, 0.18215, 256)
-    targets = {n: (t.depth, t.pooled, t.dim, t.coeff) for n, t in c.targets.items()}
+    targets = {n: (t.tap, t.pooled, t.dim, t.coeff) for n, t in c.targets.items()}
     dino, vlm = TAPS[size]
-    want = {"sit": {}, "repa": {"dinov2": (dino, False, 768, 1.0)},
-            "reed": {"dinov2": (dino, False, 768, 1.0), "vlm": (vlm, True, 3584, 0.5)}}[variant]
+    want = {"sit": {}, "repa": {"dinov2": (f"block{dino}", False, 768, 1.0)},
+            "reed": {"dinov2": (f"block{dino}", False, 768, 1.0), "vlm": (f"block{vlm}", True, 3584, 0.5)}}[variant]
     assert targets == want
     g, a = c.curriculum.gen, c.curriculum.align
     assert (g.start, g.decay, a.decay) == (0, "constant", "constant")
@@ -86,19 +87,20 @@ def test_demo_configs_validate(name, n_targets):
 
 
 def test_sit_model_presets_and_errors():
-    m = config_lib.sit_model("SiT-B/4")
+    m = image_config.sit_model("SiT-B/4")
     assert (m.depth, m.hidden, m.heads, m.patch_size) == (12, 768, 12, 4)
     with pytest.raises(config_lib.ConfigError, match="unknown SiT size"):
-        config_lib.sit_model("XXL/2")
+        image_config.sit_model("XXL/2")
     with pytest.raises(config_lib.ConfigError, match="unknown variant"):
-        config_lib.imagenet_config("XL", "dit")
+        image_config.imagenet_config("XL", "dit")
 
 
 @pytest.mark.parametrize("size", ["S", "B", "L", "XL"])
 def test_every_sit_size_has_imagenet_reed_taps(size):
-    c = config_lib.imagenet_config(size, "reed")
+    c = image_config.imagenet_config(size, "reed")
     config_lib.validate(c)
-    assert c.targets.dinov2.depth < c.targets.vlm.depth <= c.model.depth
+    depth = lambda t: int(t.tap.removeprefix("block"))
+    assert depth(c.targets.dinov2) < depth(c.targets.vlm) <= c.model.depth
 
 
 def test_imagenet_config_paths_follow_paths_root_and_name_encoders():
@@ -134,7 +136,7 @@ def test_encoder_registry_names():
     (lambda c: c.data.update(verify_checksums="sometimes"), "data.verify_checksums='sometimes' is not one of"),
 ])
 def test_target_encoder_keys_are_validated(edit, match):
-    c = config_lib.imagenet_config("B", "reed")
+    c = image_config.imagenet_config("B", "reed")
     edit(c)
     with pytest.raises(config_lib.ConfigError, match=match):
         config_lib.validate(c)

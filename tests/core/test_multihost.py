@@ -10,15 +10,15 @@ import time
 import jax
 import numpy as np
 import pytest
-
 from conftest import ROOT, load_config
+
 from reed_jax import checkpoint, parallel, train
 from reed_jax.data import buckets, pipeline, records
 
 SCRIPT = os.path.join(ROOT, "launch", "local_multihost.sh")
 # a digits SiT with FSDP over 2 of the 4 global devices (its 64 x 256 MLP kernels are sharded)
 OVERRIDES = {"model.depth": 2, "model.hidden": 64, "model.heads": 2, "model.projector_width": 32,
-             "targets.digits_tokens.depth": 1, "targets.digits_pooled.depth": 2, "mesh.fsdp": 2,
+             "targets.digits_tokens.tap": "block1", "targets.digits_pooled.tap": "block2", "mesh.fsdp": 2,
              "train.batch_size": 16, "train.log_every": 1, "train.eval_every": 1000, "train.checkpoint_every": 2,
              "sample.num_steps": 2, "sample.batch_size": 20, "sample.grid_per_class": 2, "eval.num_samples": 20,
              "curriculum.gen.warmup": 0}
@@ -82,7 +82,7 @@ def test_global_batches_are_the_same_for_every_process_count(n):
     ref = pipeline.GlobalBatches([{"i": np.int64(i)} for i in src], 8, seed=3)
     its = [pipeline.GlobalBatches([{"i": np.int64(i)} for i in src], 8, seed=3, shard_index=p, shard_count=n)
            for p in range(n)]
-    for k in range(14):  # past an epoch boundary (6 batches per epoch)
+    for _ in range(14):  # past an epoch boundary (6 batches per epoch)
         want = next(ref)["i"]
         parts = [next(it)["i"] for it in its]
         assert all(len(p) == 8 // n for p in parts)
@@ -203,7 +203,8 @@ def test_signal_to_one_process_stops_all_at_one_step_and_a_kill_resumes(digits_s
     out = p.communicate(timeout=600)[0]
     assert p.returncode == 0, (out, logs(wd))
     saved = [l for log in logs(wd).values() for l in log.splitlines() if "saved step" in l]
-    assert len(saved) == 2 and saved[0].split("saved step ")[1].split()[0] == saved[1].split("saved step ")[1].split()[0], saved
+    steps = [s.split("saved step ")[1].split()[0] for s in saved]
+    assert len(saved) == 2 and steps[0] == steps[1], saved
     step = int(saved[0].split("saved step ")[1].split()[0])
     assert checkpoint.manager(str(wd)).latest_step() == step
 
@@ -226,9 +227,7 @@ def test_evaluation_with_two_processes_matches_one(digits_shards, tmp_path):
     as 1 process x 4 devices (same seeds); process 0 writes the batch files, all score them."""
     import shutil
 
-    from reed_jax.image import digits
-    from reed_jax.image import fid_eval
-    from reed_jax.image import inception
+    from reed_jax.image import digits, fid_eval, inception
 
     inc, ref = str(tmp_path / "inception.npz"), str(tmp_path / "ref.npz")
     fid_eval.save_inception_params(inception.init_params(0, size=75), inc)

@@ -10,7 +10,8 @@ def test_noise_weights_values():
     np.testing.assert_allclose(objective.noise_weight("constant", t), [1, 1, 1])
     np.testing.assert_allclose(objective.noise_weight("linear", t), [1, 0.5, 0])
     np.testing.assert_allclose(objective.noise_weight("cosine", t), [1, 0.5, 0], atol=1e-7)
-    np.testing.assert_allclose(objective.noise_weight("sigmoid", t), [1 / (1 + np.exp(-5)), 0.5, 1 / (1 + np.exp(5))], rtol=1e-6)
+    np.testing.assert_allclose(objective.noise_weight("sigmoid", t), [1 / (1 + np.exp(-5)), 0.5, 1 / (1 + np.exp(5))],
+                               rtol=1e-6)
     np.testing.assert_allclose(objective.noise_weight("loglinear", t), [1, 1 - np.log(1.5), 1 - np.log(2)], rtol=1e-6)
     np.testing.assert_allclose(objective.noise_weight("cutoff", t, 0.25, 0.5), [0, 1, 0])
     with pytest.raises(ValueError, match="unknown"):

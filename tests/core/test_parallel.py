@@ -6,6 +6,7 @@ import ml_collections
 import pytest
 
 from reed_jax import parallel
+from reed_jax.image import config as image_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -39,11 +40,11 @@ def test_logical_rules_shard_every_large_sit_xl_param_on_its_embed_axis():
 
     import jax
 
-    from reed_jax import config as config_lib, train
+    from reed_jax import train
 
-    c = config_lib.imagenet_config("XL", "reed")
+    c = image_config.imagenet_config("XL", "reed")
     c.model.scan = True
-    specs = train.logical_specs(train.build_model(c))
+    specs = train.logical_specs(c, train.build_model(c))
     shapes = jax.eval_shape(lambda: train.init_state(c, train.build_model(c), train.make_optimizer(c))).params
     mesh = types.SimpleNamespace(shape={"data": 2, "fsdp": 8})
     flat = dict(jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, parallel.P))[0])
@@ -62,7 +63,8 @@ def test_logical_rules_shard_every_large_sit_xl_param_on_its_embed_axis():
     assert n_sharded > 20
     qkv = shapes["blocks_0_to_7"]["attn"]["qkv"]["kernel"]  # [8 blocks, 1152, 3456]
     assert qkv.shape == (8, 1152, 3456)
-    assert parallel.logical_to_mesh(flat_spec(specs, "blocks_0_to_7", "attn", "qkv"), qkv.shape, mesh) == parallel.P(None, "fsdp")
+    spec = flat_spec(specs, "blocks_0_to_7", "attn", "qkv")
+    assert parallel.logical_to_mesh(spec, qkv.shape, mesh) == parallel.P(None, "fsdp")
     # a mesh axis that does not divide the dimension leaves it whole; size-1 axes are dropped
     wide = types.SimpleNamespace(shape={"data": 1, "fsdp": 256})
     assert parallel.logical_to_mesh(parallel.P("embed", "mlp"), (1152, 4608), wide) == parallel.P()

@@ -204,6 +204,7 @@ def test_existing_shards_are_kept_only_when_identical(tmp_path):
 def test_trainer_start_names_a_corrupt_shard(tmp_path):
     """The trainer's start-up check (train.check_data, before any compute) hashes small splits."""
     from conftest import tiny_config
+
     from reed_jax import train
 
     write(tmp_path)

@@ -10,16 +10,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import ROOT, tiny_config
-from reed_jax import checkpoint, config as config_lib, lock, logs, train
+
+from reed_jax import checkpoint, config as config_lib, lock, logs, tracks, train
+from reed_jax.image import track as image_track
 
 
 @pytest.fixture(autouse=True)
 def _no_sampling_eval(monkeypatch):
     """These tests are about the loop's bookkeeping: the periodic evaluation is a stub (no sampler
     compile, no digits-FD), which results.json still records."""
-    monkeypatch.setattr(train, "make_evaluator", lambda *a, **k: lambda params, step: ({"step": step}, None))
+    monkeypatch.setattr(image_track, "evaluations", lambda config, workdir, data_dir, model, mesh, log=print: [
+        tracks.Evaluation("eval", config.train.eval_every, lambda params, step: ({"step": step}, None))])
 
 
 def _config(shards, **train_kw):
@@ -58,8 +60,8 @@ def test_second_trainer_on_a_workdir_stops_naming_the_holder(digits_shards, tmp_
 
 def test_lock_is_held_across_processes_and_dropped_by_kill(tmp_path):
     """A real second process holding the lock blocks us; killing it (-9) frees the workdir."""
-    code = ("import sys, time; sys.path.insert(0, %r); from reed_jax import lock\n"
-            "with lock.WorkdirLock(%r):\n    print('held', flush=True); time.sleep(60)\n") % (ROOT, str(tmp_path))
+    code = (f"import sys, time; sys.path.insert(0, {ROOT!r}); from reed_jax import lock\n"
+            f"with lock.WorkdirLock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(60)\n")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "held"
@@ -138,13 +140,13 @@ def test_no_checkpoint_inside_a_streak_of_skipped_steps(digits_shards, tmp_path,
     c = _config(digits_shards, steps=3, checkpoint_every=1, eval_every=3, log_every=1, max_consecutive_skips=3)
     run(c, tmp_path)
     assert steps_in(tmp_path) == [1, 2, 3]
-    real = train.image_losses
+    real = image_track.losses
 
     def diverged(*a):
         gen, align, t = real(*a)
         return gen * jnp.nan, align, t
 
-    monkeypatch.setattr(train, "image_losses", diverged)
+    monkeypatch.setattr(image_track, "losses", diverged)
     c.train.steps = 10
     with pytest.raises(train.NonFiniteError, match="stopped at step 6: 3 consecutive .* last checkpoint saved "
                                                    "without skips: step 3"):
@@ -308,8 +310,9 @@ def test_moved_shards_resume_and_other_shards_are_refused(digits_shards, tmp_pat
 
 
 def test_import_holds_the_workdir_lock(tmp_path):
-    from reed_jax.image import importer
     from test_importer import CKPT, tiny_sit_config
+
+    from reed_jax.image import importer
 
     with lock.WorkdirLock(str(tmp_path)):
         with pytest.raises(lock.WorkdirBusy, match="is in use by another run"):

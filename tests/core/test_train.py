@@ -6,10 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import tiny_config
-from reed_jax import checkpoint, config as config_lib, train
+
+from reed_jax import checkpoint, config as config_lib, modes, targets as targets_lib, train
 from reed_jax.data import pipeline, records
+from reed_jax.image import track as image_track
 
 
 def test_tiny_overfit_loss_drops(digits_shards):
@@ -72,6 +73,9 @@ def test_train_eval_outputs_and_bitwise_resume(digits_shards, tmp_path):
     assert np.isfinite(result["digits_fd"]) and 0.0 <= result["accuracy"] <= 1.0
     saved = json.load(open(tmp_path / "straight" / "results.json"))
     assert saved["final"]["digits_fd"] == result["digits_fd"]
+    # every track's periodic evaluations land in <workdir>/eval/<name>_<step>.json
+    assert sorted(os.listdir(tmp_path / "straight" / "eval")) == ["eval_0000006.json"]
+    assert json.load(open(tmp_path / "straight" / "eval" / "eval_0000006.json")) == saved["final"]
     assert os.listdir(tmp_path / "straight" / "tensorboard")
     s_straight, _, steps = restore_params(c, tmp_path / "straight")
     assert steps == [3, 6]
@@ -96,7 +100,7 @@ def test_sample_mode_and_foreign_workdir_is_refused(digits_shards, tmp_path):
     c.data.dir = digits_shards
     c.train.steps = 3
     run(c, tmp_path)
-    out = train.sample_mode(c, str(tmp_path), log=lambda *_: None)
+    out = modes.sample_mode(c, str(tmp_path), log=lambda *_: None)
     arr = np.load(out.replace(".png", ".npz"))["arr_0"]
     assert arr.dtype == np.uint8 and arr.shape == (20, 8, 8, 1)
     before = sorted(os.listdir(tmp_path / "checkpoints"))
@@ -115,8 +119,9 @@ def test_bad_inputs_stop_before_compute(digits_shards, tmp_path):
     with pytest.raises(config_lib.ConfigError, match="unknown config key 'train.bach_size'"):
         config_lib.validate(c)
     c = tiny_config("reed")
-    c.targets.digits_tokens.depth = 9
-    with pytest.raises(config_lib.ConfigError, match="targets.digits_tokens.depth=9"):
+    c.targets.digits_tokens.tap = "block9"
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"targets.digits_tokens.tap='block9': expected 'block<N>' with N in 1..3"):
         config_lib.validate(c)
     c = tiny_config("reed")
     c.targets.digits_tokens.nosie_weight = "linear"
@@ -169,7 +174,7 @@ def test_scanned_model_trains_like_the_per_block_model(digits_shards):
     c_scan.model.scan = True
     assert train.signature(c) != train.signature(c_scan)  # the param layouts differ: no cross-resume
     batch = {k: v for k, v in next(iter(pipeline.make_loader(digits_shards, "train", 16, seed=0))).items() if k != "index"}
-    segments = sit.block_segments(c.model.depth, train.target_specs(c))
+    segments = sit.block_segments(c.model.depth, targets_lib.from_config(c))
     out = []
     for cfg, layout in ((c, lambda p: p), (c_scan, lambda p: sit.stack_blocks(p, segments))):
         model, tx = train.build_model(cfg), train.make_optimizer(cfg)
@@ -221,7 +226,7 @@ def test_image_losses_and_step_loss_match_a_hand_computation(kind, path, time_sa
         batch["moments"] = np.concatenate([rng.normal(size=(b, 8, 8, 1)), rng.uniform(0.1, 0.5, (b, 8, 8, 1))],
                                           -1).astype(np.float32)
     key = jax.random.PRNGKey(7)
-    losses = jax.jit(lambda p, bt, k: train.image_losses(c, model, p, bt, k))
+    losses = jax.jit(lambda p, bt, k: image_track.losses(c, model, p, bt, k))
     gen, align, t = losses(params, batch, key)
 
     k_x0, k_t, k_eps, k_drop = jax.random.split(key, 4)

@@ -1,14 +1,14 @@
 """The state-dict converter against an independent numpy transcription of the PyTorch reference
 forward (NCHW, torch Linear layout), on random weights where every layer matters."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reed_jax.convert.sit import ConversionError, from_torch
-from reed_jax.image.sit import SiT, TargetSpec, sincos_2d
 from reed_jax.image import sit as sit_lib
+from reed_jax.image.convert_sit import ConversionError, from_torch
+from reed_jax.image.sit import SiT, sincos_2d
+from reed_jax.targets import Target
 
 B, C, HW, P, D, DEPTH, HEADS, NCLS = 2, 3, 8, 2, 16, 2, 2, 5
 
@@ -82,7 +82,7 @@ def model(targets, scan=False):
 def test_converted_params_reproduce_reference_forward(learn_sigma, scan):
     rng = np.random.default_rng(0)
     sd = random_state_dict(rng, learn_sigma=learn_sigma)
-    targets = (TargetSpec("dino", 2, False, 8), TargetSpec("vlm", 1, True, 6))
+    targets = (Target("dino", "block2", False, 8), Target("vlm", "block1", True, 6))
     segments = sit_lib.block_segments(DEPTH, targets) if scan else None
     params = from_torch(sd, target_names=["dino", "vlm"], scan_segments=segments)
     m = model(targets, scan)
@@ -125,7 +125,7 @@ def test_sit_matches_a_pytorch_forward():
     f = np.load(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "sit_parity.npz"))
     c, hw, p, d, depth, heads, ncls, w, tok_depth, tok_dim, pool_depth, pool_dim = (int(v) for v in f["sizes"])
     sd = {k[3:]: f[k] for k in f.files if k.startswith("sd/")}
-    targets = (TargetSpec("img", tok_depth, False, tok_dim), TargetSpec("txt", pool_depth, True, pool_dim))
+    targets = (Target("img", f"block{tok_depth}", False, tok_dim), Target("txt", f"block{pool_depth}", True, pool_dim))
     m = SiT(input_size=hw, in_channels=c, patch_size=p, depth=depth, hidden=d, heads=heads, num_classes=ncls,
             targets=targets, projector_width=w)
     params = from_torch(sd, target_names=["img", "txt"])

@@ -4,13 +4,10 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import tiny_config
-from reed_jax import train
-from reed_jax.image import digits
-from reed_jax.image import fid_eval
-from reed_jax.image import inception
 
+from reed_jax import modes, train
+from reed_jax.image import digits, fid_eval, inception
 
 SIZE = 75  # the protocol's 299 costs 16x more; the pipeline is the same
 
@@ -38,7 +35,7 @@ def test_evaluate_mode_metrics_resume_and_npz(digits_shards, tmp_path, eval_inpu
                   frechet_method="eigh")  # sqrtm == eigh is tested in test_metrics
     train.train_and_evaluate(c, str(tmp_path), log=lambda *_: None)  # in-training FID at step 2 (same batches)
     logs = []
-    r = train.evaluate_mode(c, str(tmp_path), log=logs.append)
+    r = modes.evaluate_mode(c, str(tmp_path), log=logs.append)
     assert any("3 of 3 batches already done" in m for m in logs)  # written by the in-training evaluation
     assert r["num_samples"] == 20 and r["fid"] > 0 and r["sfid"] > 0 and r["inception_score"] >= 1.0
     assert 0.0 <= r["precision"] <= 1.0 and 0.0 <= r["recall"] <= 1.0
@@ -46,6 +43,8 @@ def test_evaluate_mode_metrics_resume_and_npz(digits_shards, tmp_path, eval_inpu
     batches = sorted(os.listdir(os.path.join(out, "batches")))
     assert batches == ["batch_00000.npz", "batch_00001.npz", "batch_00002.npz"]  # ceil(20 / 8)
     with open(os.path.join(out, "metrics.json")) as fh:
+        assert json.load(fh)["fid"] == pytest.approx(r["fid"])
+    with open(os.path.join(tmp_path, "eval", f"evaluate_{r['step']:07d}.json")) as fh:  # every track's layout
         assert json.load(fh)["fid"] == pytest.approx(r["fid"])
     arr = np.load(os.path.join(out, "samples.npz"))["arr_0"]
     assert arr.shape == (20, 8, 8, 3) and arr.dtype == np.uint8
@@ -59,7 +58,7 @@ def test_evaluate_mode_metrics_resume_and_npz(digits_shards, tmp_path, eval_inpu
     with open(os.path.join(out, "batches", "batch_00002.npz"), "wb") as fh:
         fh.write(b"half-written")
     logs = []
-    r2 = train.evaluate_mode(c, str(tmp_path), log=logs.append)
+    r2 = modes.evaluate_mode(c, str(tmp_path), log=logs.append)
     assert any("1 of 3 batches already done" in m for m in logs)
     assert r2["fid"] == pytest.approx(r["fid"], rel=1e-9)  # same seeds per batch: same images
     assert r2["precision"] == r["precision"] and r2["recall"] == r["recall"]
@@ -68,10 +67,10 @@ def test_evaluate_mode_metrics_resume_and_npz(digits_shards, tmp_path, eval_inpu
 def test_missing_inputs_are_named_before_compute(tmp_path):
     c = tiny_config("reed")
     with pytest.raises(fid_eval.EvalError, match="eval.inception_path"):
-        train.evaluate_mode(c, str(tmp_path))
+        modes.evaluate_mode(c, str(tmp_path))
     c.eval.inception_path = str(tmp_path / "nope.pth")
     with pytest.raises(fid_eval.EvalError, match="nope.pth"):
-        train.evaluate_mode(c, str(tmp_path))
+        modes.evaluate_mode(c, str(tmp_path))
     bad = tmp_path / "ref.npz"
     np.savez(bad, mu=np.zeros(5), sigma=np.eye(5))
     with pytest.raises(fid_eval.EvalError, match=r"mu has shape \(5,\)"):

@@ -1,14 +1,13 @@
 import pytest
 
-from reed_jax import config as config_lib
-from reed_jax.image import flops
+from reed_jax.image import config as image_config, flops
 
 
 def test_sit_xl2_forward_matches_published_gflops():
-    m = config_lib.sit_model("XL/2")
+    m = image_config.sit_model("XL/2")
     f = flops.sit_forward_flops(m, (32, 32, 4))
     assert f["backbone"] == pytest.approx(237e9, rel=0.01)  # 118.6 GMACs (DiT/SiT papers)
-    c = config_lib.imagenet_config("XL", "reed")
+    c = image_config.imagenet_config("XL", "reed")
     with_proj = flops.train_flops_per_image(c.model, (32, 32, 4), c.targets)
     # projectors add ~1.8% (PROTOCOLS.md): the token projector runs on 256 tokens
     assert 1.01 < with_proj / (3 * f["backbone"]) < 1.03

@@ -1,4 +1,4 @@
-"""Classifier-free guidance through the real sampling path (`train.make_sample_fn` + `generate`),
+"""Classifier-free guidance through the real sampling path (`image_eval.make_sample_fn` + `generate`),
 pinned against the unguided model's two forward passes (class y, null class) combined by hand as
 REPA/REED `samplers.py` does: guidance decided once per step from t_cur, kept for Heun's corrector;
 for the SDE the two drifts are combined. On one device and on meshes of 8 fake CPU devices (this
@@ -16,9 +16,10 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-
 from conftest import tiny_config  # noqa: E402
+
 from reed_jax import train  # noqa: E402
+from reed_jax.image import evaluate as image_eval  # noqa: E402
 
 SCALE, LO, HI, BATCH, SEED = 3.0, 0.0, 0.6, 8, 5
 LABELS = np.array([0, 1, 2, 3, 4, 5, 6, 9], np.int32)
@@ -98,7 +99,7 @@ def check(method: str, num_steps: int, mesh=None, shard_params=None, teeth: bool
     want = by_hand(c, model, params)
     if shard_params is not None:
         params = shard_params(c, model, params)
-    got = train.generate(train.make_sample_fn(c, model), params, LABELS, BATCH, seed=SEED, mesh=mesh)
+    got = image_eval.generate(image_eval.make_sample_fn(c, model), params, LABELS, BATCH, seed=SEED, mesh=mesh)
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
     # the check has teeth: unguided sampling, or Heun's corrector guided from t_next, is far off
     if not teeth:
@@ -135,7 +136,7 @@ def _mesh_worker() -> None:
 
         def shard(c, model, params, mesh=mesh):  # the EMA params as training leaves them: state shardings
             tx = train.make_optimizer(c)
-            specs = parallel.state_shardings(train.abstract_state(c, model, tx), mesh, train.logical_specs(model))
+            specs = parallel.state_shardings(train.abstract_state(c, model, tx), mesh, train.logical_specs(c, model))
             return jax.device_put(params, specs.params)
 
         for method, steps in (("heun", 4), ("sde", 3)):

@@ -3,8 +3,8 @@ is CFG 1.275 on the whole interval, REPA's 1.42 is CFG 1.8 on [0, 0.7], both SDE
 import re
 
 import pytest
-
 from conftest import load_config
+
 from reed_jax import config as config_lib
 
 PUBLISHED = {"reed": (1.275, 0.0, 1.0), "repa": (1.8, 0.0, 0.7), "sit": (1.0, 0.0, 1.0)}

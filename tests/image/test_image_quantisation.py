@@ -1,8 +1,7 @@
 """Sample quantisation for evaluation: truncation as REPA/REED `generate.py` and ADM (issue 16.1)."""
 import numpy as np
 
-from reed_jax.image import grids as visualize
-from reed_jax.image import fid_eval
+from reed_jax.image import fid_eval, grids as visualize
 
 
 def test_samples_are_truncated_not_rounded():

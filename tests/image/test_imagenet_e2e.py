@@ -4,23 +4,23 @@ import os
 
 import numpy as np
 import pytest
+from fixture_weights import write_tiny_image_weights
 from PIL import Image
 
-from fixture_weights import write_tiny_image_weights
-from reed_jax import config as config_lib, train
-from reed_jax.image import imagenet, precompute as precompute_images
+from reed_jax import modes, train
 from reed_jax.data import pipeline, precompute
+from reed_jax.image import config as image_config, evaluate as image_eval, imagenet, precompute as precompute_images
 
 N = 10
 
 
 def tiny_config(d):
-    c = config_lib.imagenet_config("S", "reed", root=str(d))
+    c = image_config.imagenet_config("S", "reed", root=str(d))
     vae, dino = write_tiny_image_weights(d)
     c.data.update(image_source="tfds", image_size=32, image_shape=(16, 16, 4), num_shards=2)  # 1000 classes kept
     c.model.update(depth=2, hidden=32, heads=2, projector_width=32, patch_size=8)  # 2x2 tokens, as DINOv2 at 28
-    c.targets.dinov2.update(depth=1, dim=16, encoder="dinov2", weights=dino)  # dtype bfloat16 as published
-    c.targets.vlm.update(depth=2, dim=5, source=str(d / "vlm.npy"))
+    c.targets.dinov2.update(tap="block1", dim=16, encoder="dinov2", weights=dino)  # dtype bfloat16 as published
+    c.targets.vlm.update(tap="block2", dim=5, source=str(d / "vlm.npy"))
     c.precompute.update(vae_path=vae, vae_groups=8, dinov2_heads=2, dinov2_size=28, batch_size=4)
     c.eval.vae_decoder_path = vae
     c.train.update(batch_size=4, steps=2, log_every=1, eval_every=2, checkpoint_every=2)
@@ -59,11 +59,11 @@ def test_tfds_mock_precompute_train_sample(tmp_path):
 
     res = train.train_and_evaluate(c, str(tmp_path / "run"), log=lambda *_: None)
     assert os.path.exists(res["grid"])
-    png = train.sample_mode(c, str(tmp_path / "run"), log=lambda *_: None)
+    png = modes.sample_mode(c, str(tmp_path / "run"), log=lambda *_: None)
     with np.load(png.replace(".png", ".npz")) as f:
         assert f["arr_0"].shape == (4, 32, 32, 3) and f["arr_0"].dtype == np.uint8  # decoded by the VAE
         assert f["latents"].shape == (4, 16, 16, 4) and list(f["labels"]) == [0, 0, 999, 999]
-        decoded = train.latent_decoder(c)(f["latents"])
+        decoded = image_eval.latent_decoder(c)(f["latents"])
         np.testing.assert_array_equal(f["arr_0"], np.clip(255 * ((decoded + 1) / 2), 0, 255).astype(np.uint8))
 
 

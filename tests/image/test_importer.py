@@ -6,13 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import tiny_config
+from test_convert import HW, NCLS, B, C, D, P, ref_forward
+
 from reed_jax import checkpoint, train
-from reed_jax.image import importer
 from reed_jax.convert import torch_file
+from reed_jax.image import importer
 from reed_jax.image.sit import sincos_2d
-from test_convert import B, C, D, HW, NCLS, P, ref_forward
 
 CKPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "sit_tiny_checkpoint.pt")
 
@@ -21,8 +21,8 @@ def tiny_sit_config(with_targets=True):
     c = tiny_config("reed")
     c.data.update(image_shape=(HW, HW, C), num_classes=NCLS)
     c.model.update(depth=2, hidden=16, heads=2, patch_size=2, projector_width=12)
-    c.targets.digits_tokens.update(depth=2, dim=8)
-    c.targets.digits_pooled.update(depth=1, dim=6)
+    c.targets.digits_tokens.update(tap="block2", dim=8)
+    c.targets.digits_pooled.update(tap="block1", dim=6)
     if not with_targets:
         c.targets = type(c.targets)()
     return c

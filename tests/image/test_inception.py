@@ -5,10 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from fixture_weights import random_state_dict
-from reed_jax.convert.inception import ConversionError, from_torch
+
 from reed_jax.image import inception
+from reed_jax.image.convert_inception import ConversionError, from_torch
 
 FIXTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "inception_parity.npz")
 

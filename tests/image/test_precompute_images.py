@@ -5,13 +5,20 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixture_weights import write_tiny_image_weights
 from PIL import Image
 
-from fixture_weights import write_tiny_image_weights
 from reed_jax import config as config_lib
 from reed_jax.convert import dinov2 as convert_dinov2, weight_file
-from reed_jax.image import sources as image_sources, imagenet, precompute as precompute_images
 from reed_jax.data import pipeline, precompute, records
+from reed_jax.image import (
+    config as image_config,
+    evaluate as image_eval,
+    imagenet,
+    precompute as precompute_images,
+    sources as image_sources,
+    track as image_track,
+)
 from reed_jax.models.encoders import dinov2
 
 FIX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
@@ -40,7 +47,7 @@ def folder(tmp_path_factory):
 
 
 def folder_config(d):
-    c = config_lib.imagenet_config("S", "repa")
+    c = image_config.imagenet_config("S", "repa")
     c.data.update(dir="", imagenet_dir=str(d / "train"), image_size=32, image_shape=(16, 16, 4), num_classes=3,
                   num_shards=2)
     c.targets.dinov2.update(dim=16, encoder="dinov2", weights=str(d / "dinov2.npz"), dtype="float32")
@@ -123,11 +130,10 @@ def test_bad_inputs_are_named(folder, tmp_path):
 
 
 def test_latent_decoder_for_evaluation(folder):
-    from reed_jax import train
 
     c = folder_config(folder)
     f = np.load(os.path.join(FIX, "vae_parity.npz"))
-    out = train.latent_decoder(c)(jnp.asarray(f["z"]) * c.data.latent_scale)  # shards hold scaled latents
+    out = image_eval.latent_decoder(c)(jnp.asarray(f["z"]) * c.data.latent_scale)  # shards hold scaled latents
     np.testing.assert_allclose(out, f["decoded"], atol=1e-4)  # the diffusers decoder output of z
 
 
@@ -145,7 +151,7 @@ def test_imported_embeddings_in_every_layout(folder, tmp_path):
     np.savez(tmp_path / "indexed.npz", embeddings=emb[perm], index=perm)
     c = folder_config(folder)
     c.targets.vlm = config_lib.target_template()
-    c.targets.vlm.update(depth=8, pooled=True, dim=5, coeff=0.5, encoder="external", source=str(per_image))
+    c.targets.vlm.update(tap="block8", pooled=True, dim=5, coeff=0.5, encoder="external", source=str(per_image))
     data = pipeline.read_all(precompute.precompute(c, str(tmp_path / "w")), "train")
     np.testing.assert_array_equal(data["target/vlm"], emb)  # end to end into the shards
     for src in (tmp_path / "all.npy", tmp_path / "indexed.npz"):  # the other layouts, same vectors
@@ -180,7 +186,7 @@ def test_online_encoder_mode_stores_crops_and_gives_the_precomputed_loss(folder,
 
     c = folder_config(folder)
     c.model.update(depth=2, hidden=32, heads=2, projector_width=32, patch_size=8)  # 2x2 tokens, as DINOv2 at 28
-    c.targets.dinov2.depth = 1
+    c.targets.dinov2.tap = "block1"
     on = folder_config(folder)
     on.model, on.targets = c.model, c.targets
     on.encoder.mode = "online"
@@ -198,7 +204,7 @@ def test_online_encoder_mode_stores_crops_and_gives_the_precomputed_loss(folder,
     copy = lambda: jax.tree.map(jnp.copy, state)  # the step donates its input state
     take = lambda data, keys: {k: data[k][:4] for k in keys}
     _, m_pre = train.make_train_step(c, model, tx)(copy(), take(stored, ["moments", "label", "target/dinov2"]))
-    frozen = train.online_encoders(on)
+    frozen = image_track.frozen_encoders(on)
     _, m_on = train.make_train_step(on, model, tx, frozen=frozen)(copy(), take(crops, ["moments", "label", "pixels"]))
     assert float(m_on["loss/align_dinov2"]) == pytest.approx(float(m_pre["loss/align_dinov2"]), abs=1e-5)
     assert float(m_on["loss/total"]) == pytest.approx(float(m_pre["loss/total"]), abs=1e-5)

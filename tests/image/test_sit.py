@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 
 from reed_jax.image import sit
-from reed_jax.image.sit import SiT, TargetSpec
+from reed_jax.image.sit import SiT
+from reed_jax.targets import Target
 
 
 @pytest.mark.parametrize("size,patch", [("S", 8), ("B", 4)])  # XL/2: test_sit_xl2_has_the_published_675m_params
 def test_published_sizes_shapes(size, patch):
     depth, hidden, heads = sit.SIT_SIZES[size]
-    targets = (TargetSpec("dino", min(8, depth), False, 768), TargetSpec("vlm", min(16, depth), True, 3584))
+    targets = (Target("dino", f"block{min(8, depth)}", False, 768), Target("vlm", f"block{min(16, depth)}", True, 3584))
     m = SiT(input_size=32, in_channels=4, patch_size=patch, depth=depth, hidden=hidden, heads=heads,
             num_classes=1000, targets=targets)
     x, t, y = jnp.zeros((2, 32, 32, 4)), jnp.zeros((2,)), jnp.zeros((2,), jnp.int32)
@@ -56,7 +57,7 @@ def apply(m, p, *args):
 
 
 def test_zero_velocity_at_init_and_reference_init():
-    m = tiny((TargetSpec("a", 2, False, 7),))
+    m = tiny((Target("a", "block2", False, 7),))
     x = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 8, 3))
     p = init(m, x, jnp.ones((3,)) * 0.3, jnp.arange(3))
     out, feats = apply(m, p, x, jnp.ones((3,)) * 0.3, jnp.arange(3))
@@ -93,7 +94,8 @@ def test_label_dropout_uses_null_class_only_in_training():
     x = jnp.zeros((64, 8, 8, 3))
     p = init(m, x, jnp.zeros((64,)), jnp.zeros((64,), jnp.int32))
     emb = lambda train: m.apply({"params": p}, jnp.zeros((64,), jnp.int32), train,
-                                method=lambda mod, y, tr: mod.y_embedder(y, tr), rngs={"label_dropout": jax.random.PRNGKey(3)})
+                                method=lambda mod, y, tr: mod.y_embedder(y, tr),
+                                rngs={"label_dropout": jax.random.PRNGKey(3)})
     table = p["y_embedder"]["embedding_table"]
     eval_rows = np.asarray(emb(False))
     np.testing.assert_allclose(eval_rows, np.broadcast_to(table[0], eval_rows.shape))
@@ -103,7 +105,7 @@ def test_label_dropout_uses_null_class_only_in_training():
 
 
 def test_pooled_target_projects_token_mean_and_tap_depth_checked():
-    m = tiny((TargetSpec("g", 1, True, 4),))
+    m = tiny((Target("g", "block1", True, 4),))
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
     p = init(m, x, jnp.ones((2,)), jnp.zeros((2,), jnp.int32))
     # at init all blocks are identity (zero gates), so the tap is the embedded input
@@ -111,8 +113,8 @@ def test_pooled_target_projects_token_mean_and_tap_depth_checked():
     h = m.apply({"params": p}, x, method=lambda mod, x: mod.x_embedder(x)).reshape(2, -1, 32) + sit.sincos_2d(32, 4)
     want = m.apply({"params": p}, h.mean(1), method=lambda mod, v: mod.projectors["g"](v))
     np.testing.assert_allclose(feats["g"], want, atol=1e-5)
-    with pytest.raises(ValueError, match="targets.bad.depth=4"):
-        tiny((TargetSpec("bad", 4, False, 4),)).init({"params": jax.random.PRNGKey(0)}, x, jnp.ones((2,)),
+    with pytest.raises(ValueError, match="targets.bad.tap='block4' is outside block1..block3"):
+        tiny((Target("bad", "block4", False, 4),)).init({"params": jax.random.PRNGKey(0)}, x, jnp.ones((2,)),
                                                       jnp.zeros((2,), jnp.int32))
 
 
@@ -121,7 +123,7 @@ def test_sit_s_works_with_projectors():
     gradient (shapes: jax.eval_shape; that gradients reach projectors: test_remat_keeps_params_and_gradients)."""
     depth, hidden, heads = sit.SIT_SIZES["S"]
     m = SiT(input_size=8, in_channels=4, patch_size=2, depth=depth, hidden=hidden, heads=heads, num_classes=10,
-            targets=(TargetSpec("dino", 4, False, 768),), projector_width=64)
+            targets=(Target("dino", "block4", False, 768),), projector_width=64)
     x, t, y = jnp.ones((2, 8, 8, 4)), jnp.ones((2,)) * .5, jnp.zeros((2,), jnp.int32)
     p = jax.eval_shape(lambda: nn.unbox(m.init({"params": jax.random.PRNGKey(0)}, x, t, y))["params"])
     loss = lambda p: jnp.sum(m.apply({"params": p}, x, t, y)[0] ** 2) + m.apply({"params": p}, x, t, y)[1]["dino"].sum()
@@ -132,7 +134,7 @@ def test_sit_s_works_with_projectors():
 
 @pytest.mark.parametrize("policy", ["full", "dots"])
 def test_remat_keeps_params_and_gradients(policy):
-    targets = (TargetSpec("a", 2, False, 7),)
+    targets = (Target("a", "block2", False, 7),)
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
     t, y = jnp.array([0.3, 0.9]), jnp.array([1, 2])
     plain, rem = tiny(targets), tiny(targets, remat=policy)
@@ -153,7 +155,7 @@ def test_remat_keeps_params_and_gradients(policy):
 
 
 def test_bfloat16_compute_keeps_float32_params_and_outputs():
-    targets = (TargetSpec("a", 2, False, 7),)
+    targets = (Target("a", "block2", False, 7),)
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
     t, y = jnp.array([0.3, 0.9]), jnp.array([1, 2])
     f32, bf16 = tiny(targets), tiny(targets, dtype=jnp.bfloat16)
@@ -172,7 +174,7 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
 def test_scan_over_blocks_matches_per_block_model(remat):
     """nn.scan over the runs between taps: same outputs, taps and gradients as the per-block model,
     with params in the stacked layout that stack_blocks/unstack_blocks convert to and from."""
-    targets = (TargetSpec("a", 1, False, 7), TargetSpec("b", 3, True, 5))
+    targets = (Target("a", "block1", False, 7), Target("b", "block3", True, 5))
     m = SiT(input_size=8, in_channels=3, patch_size=2, depth=4, hidden=32, heads=4, num_classes=5,
             targets=targets, projector_width=16)
     m_scan = m.clone(scan=True, remat=remat)

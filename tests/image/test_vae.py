@@ -6,8 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reed_jax.convert import vae as convert
-from reed_jax.image import vae
+from reed_jax.image import convert_vae as convert, vae
 
 FIXTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "vae_parity.npz")
 TINY = dict(widths=(16, 32), layers=1, groups=8)
@@ -58,4 +57,5 @@ def test_sd_configuration_shapes():
     x = jax.ShapeDtypeStruct((1, 256, 256, 3), jnp.float32)
     assert jax.eval_shape(lambda p, x: model.apply({"params": p}, x, method=model.encode), params, x).shape == (1, 32, 32, 8)
     z = jax.ShapeDtypeStruct((1, 32, 32, 4), jnp.float32)
-    assert jax.eval_shape(lambda p, z: model.apply({"params": p}, z, method=model.decode), params, z).shape == (1, 256, 256, 3)
+    decode = lambda p, z: model.apply({"params": p}, z, method=model.decode)
+    assert jax.eval_shape(decode, params, z).shape == (1, 256, 256, 3)

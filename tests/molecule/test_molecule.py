@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reed_jax import config as config_lib, train
+from reed_jax import config as config_lib, modes, targets as targets_lib, train
 from reed_jax.data import pipeline, precompute, records
-from reed_jax.molecule import chem, data, egnn, flow, metrics, model as molecule_model
+from reed_jax.molecule import chem, config as molecule_config, data, flow, metrics, model as molecule_model
+from reed_jax.protein import config as protein_config
 
 FIX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 
@@ -110,7 +111,7 @@ def test_backbone_equivariant_to_rotation_translation_and_permutation(backbone):
     types = rng.integers(0, 5, (b, n))
     bonds = np.triu(rng.integers(0, 4, (b, n, n)), 1)
     bonds = bonds + bonds.transpose(0, 2, 1)
-    c = config_lib.molecule_config("reed", backbone=backbone)
+    c = molecule_config.molecule_config("reed", backbone=backbone)
     c.molecule.layers = 4
     c.model.update(hidden=16, projector_width=16)
     model = molecule_model.build_model(c)
@@ -182,7 +183,7 @@ def test_categorical_flow_marginals_and_symmetric_bonds():
 
 
 def tiny_config(wheel, variant="reed"):
-    c = config_lib.molecule_config(variant)
+    c = molecule_config.molecule_config(variant)
     c.molecule.update(qm9_wheel=wheel, train_limit=0, eval_limit=0, layers=2, edge_dim=8, encoder_steps=20,
                       encoder_hidden=8, encoder_layers=1, sample_steps=4, eval_samples=8, energy_samples=2,
                       max_atoms=16, size_buckets=(14, 16))  # size buckets on, as the demo
@@ -226,6 +227,7 @@ def test_precompute_train_sample_end_to_end_and_target_import(wheel, tmp_path):
     # trainer-level resume with the size-bucket iterator's state: the run's step-2 checkpoint (2 steps, with
     # the iterator's position) relaunched to step 4 ends bitwise where the 4 steps in one go ended
     import shutil
+
     from reed_jax import checkpoint
     shutil.copytree(tmp_path / "run", tmp_path / "resumed", ignore=shutil.ignore_patterns("samples", "tensorboard"))
     shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "4")
@@ -241,7 +243,7 @@ def test_precompute_train_sample_end_to_end_and_target_import(wheel, tmp_path):
         np.testing.assert_array_equal(a, b)
     assert res2["atom_stability"] == res["atom_stability"] and res2["validity"] == res["validity"]
     assert len(chem.read_sdf(res["samples"])) == 8
-    path = train.sample_mode(c, str(tmp_path / "run"), log=lambda *_: None)
+    path = modes.sample_mode(c, str(tmp_path / "run"), log=lambda *_: None)
     assert path == res["samples"]
     # imported target vectors: one .npz with ids, checked by id and width
     _, manifest = records.read_manifest(out)
@@ -249,7 +251,7 @@ def test_precompute_train_sample_end_to_end_and_target_import(wheel, tmp_path):
     vecs = np.random.default_rng(0).normal(size=(len(ids), 6)).astype(np.float32)
     np.savez(tmp_path / "unimol.npz", ids=np.array(ids), vectors=vecs)
     e = tiny_config(wheel, "base")
-    e.targets.unimol = config_lib._target(encoder="external", source=str(tmp_path / "unimol.npz"), dim=6,
+    e.targets.unimol = targets_lib.make(encoder="external", source=str(tmp_path / "unimol.npz"), dim=6,
                                           tap="layer1", proj_width=16)
     out2 = precompute.precompute(e, str(tmp_path / "ext"), lambda *_: None)
     tr2 = pipeline.read_all(out2, "train")
@@ -275,7 +277,7 @@ def test_tiny_overfit(molecules, backbone):
     """The flow-matching loss falls well below its start on 8 molecules (no alignment)."""
     import optax
 
-    c = config_lib.molecule_config("base", backbone=backbone)
+    c = molecule_config.molecule_config("base", backbone=backbone)
     c.molecule.update(layers=3, max_atoms=16)
     c.model.update(hidden=32)
     model = molecule_model.build_model(c)
@@ -298,7 +300,8 @@ def test_tiny_overfit(molecules, backbone):
 
     losses = []
     for i in range(150):
-        batch = dict(arrays, prior=flow.noise_for_batch(rng, arrays["coords"], arrays["mask"], molecule_model.coord_scale(c.molecule)))
+        scale = molecule_model.coord_scale(c.molecule)
+        batch = dict(arrays, prior=flow.noise_for_batch(rng, arrays["coords"], arrays["mask"], scale))
         params, opt, loss = step(params, opt, batch, jax.random.PRNGKey(i))
         losses.append(float(loss))
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:5]), (losses[:5], losses[-20:])
@@ -335,7 +338,7 @@ def test_molecule_optimizer_is_amsgrad_with_warmup():
     """AMSGrad with SemlaFlow's warm-up: LinearLR(start_factor=1e-2), i.e. from 1e-2 x lr to lr."""
     import optax
 
-    c = config_lib.molecule_config("reed")
+    c = molecule_config.molecule_config("reed")
     assert c.optim.amsgrad and c.optim.warmup_steps == 120 and c.optim.warmup_init == 0.01
     lr = train.learning_rate(c)
     assert float(lr(0)) == pytest.approx(0.01 * c.optim.lr, rel=1e-5)
@@ -363,7 +366,7 @@ def test_self_conditioning_is_equivariant_and_used_in_training_and_sampling(back
     x = flow.centred_noise(rng, mask).astype(np.float32)
     types, charges = rng.integers(0, 5, (b, n)), np.zeros((b, n), np.int64)
     bonds = np.zeros((b, n, n), np.int64)
-    c = config_lib.molecule_config("base", backbone=backbone)
+    c = molecule_config.molecule_config("base", backbone=backbone)
     c.molecule.update(layers=2, self_condition=True, sample_steps=3, max_atoms=n)
     c.model.update(hidden=16)
     model = molecule_model.build_model(c)
@@ -390,19 +393,19 @@ def test_molecule_configs_validate():
     for v in ("reed", "base"):
         for size in ("demo", "reference"):
             for backbone in ("", "egnn", "semla"):
-                config_lib.validate(config_lib.molecule_config(v, size, backbone=backbone))
-    c = config_lib.molecule_config("reed")
+                config_lib.validate(molecule_config.molecule_config(v, size, backbone=backbone))
+    c = molecule_config.molecule_config("reed")
     assert c.targets.qm9_property.tap == "layer4" and c.curriculum.align.coeff == 0.2
     assert c.curriculum.gen.warmup == int(0.15 * c.train.steps)
-    ref = config_lib.molecule_config("reed", "reference")  # METHOD.md section 4: Semla 384 x 12, 32 heads, d_edge 128
+    ref = molecule_config.molecule_config("reed", "reference")  # METHOD.md section 4: Semla 384 x 12, 32 heads, d_edge 128
     assert (ref.molecule.backbone, ref.model.hidden, ref.molecule.layers, ref.molecule.heads, ref.molecule.edge_dim,
             ref.molecule.coord_sets, ref.molecule.self_condition) == ("semla", 384, 12, 32, 128, 64, True)
     from reed_jax.molecule import track
-    sig_e, sig_s = track.signature(config_lib.molecule_config("reed")), track.signature(
-        config_lib.molecule_config("reed", backbone="semla"))
+    sig_e, sig_s = track.signature(molecule_config.molecule_config("reed")), track.signature(
+        molecule_config.molecule_config("reed", backbone="semla"))
     assert "backbone" not in sig_e and sig_s["backbone"] == "semla"  # EGNN checkpoints keep their old signature
     with pytest.raises(config_lib.ConfigError, match="unknown backbone 'gnn'"):
-        config_lib.molecule_config("reed", backbone="gnn")
+        molecule_config.molecule_config("reed", backbone="gnn")
 
 
 CONFIG_ERRORS = [  # (change to the molecule demo config, the error it must raise)
@@ -416,14 +419,14 @@ CONFIG_ERRORS = [  # (change to the molecule demo config, the error it must rais
 
 @pytest.mark.parametrize("change, message", CONFIG_ERRORS)
 def test_molecule_config_errors_name_the_key(change, message):
-    c = config_lib.molecule_config("reed")
+    c = molecule_config.molecule_config("reed")
     change(c)
     with pytest.raises(config_lib.ConfigError, match=message):
         config_lib.validate(c)
 
 
 def test_molecule_standin_encoder_is_refused_on_the_protein_track():
-    p = config_lib.protein_config("reed")
+    p = protein_config.protein_config("reed")
     p.targets.structure.encoder = "qm9_property"
     with pytest.raises(config_lib.ConfigError, match="targets.structure.encoder='qm9_property'"):
         config_lib.validate(p)

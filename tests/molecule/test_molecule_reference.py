@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reed_jax import config as config_lib, train
-from reed_jax.molecule import chem, flow, metrics, model as molecule_model
+from reed_jax import train
+from reed_jax.molecule import chem, config as molecule_config, flow, metrics, model as molecule_model
 
 SEEN = []  # what the probe network was given, call by call (concrete arrays when run eagerly)
 QM9_STD, DRUGS_STD = 1.723299503326416, 2.407038688659668  # SemlaFlow scriptutil.py
@@ -58,7 +58,7 @@ def test_reference_defaults_in_the_configs():
     """Issue 16 items 13, 14, 17, 18: QM9 scale 1.7233 (GEOM-Drugs 2.4070), tap after the 5th layer
     (the reference's 0-based --align_depth 4), sampler noise 1 on a grid ending at 0.99, bond noise
     per ordered pair, LR warm-up from 1e-2 x lr."""
-    demo, ref = config_lib.molecule_config("reed"), config_lib.molecule_config("reed", "reference")
+    demo, ref = molecule_config.molecule_config("reed"), molecule_config.molecule_config("reed", "reference")
     assert molecule_model.coord_scale(demo.molecule) == QM9_STD == molecule_model.coord_scale(ref.molecule)
     demo.molecule.elements = "drugs"
     assert molecule_model.coord_scale(demo.molecule) == DRUGS_STD
@@ -95,7 +95,7 @@ def test_flow_matching_loss_pinned_on_a_hand_computed_batch():
     *with* the diagonal + charge CE; the network sees t, coordinates, types and bonds (no charges);
     the added coordinate noise is N(0, 0.2^2) per coordinate, not centred; bonds are noised per
     ordered pair (the diagonal too); the noise level returned is 1 - t."""
-    c = config_lib.molecule_config("base")
+    c = molecule_config.molecule_config("base")
     batch = qm9_batch()
     SEEN.clear()
     gen, align, level = molecule_model.losses(c, Probe(), {}, {k: jnp.asarray(v) for k, v in batch.items()},
@@ -135,7 +135,7 @@ def test_time_is_beta_2_1():
 def test_self_conditioning_is_decided_per_batch_with_zeros_for_no_prediction():
     """Issue 16 item 18: a whole batch sees either no prediction (zero coordinates and probabilities)
     or the first pass's prediction (coordinates, type and bond probabilities; no charges)."""
-    c = config_lib.molecule_config("base")
+    c = molecule_config.molecule_config("base")
     batch = {k: jnp.asarray(v) for k, v in qm9_batch().items()}
     kinds = set()
     for seed in range(8):
@@ -199,7 +199,7 @@ def test_sampler_uses_the_log_grid_to_0_99_and_returns_the_last_prediction():
                     "charges": 9.0 * jax.nn.one_hot(k * ones.astype(jnp.int32), len(chem.CHARGES)),
                     "bonds": jnp.zeros(bonds.shape + (4,))}, {}
 
-    c = config_lib.molecule_config("base")
+    c = molecule_config.molecule_config("base")
     c.molecule.sample_steps = 4
     mask = jnp.ones((2, 5)).at[1, 3:].set(0)
     out = molecule_model.make_sampler(c, Clock())({}, jax.random.PRNGKey(0), mask)

@@ -10,9 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from reed_jax import config as config_lib, train
+from reed_jax import config as config_lib, modes, train
 from reed_jax.data import pipeline, precompute, records
-from reed_jax.protein import data, residues, structure
+from reed_jax.protein import config as protein_config, data, residues, structure
 
 FIX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 
@@ -132,7 +132,7 @@ def archive(tmp_path_factory):
 
 
 def tiny_protein_config(archive_path, variant="reed"):
-    c = config_lib.protein_config(variant)
+    c = protein_config.protein_config(variant)
     c.model.update(hidden=16, projector_width=16)
     c.protein.update(archive=archive_path, teacher_path=os.path.join(FIX, "proteinmpnn_tiny.pkl"), max_length=40,
                      min_length=20, k=6, enc_layers=2, dec_layers=2, validation_fraction=0.2, sample_steps=4,
@@ -193,11 +193,11 @@ def test_precompute_train_evaluate_end_to_end(archive, tmp_path):
     assert any(m.startswith("length buckets [32, 40]") for m in logs), logs
     assert res["step"] == 4 and 1.0 < res["perplexity"] < 1e3 and 0.0 <= res["recovery"] <= 1.0
     assert res["chains"] == 2 and 0.0 <= res["diversity"] <= 1.0
-    fasta = train.sample_mode(c, str(tmp_path / "run"), log=lambda *_: None)
+    fasta = modes.sample_mode(c, str(tmp_path / "run"), log=lambda *_: None)
     text = open(fasta).read().split("\n")
     assert text[0].startswith(">index_") and text[0].endswith("native") and len(text[1]) == int(va["length"][0])
     assert "recovery=" in text[2] and len(text[3]) == len(text[1]) and set(text[3]) <= set(residues.ALPHABET)
-    ev = train.evaluate_mode(c, str(tmp_path / "run"), log=lambda *_: None)
+    ev = modes.evaluate_mode(c, str(tmp_path / "run"), log=lambda *_: None)
     assert ev["perplexity"] == pytest.approx(res["perplexity"], rel=1e-5)  # same EMA params, same masks
     # rerun: the shards are kept; a config asking for other widths is refused by name
     precompute.precompute(c, str(tmp_path), logs.append)
@@ -314,7 +314,10 @@ def test_trainer_resume_with_length_buckets_is_exact(archive, tmp_path, monkeypa
             return state, m
         return step
     monkeypatch.setattr(train, "make_train_step", recording)
-    monkeypatch.setattr(train, "make_evaluator", lambda *a, **k: lambda params, step: ({"step": step}, None))
+    from reed_jax import tracks
+    from reed_jax.protein import track as protein_track
+    monkeypatch.setattr(protein_track, "evaluations", lambda config, workdir, data_dir, model, mesh, log=print: [
+        tracks.Evaluation("eval", config.train.eval_every, lambda params, step: ({"step": step}, None))])
     train.train_and_evaluate(c, str(tmp_path / "once"), log=lambda *_: None)
     once, seen[:] = list(seen), []
     c.train.steps = 2

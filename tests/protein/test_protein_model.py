@@ -6,8 +6,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reed_jax.convert import joblib_file, proteinmpnn
-from reed_jax.protein import features, masked_diffusion, model as pmodel, mpnn, residues, teacher
+from reed_jax.convert import joblib_file
+from reed_jax.protein import (
+    config as protein_config,
+    convert_mpnn as proteinmpnn,
+    features,
+    masked_diffusion,
+    model as pmodel,
+    mpnn,
+    residues,
+    teacher,
+)
 
 FIX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 
@@ -235,8 +244,7 @@ def test_decoder_edge_update_by_hand_and_pair_tap():
     g = jax.grad(lambda p: m.apply({"params": p}, *args)[0].sum())(params)
     assert float(jnp.abs(g["node_embeds"]).max()) > 0
     # the reference config's pair target reads that tap
-    from reed_jax import config as config_lib
-    c = config_lib.protein_config("reed", "reference")
+    c = protein_config.protein_config("reed", "reference")
     assert c.targets.pair.tap == "decoder2_edges" and c.protein.update_edge and c.protein.learnable_node
     assert pmodel.is_edge("decoder2_edges") and not pmodel.is_edge("decoder2_nodes")
 
@@ -245,9 +253,8 @@ def test_reference_init_xavier_matrices_torch_biases_learnable_nodes():
     """Every matrix xavier-uniform (bound sqrt(6 / (fan_in + fan_out)), variance 2 / (fan_in + fan_out)),
     biases U(+-1/sqrt(fan_in)), the initial node features a learned vector (zeros at init);
     projectors PyTorch's default U(+-1/sqrt(fan_in))."""
-    from reed_jax import config as config_lib
 
-    c = config_lib.protein_config("reed", "reference")
+    c = protein_config.protein_config("reed", "reference")
     c.protein.max_length = 32
     model = pmodel.build_model(c)
     params = jax.jit(lambda k: pmodel.init_params(c, model, k))(jax.random.PRNGKey(0))
@@ -291,9 +298,9 @@ def test_losses_by_hand_token_weighted_and_noise_convention():
     every valid residue / edge of the batch (token-weighted, targets standardised over the batch);
     the noise level handed to objective.combine is 1 - t (t = clean fraction), so a 'linear' a(t) = 1 - t
     weighs the cleaner chain more."""
-    from reed_jax import config as config_lib, objective
+    from reed_jax import objective
 
-    c = config_lib.protein_config("reed")
+    c = protein_config.protein_config("reed")
     c.model.update(hidden=8)
     c.protein.update(max_length=12, k=4, enc_layers=1, dec_layers=2, dropout=0.0, backbone_noise=0.0)
     for t in c.targets.values():
@@ -415,9 +422,9 @@ def test_converter_errors_name_the_key():
 
 def test_tiny_overfit_two_chains():
     """The shared train step with the protein losses memorises two sequences given their backbones."""
-    from reed_jax import config as config_lib, train
+    from reed_jax import train
 
-    c = config_lib.protein_config("base")
+    c = protein_config.protein_config("base")
     c.model.update(hidden=32)
     c.protein.update(max_length=24, k=8, enc_layers=2, dec_layers=2, dropout=0.0, backbone_noise=0.0)
     c.optim.update(lr=3e-3, ema_decay=0.0)
@@ -446,7 +453,7 @@ def test_reference_config_no_clipping_no_ema_raw_params_evaluated():
 
     from reed_jax import config as config_lib, train
 
-    c = config_lib.protein_config("base", "reference")
+    c = protein_config.protein_config("base", "reference")
     config_lib.validate(c)
     assert c.optim.grad_clip == float("inf") and c.optim.ema_decay == 0.0 and c.protein.sample_steps == 500
     grads = {"w": jnp.full((10,), 3e3), "b": jnp.full((3,), -1e3)}
@@ -483,7 +490,6 @@ def test_evaluator_metrics_on_known_answers():
     """Perplexity, perplexity_all, masked accuracy, recovery and diversity where the answer is known: a
     model predicting 3 with p = 0.5, 7 with 0.3 and X with 0.2 everywhere, on chains whose native is 3
     at even and 7 at odd positions (two chains, one padded)."""
-    from reed_jax import config as config_lib
     from reed_jax.protein import evaluate as peval
 
     row = np.full(22, -40.0)
@@ -494,7 +500,7 @@ def test_evaluator_metrics_on_known_answers():
     tokens = np.where(np.arange(10) % 2 == 0, 3, 7)[None].repeat(2, 0).astype(np.int32)
     batch = {"coords": np.zeros((2, 10, 4, 3), np.float32), "mask": mask,
              "residue_idx": np.tile(np.arange(10, dtype=np.int32), (2, 1)), "tokens": tokens}
-    c = config_lib.protein_config("base")
+    c = protein_config.protein_config("base")
     c.protein.update(sample_steps=4, eval_samples=3)
     out, _ = peval.make_evaluator(c, model, [batch])({}, 5)
     real = mask > 0

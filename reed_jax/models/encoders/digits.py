@@ -9,7 +9,6 @@ the sample accuracy, so the metric is never the training target.
 from __future__ import annotations
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 
 class DigitsEncoder(nn.Module):

@@ -20,10 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reed_jax.convert import dinov2 as convert, weight_file
+from reed_jax.convert.dinov2 import SIZES
 from reed_jax.models.encoders.resample import resize_bicubic
 
-# hidden, depth, heads per size (patch 14, MLP ratio 4; G uses SwiGLU)
-SIZES = {"S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "G": (1536, 40, 24)}
+# SIZES: hidden, depth, heads per released size (patch 14, MLP ratio 4; G uses SwiGLU)
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -139,7 +140,6 @@ def build(size: str, registers: bool = False, **overrides) -> DinoV2:
 def _builder(size: str | None, registers: bool):
     """Registry builder for a released DINOv2 (size, registers), or any width when size is None."""
     def build_encoder(target_name: str, target, config):
-        from reed_jax.convert import dinov2 as convert, weight_file
         from reed_jax.models.encoders import FrozenEncoder
 
         key = f"targets.{target_name}.weights"

@@ -8,7 +8,7 @@ pool_3 by the softmax weight alone. Every other key must be consumed.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -8,7 +8,7 @@ GroupNorm weight -> scale. The attention names of older exports (`query`, `key`,
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

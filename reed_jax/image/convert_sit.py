@@ -10,7 +10,7 @@ A checkpoint trained with learned sigma (final Linear of width p*p*2C) keeps the
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np

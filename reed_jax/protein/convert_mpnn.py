@@ -12,7 +12,7 @@ model (`check_shapes`).
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -1,0 +1,234 @@
+"""The image track's config: its keys (in the shared data/model/sample/eval blocks, and the encoder,
+diffusion and precompute blocks), their validation, and the presets (`digits_config`, the embedded
+default; `imagenet_config`, ImageNet 256 with the published settings; `sit_model`)."""
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from reed_jax import config as config_lib, targets
+from reed_jax.config import one_of
+from reed_jax.image.frechet import METHODS as FRECHET_METHODS
+from reed_jax.image.interpolants import PATHS, TIME_SAMPLERS
+from reed_jax.image.samplers import SAMPLERS
+from reed_jax.image.sit import REMAT_POLICIES, SIT_SIZES, TAP_PREFIX
+
+SOURCES = ("digits", "imagenet")
+IMAGE_SOURCES = ("folder", "tfds")
+DIGITS_FIELDS = ("digits_tokens", "digits_pooled")  # what the digits source stores, for every variant
+ENCODER_MODES = ("precomputed", "online")
+DATA_KINDS = ("pixels", "latents")
+
+
+def extend_schema(c: ml_collections.ConfigDict) -> None:
+    """The image track's keys, added to the schema `c`."""
+    c.data.update(dict(
+        kind="pixels",         # 'pixels': field `image`; 'latents': field `moments` (VAE mean, std)
+        latent_scale=0.18215,
+        num_classes=10,
+        image_shape=(8, 8, 1),  # [H, W, C] the model sees (latent shape for latents)
+        image_source="folder",  # source='imagenet': 'folder' (imagenet_dir) or 'tfds' (tfds_name)
+        imagenet_dir="",       # image_source='folder': <dir>/<synset>/*.JPEG (the train split)
+        tfds_name="imagenet2012",  # image_source='tfds': a tfds image-classification dataset ...
+        tfds_dir="",           # ... its tfds data_dir ('' = tfds' default, ~/tensorflow_datasets) ...
+        tfds_split="train",
+        tfds_manual_dir="",    # ... and, to build it once from the manual-download tarballs, their folder
+        image_size=256,        # source='imagenet': ADM center-crop size of the raw images
+    ))
+    c.encoder = dict(mode="precomputed")  # 'online': image encoders run inside the train step on stored
+                                          # crops (field `pixels`) instead of storing their features
+    c.model.update(dict(depth=4, heads=4, patch_size=2, mlp_ratio=4.0, label_dropout=0.1,
+                        dtype="float32",   # compute dtype: float32 or bfloat16 (params stay float32)
+                        remat="none",      # none, full, dots, dots_no_batch (per block)
+                        attention="",      # jax.nn.dot_product_attention implementation: '' (auto), xla, cudnn
+                        scan=False))       # nn.scan over the blocks between taps (short compiles; stacked params)
+    c.diffusion = dict(path="linear", time_sampler="uniform")
+    c.sample.update(dict(method="sde", num_steps=250, cfg_scale=1.0, guidance_lo=0.0, guidance_hi=1.0,
+                         grid_per_class=10,
+                         grid_classes=0))  # classes in sample grids, spread over the labels (0 = all)
+    c.eval.update(dict(
+        num_samples=1000,      # digits-FD / accuracy samples per evaluation (digits only)
+        # FID / sFID / IS / precision-recall (--mode=evaluate, and in training every fid_every steps)
+        inception_path="",     # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or a converted .npz)
+        reference="",          # reference batch .npz (arr_0 images and/or mu, sigma, mu_s, sigma_s)
+        fid_samples=50_000,    # samples of --mode=evaluate
+        fid_batch_size=0,      # sampling batch of the evaluation; 0 = sample.batch_size
+        inception_batch_size=100,
+        inception_size=299,    # Inception input size: 299 is the protocol (smaller only for fast tests)
+        save_npz=False,        # also write samples.npz (arr_0, uint8 NHWC) for the official evaluator
+        vae_decoder_path="",   # latents: the SD-VAE whose decoder renders samples ('' = precompute.vae_path);
+                               # the protocol encodes with sd-vae-ft-mse and decodes with sd-vae-ft-ema
+        fid_every=0,           # in-training FID every this many steps (0 = off) ...
+        fid_every_samples=10_000,  # ... on this many samples (FID-10K)
+        frechet_method="sqrtm",  # 'sqrtm': scipy sqrtm as pytorch-fid/ADM (the protocol); 'eigh': same value, 5x faster
+    ))
+    c.precompute = dict(encoder_steps=500, encoder_seed=1, fd_steps=800, fd_seed=2,  # digits encoders
+                        vae_path="", vae_groups=32,          # source='imagenet': SD-VAE weights (diffusers names)
+                        dinov2_heads=0,                      # DINOv2 heads; 0 = the released size's
+                        dinov2_size=224, batch_size=64)      # DINOv2 input size; encoder batch
+
+
+def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Raise ConfigError naming the first image key (or target key) that cannot run."""
+    from reed_jax.models import encoders
+
+    for name, t in c.targets.items():
+        key = f"targets.{name}"
+        one_of(t.encoder, encoders.image_encoders() + (encoders.EXTERNAL, encoders.DIGITS), f"{key}.encoder")
+        if (t.encoder == encoders.DIGITS) != (c.data.source == "digits"):
+            raise config_lib.ConfigError(f"{key}.encoder={t.encoder!r} does not fit data.source={c.data.source!r} "
+                                         f"(the digits encoder is the digits source's, and only it)")
+        if t.encoder == encoders.DIGITS and name not in DIGITS_FIELDS:
+            raise config_lib.ConfigError(f"{key}: the digits encoder's outputs are named {DIGITS_FIELDS}")
+        targets.numbered_tap(t.tap, TAP_PREFIX, c.model.depth, f"{key}.tap")
+    one_of(c.data.image_source, IMAGE_SOURCES, "data.image_source")
+    one_of(c.encoder.mode, ENCODER_MODES, "encoder.mode")
+    if c.encoder.mode == "online" and c.data.source != "imagenet":
+        raise config_lib.ConfigError(f"encoder.mode='online' runs image encoders on stored crops: it needs "
+                                     f"data.source='imagenet', not {c.data.source!r}")
+    one_of(c.data.kind, DATA_KINDS, "data.kind")
+    one_of(c.diffusion.path, PATHS, "diffusion.path")
+    one_of(c.diffusion.time_sampler, TIME_SAMPLERS, "diffusion.time_sampler")
+    one_of(c.sample.method, SAMPLERS, "sample.method")
+    smp = c.sample
+    if smp.cfg_scale < 1.0 or not 0.0 <= smp.guidance_lo <= smp.guidance_hi <= 1.0:
+        raise config_lib.ConfigError(f"sample.cfg_scale={smp.cfg_scale}, guidance_lo={smp.guidance_lo}, guidance_hi="
+                                     f"{smp.guidance_hi}: need cfg_scale >= 1 (1 = no guidance) and 0 <= lo <= hi <= 1")
+    m = c.model
+    one_of(m.dtype, ("float32", "bfloat16"), "model.dtype")
+    one_of(m.remat, tuple(REMAT_POLICIES), "model.remat")
+    one_of(m.attention, ("", "xla", "cudnn"), "model.attention")
+    if m.hidden % m.heads:
+        raise config_lib.ConfigError(f"model.hidden={m.hidden} is not divisible by model.heads={m.heads}")
+    if m.hidden % 4:
+        raise config_lib.ConfigError(f"model.hidden={m.hidden} must be divisible by 4 (2D sin-cos positions)")
+    h, w, _ = c.data.image_shape
+    if h != w or h % m.patch_size:
+        raise config_lib.ConfigError(f"model.patch_size={m.patch_size} must divide the square data.image_shape="
+                                     f"{tuple(c.data.image_shape)}")
+    e = c.eval
+    if e.inception_size < 75:
+        raise config_lib.ConfigError(f"eval.inception_size={e.inception_size} must be >= 75 (299 is the FID protocol)")
+    for key in ("fid_samples", "inception_batch_size", "fid_every_samples"):
+        if e[key] <= 0:
+            raise config_lib.ConfigError(f"eval.{key}={e[key]} must be positive")
+    fid_bs = e.fid_batch_size or c.sample.batch_size
+    if fid_bs <= 0 or fid_bs % num_devices:
+        raise config_lib.ConfigError(f"eval.fid_batch_size={fid_bs} must be a positive multiple of the device count "
+                                     f"{num_devices}")
+    one_of(e.frechet_method, FRECHET_METHODS, "eval.frechet_method")
+    if e.fid_every < 0:
+        raise config_lib.ConfigError(f"eval.fid_every={e.fid_every} must be >= 0 (0 = off)")
+
+
+def token_count(c: ml_collections.ConfigDict) -> int:
+    return (c.data.image_shape[0] // c.model.patch_size) ** 2
+
+
+def target_shapes(c: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
+    """Shard shape each configured target must have: [T, dim] (tokens) or [dim] (pooled)."""
+    return {n: ((t.dim,) if t.pooled else (token_count(c), t.dim)) for n, t in c.targets.items()}
+
+
+def sit_model(name: str, **overrides: Any) -> ml_collections.ConfigDict:
+    """`config.model` of a published size, e.g. sit_model('XL/2')."""
+    size, patch = name.removeprefix("SiT-").split("/")
+    if size not in SIT_SIZES:
+        raise config_lib.ConfigError(f"model: unknown SiT size {size!r}; expected one of {list(SIT_SIZES)}")
+    depth, hidden, heads = SIT_SIZES[size]
+    m = config_lib.base_config().model
+    m.update(dict(name=f"SiT-{size}/{patch}", depth=depth, hidden=hidden, heads=heads, patch_size=int(patch)))
+    m.update(overrides)
+    return m
+
+
+def digits_config(variant: str = "reed") -> ml_collections.ConfigDict:
+    """The embedded default: SiT on scikit-learn digits (8x8x1 pixels), trained in minutes on a CPU.
+
+    reed: the digits encoder's 4x4 patch tokens (64-d) tapped after block 2 (coefficient 1.0)
+    plus its pooled 128-d vector (the second "modality") on the token mean after block 3
+    (coefficient 0.5); w_gen ramps in over the first 10% of training, w_align = 0.5 constant.
+    repa: the token target only, constant weights. sit: no targets.
+    """
+    c = config_lib.base_config()
+    c.model.update(name="SiT-demo/2", depth=4, hidden=128, heads=4, patch_size=2, projector_width=256)
+    c.optim.update(lr=1e-3, ema_decay=0.995)
+    c.train.update(batch_size=64, steps=1000, log_every=50, eval_every=500, checkpoint_every=500)
+    c.sample.update(method="sde", num_steps=50, batch_size=500, grid_per_class=10)
+    c.eval.num_samples = 1000
+    if variant not in ("reed", "repa", "sit"):
+        raise config_lib.ConfigError(f"digits config: unknown variant {variant!r}; expected reed, repa or sit")
+    if variant in ("reed", "repa"):
+        c.targets.digits_tokens = targets.make(tap="block2", pooled=False, dim=64, coeff=1.0, encoder="digits")
+    if variant == "reed":
+        c.targets.digits_pooled = targets.make(tap="block3", pooled=True, dim=128, coeff=0.5, encoder="digits")
+        c.curriculum.gen.warmup = c.train.steps // 10
+    return c
+
+
+# Evaluation guidance of each published ImageNet result, all SDE with 250 steps (PROTOCOLS.md):
+# name -> (sample.cfg_scale, sample.guidance_lo, sample.guidance_hi).
+GUIDANCE_PRESETS = {
+    "reed": (1.275, 0.0, 1.0),  # REED's FID 1.80 (REED image/README.md: --cfg-scale=1.275, whole interval)
+    "repa": (1.8, 0.0, 0.7),    # REPA's FID 1.42 (REPA README: --cfg-scale=1.8 --guidance-high=0.7)
+    "none": (1.0, 0.0, 1.0),    # no guidance: the papers' CFG-free numbers (REED's FID 8.2 at 300K steps)
+}
+VARIANT_GUIDANCE = {"reed": "reed", "repa": "repa", "sit": "none"}  # each variant's published evaluation
+
+# Tap depths of the DINOv2 (token) and VLM (pooled) targets per SiT size. XL/L: 8 and 16 as
+# published; B and S (12 blocks): DINOv2 at 4 as published for B, the VLM target at 8 (our choice: the
+# published 16 does not exist in a 12-block model).
+IMAGENET_TAPS = {"S": (4, 8), "B": (4, 8), "L": (8, 16), "XL": (8, 16)}
+
+
+def imagenet_config(size: str, variant: str, root: str = "/data/reed", guidance: str = "") -> ml_collections.ConfigDict:
+    """ImageNet 256 (SD-VAE latents 32x32x4) with the published hyperparameters (METHOD.md section 2).
+
+    sit: no targets. repa: DINOv2-B/14 patch tokens (256 x 768), coefficient 1.0, w_align 0.5.
+    reed: + the VLM embedding (3584, pooled) with coefficient 0.5 and w_gen = min(step/50K, 1).
+    guidance: the evaluation's CFG, a GUIDANCE_PRESETS name; '' = the variant's published result
+    (reed: CFG 1.275 on the whole interval; repa: 1.8 on [0, 0.7]; sit: none); 'none' = no CFG.
+
+    Every path is a config value derived from `paths_root` (default `root`), laid out as
+        <root>/imagenet/train/<synset>/*.JPEG          (or data.image_source='tfds' + data.tfds_dir)
+        <root>/weights/sd-vae-ft-mse.safetensors        (encoder of the stored moments)
+        <root>/weights/sd-vae-ft-ema.safetensors        (decoder at evaluation)
+        <root>/weights/dinov2_vitb14.pth                (torch hub) or a transformers .safetensors
+        <root>/embeddings/qwen2vl7b_l15/<synset>/<stem>.npy   (REED's VLM vectors, 3584-d)
+        <root>/weights/pt_inception-2015-12-05-6726825d.pth, <root>/eval/VIRTUAL_imagenet256_labeled.npz
+        <root>/shards/imagenet256                       (written by --mode=precompute of the reed config,
+                                                        read by all three variants)
+    so `--config.paths_root=/mnt/reed` moves them all, and any single one can be overridden.
+    """
+    if variant not in ("sit", "repa", "reed"):
+        raise config_lib.ConfigError(f"imagenet config: unknown variant {variant!r}; expected sit, repa or reed")
+    guidance = guidance or VARIANT_GUIDANCE[variant]
+    if guidance not in GUIDANCE_PRESETS:
+        raise config_lib.ConfigError(f"imagenet config: unknown guidance preset {guidance!r}; expected one of "
+                          f"{list(GUIDANCE_PRESETS)} (or '' for the variant's published one)")
+    cfg_scale, guidance_lo, guidance_hi = GUIDANCE_PRESETS[guidance]
+    c = config_lib.base_config()
+    r = c.paths_root = ml_collections.FieldReference(root)
+    c.data.update(source="imagenet", kind="latents", image_shape=(32, 32, 4), num_classes=1000, num_shards=1024,
+                  dir=r + "/shards/imagenet256", imagenet_dir=r + "/imagenet/train", tfds_dir=r + "/tfds")
+    c.precompute.vae_path = r + "/weights/sd-vae-ft-mse.safetensors"
+    c.eval.update(vae_decoder_path=r + "/weights/sd-vae-ft-ema.safetensors",
+                  inception_path=r + "/weights/pt_inception-2015-12-05-6726825d.pth",
+                  reference=r + "/eval/VIRTUAL_imagenet256_labeled.npz")
+    c.model = sit_model(f"{size}/2")
+    c.optim.update(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0, ema_decay=0.9999)
+    c.train.update(batch_size=256, steps=1_000_000 if variant == "reed" else 4_000_000, log_every=100,
+                   eval_every=50_000, checkpoint_every=10_000, keep_checkpoints=3)
+    c.sample.update(method="sde", num_steps=250, cfg_scale=cfg_scale, guidance_lo=guidance_lo,
+                    guidance_hi=guidance_hi, batch_size=256, grid_classes=8, grid_per_class=8)
+    dino_depth, vlm_depth = IMAGENET_TAPS[size]
+    if variant in ("repa", "reed"):
+        c.targets.dinov2 = targets.make(tap=f"block{dino_depth}", pooled=False, dim=768, coeff=1.0, encoder="dinov2_vitb14",
+                                   weights=r + "/weights/dinov2_vitb14.pth", dtype="bfloat16")
+        c.curriculum.align.coeff = 0.5
+    if variant == "reed":
+        c.targets.vlm = targets.make(tap=f"block{vlm_depth}", pooled=True, dim=3584, coeff=0.5, encoder="external",
+                                source=r + "/embeddings/qwen2vl7b_l15")
+        c.curriculum.gen.warmup = 50_000
+    return c

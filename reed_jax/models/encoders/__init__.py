@@ -12,7 +12,9 @@
 - `proteinmpnn`: the protein track's frozen teacher, ProteinMPNN with released weights
   (reed_jax/protein/teacher.py), run on the native chain;
 - `qm9_property`: the molecule track's stand-in 3D encoder, trained here once on QM9's DFT
-  properties and cached (reed_jax/molecule/encoder.py), its pooled vector the target.
+  properties and cached (reed_jax/molecule/encoder.py), its pooled vector the target;
+- `ani1x`: the molecule track's pretrained ANI-1x potential (reed_jax/molecule/ani.py, weights from
+  the torchani 2.2.4 wheel), a hidden layer's atom features averaged over atoms the target.
 
 Adding an image encoder is one module: define a builder, decorate it with `@register('<name>')`,
 and list the module in `_MODULES`.
@@ -30,6 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 EXTERNAL, DIGITS, PROTEIN_TEACHER, MOLECULE_STANDIN = "external", "digits", "proteinmpnn", "qm9_property"
+MOLECULE_ANI = "ani1x"
 _MODULES = ("dinov2", "efficientnet")  # modules of this package that register image encoders
 _BUILDERS: dict[str, Callable] = {}
 
@@ -60,7 +63,7 @@ def image_encoders() -> tuple[str, ...]:
 
 
 def names() -> tuple[str, ...]:
-    return image_encoders() + (EXTERNAL, DIGITS, PROTEIN_TEACHER, MOLECULE_STANDIN)
+    return image_encoders() + (EXTERNAL, DIGITS, PROTEIN_TEACHER, MOLECULE_STANDIN, MOLECULE_ANI)
 
 
 def build(target_name: str, target, config) -> FrozenEncoder:

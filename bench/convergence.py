@@ -37,17 +37,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from reed_jax import benchmark, config as config_lib, train  # noqa: E402
-from reed_jax.image import digits
 from reed_jax.data import pipeline, precompute, records  # noqa: E402
+from reed_jax.image import (
+    config as image_config,  # noqa: E402
+    digits,
+    evaluate as image_eval,  # noqa: E402
+)
 from reed_jax.image.digits_fd import DigitsScorer  # noqa: E402
-from reed_jax.image import evaluate as image_eval  # noqa: E402
-from reed_jax.image import config as image_config  # noqa: E402
 
 MAIN = ("sit", "repa", "reed")
 ABLATIONS = ("reed_nowarmup", "reed_warmup30", "reed_at_linear", "reed_at_cutoff")
 
 
-def variant_config(name: str, args) -> "config_lib.ml_collections.ConfigDict":
+def variant_config(name: str, args) -> config_lib.ml_collections.ConfigDict:
     """The digits config of a variant with the benchmark's knobs applied."""
     base = name.split("_")[0]
     if base not in MAIN or (name not in MAIN and name not in ABLATIONS):

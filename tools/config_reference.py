@@ -262,6 +262,10 @@ def _groups_in(path: str) -> list[Group]:
                     g.lines[key] = (node.lineno, node.col_offset)
                     _append(g, node)
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update"
+              and len(node.args) == 1 and (_is_dict_call(node.args[0]) or isinstance(node.args[0], ast.Dict))):
+            names = _dotted(node.func.value)  # c.data.update(dict(...)) / c.data.update({...})
+            add(node.args[0], ".".join(names[1:]) if names and len(names) > 1 else None, False)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update"
               and node.keywords):
             names = _dotted(node.func.value)
             g = Group(".".join(names[1:]) if names and len(names) > 1 else None, False,
@@ -330,7 +334,7 @@ def schema():
 
 def describe(keys: dict[str, object], groups: list[Group], home: str = "",
              block_of=None) -> dict[str, tuple[str, int]]:
-    """Key -> (text, source line for ordering).
+    """Key -> (text, sort key: (not in `home`, file, line, column) of the key's best-ranked definition).
 
     A key's candidates are the groups naming it that fit its block: first those spelling the block's
     path (`c.data = dict(...)` for `data.*`), then unnamed dicts sharing at least half their keys with
@@ -367,7 +371,13 @@ def describe(keys: dict[str, object], groups: list[Group], home: str = "",
             g, comment = shared
             mates = [m for m in g.keys if g.lines[m][0] == g.lines[leaf][0]]
             text = f"({', '.join(mates)}) {_resolve(comment)}"
-        out[k] = (_resolve(text), ranked[0][1].lines[leaf] if ranked else (10 ** 9, 0))
+        if ranked:  # order: the shared schema's keys first, then each module's in source order
+            g = ranked[0][1]
+            file = g.where.rpartition(":")[0]
+            order = (file != home, file, *g.lines[leaf])
+        else:
+            order = (True, "~", 10 ** 9, 0)
+        out[k] = (_resolve(text), order)
     return out
 
 

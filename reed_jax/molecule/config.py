@@ -45,6 +45,10 @@ def extend_schema(c: ml_collections.ConfigDict) -> None:
         energy_samples=32,     # ... of which this many valid ones get MMFF energy and strain
         encoder_steps=2000, encoder_seed=1,  # the stand-in QM9 property encoder (targets encoder='qm9_property'):
         encoder_hidden=32, encoder_layers=3, encoder_batch=32,  # fitting steps, seed, width, depth, batch
+        ani_wheel="",          # targets encoder='ani1x': the torchani 2.2.4 wheel (`make data`) or its ani-1x_8x folder
+        ani_layer=3,           # ... the ANI-1x hidden layer pooled as the target (1..3: 160 / 128 / 96 features)
+        ani_member=0,          # ... the ensemble member (0..7) whose activations are the target (members' units differ)
+        ani_standardize=True,  # ... features standardised per channel with the training split's mean and std
     )
 
 
@@ -54,12 +58,16 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
 
     for name, t in c.targets.items():
         one_of(t.tap, tuple(f"layer{i}" for i in range(1, c.molecule.layers + 1)), f"targets.{name}.tap")
-        one_of(t.encoder, (encoders.MOLECULE_STANDIN, encoders.EXTERNAL), f"targets.{name}.encoder")
+        one_of(t.encoder, (encoders.MOLECULE_STANDIN, encoders.MOLECULE_ANI, encoders.EXTERNAL),
+               f"targets.{name}.encoder")
         if not t.pooled:
             raise config_lib.ConfigError(f"targets.{name}.pooled=False: molecule targets are one vector per molecule, "
                                          f"aligned with the atom features summed over real atoms; set pooled=True")
     m = c.molecule
     one_of(m.source, MOLECULE_SOURCES, "molecule.source")
+    if m.ani_layer not in (1, 2, 3) or not 0 <= m.ani_member <= 7:
+        raise config_lib.ConfigError(f"molecule.ani_layer={m.ani_layer} (1..3), ani_member={m.ani_member} (0..7): out "
+                                     f"of range")
     one_of(m.elements, ("qm9", "drugs"), "molecule.elements")
     one_of(m.backbone, MOLECULE_BACKBONES, "molecule.backbone")
     if m.backbone == "semla" and (c.model.hidden % m.heads or min(m.coord_sets, m.heads, m.message_dim,
@@ -123,6 +131,7 @@ def molecule_config(variant: str = "reed", size: str = "demo", root: str = ".dat
     c.track = "molecule"
     c.data.update(source="molecules", num_shards=2)
     c.model.update(name=f"{backbone.upper()}-{hidden}x{layers}", hidden=hidden, projector_width=hidden)
+    c.molecule.update(ani_wheel=f"{root}/torchani-2.2.4-py3-none-any.whl")  # for targets encoder='ani1x'
     c.molecule.update(qm9_wheel=f"{root}/qm9pack-1.0.3-py3-none-any.whl", backbone=backbone, train_limit=n_train,
                       eval_limit=n_eval, encoder_steps=enc_steps, **widths,
                       size_buckets=(16, 20, 24, 29))  # QM9: 2.42x (EGNN) / 1.83x (Semla) less step time (README)

@@ -6,6 +6,13 @@ one hidden layer to `dim` (the target: `embed` [B, dim]), and a linear head to t
 standardised properties (mu, alpha, HOMO, LUMO, gap, Cv). Fitted with Adam on the training split
 (MSE on standardised labels) and cached under `<data dir>/encoders/` like the digits encoder; the
 precompute logs its validation MAE per property in the dataset's units.
+
+`ani_pooled`: the pretrained alternative (targets encoder 'ani1x'): the ANI-1x potential
+(reed_jax/molecule/ani.py, weights read from the torchani 2.2.4 wheel), one ensemble member's
+per-atom activations after a hidden layer, averaged over real atoms. One member, not the ensemble
+mean: the eight members were trained independently, so hidden unit i of one is unrelated to unit i
+of another and their average would blur eight unrelated feature sets into one (their energies,
+which do correspond, are what the ensemble averages).
 """
 from __future__ import annotations
 
@@ -16,6 +23,8 @@ import numpy as np
 import optax
 
 from reed_jax.molecule import chem, egnn
+
+ANI_ENCODER = "ani1x"  # targets.<name>.encoder of the pretrained ANI-1x target
 
 
 class PropertyEncoder(nn.Module):
@@ -77,3 +86,27 @@ def apply(module: PropertyEncoder, params, arrays: dict, batch_size: int = 256) 
         for k in out:
             out[k].append(np.asarray(r[k])[:n])
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def ani_pooled(wheel: str, arrays: dict, element_names, *, layer: int = 3, member: int = 0,
+               batch_size: int = 64) -> np.ndarray:
+    """[M, W] float32: ANI-1x member `member`'s activations after hidden layer `layer` (W = 96 for
+    layer 3; 160 / 128 zero-padded for layers 1 / 2), averaged over each molecule's real atoms.
+
+    arrays: {types [M, N] (indices into element_names), coords [M, N, 3] Angstrom, mask [M, N]};
+    every molecule must hold only H, C, N, O (drop the others first: ani.unsupported)."""
+    from reed_jax.data import pipeline
+    from reed_jax.molecule import ani, ani_files
+
+    params = ani.params_of(ani_files.load(wheel))
+    if not 0 <= member < len(params["nets"]["H"][0]["w"]):
+        raise ValueError(f"ANI ensemble member {member} is outside 0..{len(params['nets']['H'][0]['w']) - 1}")
+    species = ani.species_of(element_names, arrays["types"], arrays["mask"])
+    fn = jax.jit(lambda s, c, m: ani.pooled(params, s, c, m, layer, member))
+    data = {"species": species.astype(np.int32), "coords": arrays["coords"].astype(np.float32),
+            "mask": arrays["mask"].astype(np.float32)}
+    out, total = [], len(species)
+    for i, b in enumerate(pipeline.pad_batches(data, batch_size)):
+        n = min(batch_size, total - i * batch_size)
+        out.append(np.asarray(jax.device_get(fn(b["species"], b["coords"], b["mask"])))[:n])
+    return np.concatenate(out).astype(np.float32)

@@ -4,7 +4,11 @@
 
 Splits `train` and `validation` go into one shard directory. Coordinates are stored in Angstrom
 with the centre of mass of the atoms removed. Targets with encoder 'qm9_property' come from the
-stand-in encoder (molecule.encoder, fitted once on the training split and cached); 'external' ones
+stand-in encoder (molecule.encoder, fitted once on the training split and cached); with encoder
+'ani1x' from the pretrained ANI-1x potential (molecule.encoder.ani_pooled: one member's hidden layer
+`molecule.ani_layer`, averaged over atoms, standardised per channel with the training split's
+statistics when `molecule.ani_standardize`), after dropping every molecule with an element ANI-1x
+does not cover (QM9: fluorine; the count per split is logged); 'external' ones
 are imported per molecule from `targets.<name>.source`: a folder of `<molecule id>.npy` [D], or an
 `.npz` with `ids` [M] and `vectors` [M, D]. The manifest keeps each split's atom counts (the
 sampler draws molecule sizes from the training histogram) and canonical SMILES (novelty).
@@ -20,6 +24,7 @@ from reed_jax.models import encoders
 from reed_jax.molecule import chem, data, encoder as encoder_lib, model as molecule_model
 
 STANDIN = encoders.MOLECULE_STANDIN
+ANI = encoder_lib.ANI_ENCODER
 
 
 def load_splits(config, log=print) -> dict[str, list[data.Molecule]]:
@@ -116,10 +121,51 @@ def standin_encoder(config, splits_arrays: dict, splits: dict, out_dir: str, log
     return module, encoders.load_or_fit(os.path.join(out_dir, "encoders", name), fit, log)
 
 
+def drop_unsupported(splits: dict, log=print) -> dict:
+    """Splits without the molecules holding an element outside ANI-1x's H, C, N, O (counts logged)."""
+    from reed_jax.molecule import ani
+
+    out = {}
+    for s, mols in splits.items():
+        els = [[a.GetSymbol() for a in x.mol.GetAtoms()] for x in mols]
+        bad = ani.unsupported(els)
+        found = ", ".join(sorted({e for row, b in zip(els, bad) if b for e in row if e not in ani.SPECIES}))
+        log(f"{ANI}: dropped {int(bad.sum())} of {len(mols)} {s} molecules with elements outside "
+            f"{'/'.join(ani.SPECIES)}" + (f" ({found})" if found else ""))
+        out[s] = [x for x, b in zip(mols, bad) if not b]
+    return out
+
+
+def ani_targets(config, arrays: dict, log=print) -> dict[str, np.ndarray]:
+    """{split: [M, W]} pooled ANI-1x features (standardised with the training split's statistics)."""
+    m = config.molecule
+    names = molecule_model.elements(m)
+    raw = {s: encoder_lib.ani_pooled(m.ani_wheel, a, names, layer=m.ani_layer, member=m.ani_member)
+           for s, a in arrays.items()}
+    mean, std = raw["train"].mean(0), raw["train"].std(0)
+    dims = {t.dim for t in config.targets.values() if t.encoder == ANI}
+    if dims != {raw["train"].shape[1]}:
+        raise records.DataError(f"targets with encoder '{ANI}' have dim {sorted(dims)}, but ANI-1x layer "
+                                f"molecule.ani_layer={m.ani_layer} gives {raw['train'].shape[1]} features")
+
+    def mean_cos(x):
+        x = x[:512] / np.maximum(np.linalg.norm(x[:512], axis=1, keepdims=True), 1e-12)
+        c = x @ x.T
+        return float((c.sum() - np.trace(c)) / max(len(x) * (len(x) - 1), 1))
+
+    std_out = {s: (v - mean) / np.maximum(std, 1e-6) for s, v in raw.items()}
+    log(f"{ANI} targets: layer {m.ani_layer} of member {m.ani_member}, {raw['train'].shape[1]} features; mean "
+        f"pairwise cosine between training targets {mean_cos(raw['train']):.3f} raw, "
+        f"{mean_cos(std_out['train']):.3f} standardised ({'stored' if m.ani_standardize else 'not used'})")
+    return std_out if m.ani_standardize else raw
+
+
 def precompute_molecules(config, out_dir: str, log=print) -> str:
     m = config.molecule
     names = molecule_model.elements(m)
     splits = {s: v for s, v in load_splits(config, log).items()}
+    if any(t.encoder == ANI for t in config.targets.values()):
+        splits = drop_unsupported(splits, log)
     if not splits["train"]:
         raise records.DataError("no training molecules")
     arrays = {s: arrays_of(v, names, m.max_atoms) for s, v in splits.items() if v}
@@ -131,6 +177,12 @@ def precompute_molecules(config, out_dir: str, log=print) -> str:
             for n, t in config.targets.items():
                 if t.encoder == STANDIN:
                     targets[s][n] = emb
+    if any(t.encoder == ANI for t in config.targets.values()):
+        feats = ani_targets(config, arrays, log)
+        for s in arrays:
+            for n, t in config.targets.items():
+                if t.encoder == ANI:
+                    targets[s][n] = feats[s]
     for n, t in config.targets.items():
         if t.encoder == encoders.EXTERNAL:
             for s in arrays:

@@ -138,3 +138,48 @@ def test_reader_checks_sizes_and_names_the_file(tmp_path):
     os.remove(d / "train0/networks/ANN-O.nnf-l4.bparam")
     with pytest.raises(ani_files.AniFileError, match=r"ANN-O\.nnf-l4\.bparam: missing"):
         ani_files.load(str(d), ensemble_size=1)
+
+
+def test_precompute_drops_fluorine_and_stores_standardised_ani_targets(tmp_path):
+    """`--mode=precompute` with an 'ani1x' target on real QM9 rows: the fluorine molecule is dropped and
+    counted, and the stored target is member 0's layer-3 activations averaged over atoms, standardised
+    with the training split's statistics."""
+    import io
+
+    import ml_collections
+
+    from reed_jax import config as config_lib, targets
+    from reed_jax.data import pipeline, precompute, records
+    from reed_jax.molecule import chem, config as molecule_config, data, encoder
+
+    rows = list(csv.DictReader(open(os.path.join(FIX, "qm9_rows.csv"))))
+    qm9 = tmp_path / "qm9pack-0-py3-none-any.whl"  # a stand-in qm9pack wheel with the fixture's rows
+    with zipfile.ZipFile(qm9, "w") as zf:
+        for i, part in enumerate(data.QM9_PARTS):
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, list(rows[0]))
+            w.writeheader()
+            w.writerows(rows[i::3])
+            zf.writestr(part, buf.getvalue())
+    c = molecule_config.molecule_config("reed")
+    c.targets = ml_collections.ConfigDict()
+    c.targets.ani1x = targets.make(tap="layer2", pooled=True, dim=96, proj_width=16, encoder=encoder.ANI_ENCODER)
+    c.molecule.update(qm9_wheel=str(qm9), ani_wheel=need_wheel(), train_limit=0, eval_limit=0, layers=2,
+                      max_atoms=16, size_buckets=())
+    config_lib.validate(c)
+    logs = []
+    out = precompute.precompute(c, str(tmp_path / "shards"), logs.append)
+    _, manifest = records.read_manifest(out)
+    assert "qm9_132397" not in manifest["molecules"]["train"]  # C5H3F2NO (split seed 0 puts it in train)
+    assert any(m.startswith("ani1x: dropped 1 of 40 train molecules") and "(F)" in m for m in logs), logs
+    assert any(m.startswith("ani1x: dropped 0 of") and "validation" in m for m in logs)
+    tr, va = pipeline.read_all(out, "train"), pipeline.read_all(out, "validation")
+    raw_tr = encoder.ani_pooled(WHEEL, tr, chem.QM9_ELEMENTS, layer=3, member=0)
+    raw_va = encoder.ani_pooled(WHEEL, va, chem.QM9_ELEMENTS, layer=3, member=0)
+    mean, std = raw_tr.mean(0), raw_tr.std(0)
+    assert tr["target/ani1x"].shape == (len(tr["mask"]), 96)
+    np.testing.assert_allclose(tr["target/ani1x"], (raw_tr - mean) / std, atol=2e-4)
+    np.testing.assert_allclose(va["target/ani1x"], (raw_va - mean) / std, atol=2e-4)
+    c.targets.ani1x.dim = 128
+    with pytest.raises(records.DataError, match="encoder 'ani1x' have dim \\[128\\].*ani_layer=3 gives 96"):
+        precompute.precompute(c, str(tmp_path / "shards2"), lambda *_: None)

@@ -150,3 +150,23 @@ def test_registered_encoders():
     assert {"efficientnet_lite0_stage3", "efficientnet_lite0_stage5", "efficientnet_lite0_pooled"} <= set(names)
     assert "efficientnet_lite0_logits" not in names
     assert E.output_dim("stage3") == 80 and E.output_dim("pooled") == 1280
+
+
+def test_registry_builds_token_and_pooled_targets(tmp_path):
+    """encoders.build: a spatial output -> [B, grid*grid, C] tokens on the generator's grid, `pooled` ->
+    [B, 1280]; a pooled flag that contradicts the output is refused naming the key (shapes traced only)."""
+    import ml_collections
+    from reed_jax.models import encoders
+
+    path = str(tmp_path / "effnet.npz")
+    np.savez(path, **_torch_like_state_dict())
+    config = ml_collections.ConfigDict({"data": {"image_shape": (28, 28, 1)}, "model": {"patch_size": 4}})
+    images = jax.ShapeDtypeStruct((2, 28, 28, 1), np.uint8)
+    for output, pooled, dim, shape in (("stage5", False, 192, (2, 49, 192)), ("pooled", True, 1280, (2, 1280))):
+        t = ml_collections.ConfigDict({"encoder": f"efficientnet_lite0_{output}", "pooled": pooled, "dim": dim,
+                                       "weights": path})
+        enc = encoders.build("t", t, config)
+        assert enc.dim == dim and jax.eval_shape(enc.apply, enc.params, images).shape == shape
+    t = ml_collections.ConfigDict({"encoder": "efficientnet_lite0_stage3", "pooled": True, "dim": 80, "weights": path})
+    with pytest.raises(ValueError, match=r"targets.t: encoder 'efficientnet_lite0_stage3' gives spatial tokens"):
+        encoders.build("t", t, config)

@@ -5,14 +5,15 @@
 
 Writes synthetic shards with the project's writer (`records.write_shard`, `write_manifest`) in the
 two layouts the image track stores (`reed_jax/image/precompute.py`), then deletes them:
-  precomputed (encoder.mode='offline'): moments [32, 32, 8] float32, label int32, index int64,
+  precomputed (encoder.mode='precomputed'): moments [32, 32, 8] float32, label int32, index int64,
       target/dinov2 [256, 768] bfloat16, target/vlm [3584] float32     (440,332 B = 430 KiB/record)
   online (encoder.mode='online'): moments, label, index, pixels [256, 256, 3] uint8 (the crop the
       step encodes), target/vlm                                         (243,724 B = 238 KiB/record)
 and reads them back the way training does, per window `--batches` global batches of `--batch`:
-  global_batches        pipeline.GlobalBatches (the trainer's reader: seeded shuffle, this process's
-                        slice, every field decoded) -> parallel.global_batch
-                        (jax.make_array_from_process_local_data), arrays ready on the device
+  global_batches_Nthreads pipeline.GlobalBatches(read_threads=N, default N = this process's CPUs):
+                        the trainer's reader (which uses N=1): seeded shuffle, this process's
+                        slice, every field decoded straight into the batch ->
+                        parallel.global_batch (jax.make_array_from_process_local_data), ready on device
   global_batches_1thread  the same, read_threads=1
   global_batches_before the same with the reader as it was before this benchmark (one record at a
                         time: decode each record, then np.stack), on shards written as before
@@ -115,6 +116,8 @@ def main() -> None:
                     help="writer options before this benchmark's change (ArrayRecord's default compression, "
                          "brotli): the precomputed layout is also written so and read the way it was read "
                          "before ('' = skip)")
+    ap.add_argument("--read_threads", type=int, default=len(os.sched_getaffinity(0)),
+                    help="GlobalBatches(read_threads=...) of the threaded reader (default: this process's CPUs)")
     ap.add_argument("--chip_rate", type=float, default=690.0, help="images/s one chip trains (SiT-XL/2, 50%% MFU)")
     ap.add_argument("--dir", default="/tmp/reed_input_pipeline", help="scratch directory (deleted at the end)")
     ap.add_argument("--keep", action="store_true", help="keep the shards")
@@ -158,7 +161,8 @@ def main() -> None:
                 return run
 
             readers = {
-                "global_batches": timed(pipeline.GlobalBatches(source, a.batch, seed=0, shard_count=a.process_count)),
+                f"global_batches_{a.read_threads}threads": timed(pipeline.GlobalBatches(
+                    source, a.batch, seed=0, shard_count=a.process_count, read_threads=a.read_threads)),
                 "global_batches_1thread": timed(pipeline.GlobalBatches(source, a.batch, seed=0,
                                                                        shard_count=a.process_count, read_threads=1)),
                 "global_batches_before": timed(PerRecordBatches(source, a.batch, seed=0, shard_count=a.process_count)),

@@ -11,7 +11,6 @@ index shards) serves evaluation and tools.
 from __future__ import annotations
 
 import json
-import os
 
 import grain
 import numpy as np
@@ -79,12 +78,13 @@ class GlobalBatches:
     global batches in the same order (a run moves between 1 and N hosts and resumes), each process
     reads only its own records (disjoint slices), and the state is just the number of global
     batches drawn. An iterator with get_state/set_state (bytes), as the trainer checkpoints it.
-    A ShardSource's records are read and decoded straight into the batch arrays by `read_threads`
-    threads (default: the CPUs this process may use, at most 8; bench/input_pipeline.py).
+    A ShardSource's records are read and decoded straight into the batch arrays, by `read_threads`
+    threads (1: no gain measured on a 2-core machine; more for a host feeding several chips, see
+    docs/benchmarks_performance.md).
     """
 
     def __init__(self, source, global_batch: int, *, seed: int, shard_index: int = 0, shard_count: int = 1,
-                 read_threads: int | None = None):
+                 read_threads: int = 1):
         n = len(source)
         if global_batch % shard_count:
             raise records.DataError(f"global batch {global_batch} does not split over {shard_count} processes")
@@ -92,8 +92,7 @@ class GlobalBatches:
             raise records.DataError(f"{n} records are fewer than one global batch of {global_batch}")
         self.source, self.n, self.global_batch, self.seed = source, n, global_batch, seed
         self.shard_index, self.shard_count = shard_index, shard_count
-        # threads reading and decoding a ShardSource batch (the batch is the same for any number)
-        self.read_threads = read_threads or min(8, len(os.sched_getaffinity(0)))
+        self.read_threads = read_threads  # threads reading a ShardSource batch (any number: the same batch)
         self.per_epoch, self.k, self._perm = n // global_batch, 0, (None, None)
 
     def __iter__(self):

@@ -121,6 +121,13 @@ def _torch_worker() -> None:
         return {"seconds_per_step": (time.perf_counter() - t0) / a["steps"],
                 "cpu_seconds_per_step": (time.process_time() - c0) / a["steps"]}
 
+    def trim():  # hand freed activation memory back to the OS while the jax side runs (RSS, not speed)
+        try:
+            import ctypes
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:
+            pass
+
     for line in sys.stdin:
         msg = json.loads(line)
         if msg["cmd"] == "quit":
@@ -129,6 +136,7 @@ def _torch_worker() -> None:
             out = setup(msg) if msg["cmd"] == "setup" else window(msg)
         except Exception as e:  # noqa: BLE001  (reported to the parent, which raises)
             out = {"error": f"{type(e).__name__}: {e}"}
+        trim()
         sys.stdout.write(json.dumps(out) + "\n")
         sys.stdout.flush()
 
@@ -186,8 +194,8 @@ def peer_setup(c, threads: int) -> dict:
                 patch=c.model.patch_size, latent=c.data.image_shape[0], num_classes=c.data.num_classes,
                 proj_width=c.model.projector_width, batch=c.train.batch_size, latent_scale=c.data.latent_scale,
                 grad_clip=c.optim.grad_clip, ema_decay=c.optim.ema_decay, w_gen=w_gen, w_align=w_align,
-                targets={n: dict(depth=int(t.tap.removeprefix("block")), pooled=bool(t.pooled), dim=t.dim, coeff=t.coeff, shape=list(shapes[n]),
-                                 dtype=t.dtype) for n, t in c.targets.items()})
+                targets={n: dict(depth=int(t.tap.removeprefix("block")), pooled=bool(t.pooled), dim=t.dim,
+                                 coeff=t.coeff, shape=list(shapes[n]), dtype=t.dtype) for n, t in c.targets.items()})
 
 
 def guard_before_update_step(c, net, tx):
@@ -310,7 +318,6 @@ def profile_split(c, state, batch, net, tx, windows: int, steps: int, trace_dir:
 
 def main() -> None:
     import jax
-    import numpy as np
 
     from reed_jax import benchmark, train  # noqa: F401
 
@@ -386,7 +393,7 @@ def main() -> None:
                             print(f"  proposed guard / library step ({clock}): "
                                   f"{benchmark.format_spread(split['proposed/library'][clock], '{:.3f}')}", flush=True)
                     rows.append(row)
-                    del state, holder, data
+                    state = holder[0] = data = None  # free this configuration's buffers
     finally:
         peer.close()
     benchmark.write_rows(a.json, rows, {"machine": benchmark.machine_line(), "argv": sys.argv})

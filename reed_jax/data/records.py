@@ -11,13 +11,13 @@ Field names: `image` [H, W, C] float32 pixels in [-1, 1], or `moments` [H, W, 2C
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import hashlib
 import json
-import bisect
 import os
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -91,13 +91,13 @@ class Schema:
                 "fields": [{"name": f.name, "shape": list(f.shape), "dtype": f.dtype} for f in self.fields]}
 
     @classmethod
-    def from_json(cls, d: Mapping) -> "Schema":
+    def from_json(cls, d: Mapping) -> Schema:
         if d.get("version") != SCHEMA_VERSION:
             raise DataError(f"shard schema version {d.get('version')} is not supported (this code reads {SCHEMA_VERSION})")
         return cls(tuple(Field(f["name"], tuple(f["shape"]), f["dtype"]) for f in d["fields"]), d["version"])
 
     @classmethod
-    def of(cls, example: Mapping[str, np.ndarray]) -> "Schema":
+    def of(cls, example: Mapping[str, np.ndarray]) -> Schema:
         """Schema from one example (field order = dict order)."""
         return cls(tuple(Field(k, tuple(np.shape(v)), np.asarray(v).dtype.name)
                          for k, v in example.items()))

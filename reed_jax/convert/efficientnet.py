@@ -19,7 +19,7 @@ import os
 import re
 import tempfile
 import zipfile
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import numpy as np

@@ -24,9 +24,9 @@ by element in layers 1 and 2 and are zero-padded to the widest; layer 3 is 96 fo
 """
 from __future__ import annotations
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from reed_jax.molecule import ani_files
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 # (repeats, kernel, stride, expand ratio, output channels) per stage: efficientnet-lite0 (width and
 # depth multipliers 1.0), from TensorFlow's efficientnet_lite_builder.

@@ -137,6 +137,10 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         if t.proj_width < 0:
             raise ConfigError(f"targets.{name}.proj_width={t.proj_width} must be >= 0 (0 = model.projector_width)")
         one_of(t.noise_weight, NOISE_WEIGHTS, f"targets.{name}.noise_weight")
+        one_of(t.projector, targets_lib.PROJECTORS, f"targets.{name}.projector")
+        if t.pooled and (t.projector != "mlp" or t.spatial_norm):
+            raise ConfigError(f"targets.{name}: projector={t.projector!r}, spatial_norm={t.spatial_norm} act on the token "
+                              f"grid; a pooled target takes projector='mlp', spatial_norm=False")
     one_of(c.curriculum.gen.decay, DECAYS, "curriculum.gen.decay")
     one_of(c.curriculum.align.decay, DECAYS, "curriculum.align.decay")
     for key, bs in (("train.batch_size", c.train.batch_size), ("sample.batch_size", c.sample.batch_size)):

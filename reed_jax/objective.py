@@ -43,6 +43,15 @@ def _normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
+def spatial_normalize(target: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """iREPA's spatial normalisation of target tokens [B, T, D]: subtract each image's mean token, then
+    divide every channel by its standard deviation over the image's tokens (float32). What is common
+    to every token of an image (its global content) is removed; what varies across space remains."""
+    x = target.astype(jnp.float32)
+    x = x - x.mean(axis=1, keepdims=True)
+    return x / (x.std(axis=1, keepdims=True) + eps)
+
+
 def alignment_loss(pred: jax.Array, target: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Negative cosine similarity per sample, float32.
 

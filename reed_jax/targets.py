@@ -12,6 +12,8 @@ aligned with (negative cosine). Every track reads the same keys (`template()`):
                 their sum over real atoms, the reference's readout; proteins: never)
     dim         target width (must match the shards)
     proj_width  projector hidden width; 0 = model.projector_width
+    projector   'mlp' (REPA/REED) or 'conv' (iREPA: a 3x3 convolution on the image token grid)
+    spatial_norm  iREPA: the target tokens spatially normalised before the cosine (objective.spatial_normalize)
     coeff, noise_weight, cutoff_lo/hi   the loss weight c_k and its noise-level weight a(t)
     encoder, weights, source, dtype     where the target comes from and how it is stored
 
@@ -23,7 +25,7 @@ import dataclasses
 
 import ml_collections
 
-TOKENS, POOLED = False, True
+PROJECTORS = ("mlp", "conv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Target:
     pooled: bool
     dim: int
     proj_width: int = 0
+    projector: str = "mlp"
 
 
 def template() -> ml_collections.ConfigDict:
@@ -48,6 +51,10 @@ def template() -> ml_collections.ConfigDict:
                                # token mean; molecules: the sum over real atoms, required there)
         dim=768,               # target feature width (must match the shards)
         proj_width=0,          # projector hidden width; 0 = model.projector_width
+        projector="mlp",       # 'mlp': the per-token MLP (REPA/REED); 'conv': iREPA's 3x3 convolution on the token
+                               # grid (image token targets)
+        spatial_norm=False,    # iREPA: target tokens minus their image's mean token, each channel divided by its
+                               # std over the tokens, before the cosine (token targets)
         coeff=1.0,             # c_k; 0 switches the target off
         noise_weight="constant",  # a(t): one of objective.NOISE_WEIGHTS
         cutoff_lo=0.0, cutoff_hi=1.0,  # the window of noise_weight='cutoff'
@@ -70,8 +77,8 @@ def make(**kw) -> ml_collections.ConfigDict:
 
 def from_config(config) -> tuple[Target, ...]:
     """config.targets -> the backbone's Targets, proj_width resolved (0 -> model.projector_width)."""
-    return tuple(Target(n, t.tap, bool(t.pooled), int(t.dim), int(t.proj_width or config.model.projector_width))
-                 for n, t in config.targets.items())
+    return tuple(Target(n, t.tap, bool(t.pooled), int(t.dim), int(t.proj_width or config.model.projector_width),
+                        t.get("projector", "mlp")) for n, t in config.targets.items())
 
 
 def numbered_tap(tap: str, prefix: str, count: int, key: str) -> int:

@@ -225,31 +225,6 @@ def summary_writer(workdir: str):
                                                 just_logging=jax.process_index() > 0)
 
 
-def train_and_evaluate(config, workdir: str, log=print) -> dict:
-    """Train (resuming from the newest good checkpoint), evaluate periodically; returns the final eval.
-
-    SIGTERM or SIGINT at any point (TPU preemption, SLURM time limit, Ctrl-C) saves the current
-    step after the step in flight and returns; the next launch resumes there. Process 0 holds the
-    workdir's lock (`reed_jax.lock`) for the whole run: a second trainer on it stops at once.
-    """
-    with lock.WorkdirLock(workdir, enabled=jax.process_index() == 0), StopOnSignal() as stop:
-        return _train(config, workdir, log, stop)
-
-
-def _train(config, workdir: str, log, stop: StopOnSignal) -> dict:
-    config_lib.validate(config, jax.device_count())
-    track = tracks.get(config)
-    data_dir = precompute.data_dir(config, workdir)
-    check_data(config, data_dir)
-    track.preflight(config, "train")  # what the periodic evaluations read, before any compute
-    model, tx = track.build_model(config), make_optimizer(config)
-    mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
-    try:  # closed in `finally`, so a failure's own message is the last thing printed
-        return _run(config, workdir, log, stop, track, data_dir, model, tx, mngr)
-    finally:
-        mngr.close()
-
-
 def _run(config, workdir, log, stop, track, data_dir, model, tx, mngr) -> dict:
     from tqdm import tqdm
 
@@ -358,3 +333,28 @@ def _run(config, workdir, log, stop, track, data_dir, model, tx, mngr) -> dict:
     check_saves()
     writer.flush()
     return last or {}
+
+
+def _train(config, workdir: str, log, stop: StopOnSignal) -> dict:
+    config_lib.validate(config, jax.device_count())
+    track = tracks.get(config)
+    data_dir = precompute.data_dir(config, workdir)
+    check_data(config, data_dir)
+    track.preflight(config, "train")  # what the periodic evaluations read, before any compute
+    model, tx = track.build_model(config), make_optimizer(config)
+    mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
+    try:  # closed in `finally`, so a failure's own message is the last thing printed
+        return _run(config, workdir, log, stop, track, data_dir, model, tx, mngr)
+    finally:
+        mngr.close()
+
+
+def train_and_evaluate(config, workdir: str, log=print) -> dict:
+    """Train (resuming from the newest good checkpoint), evaluate periodically; returns the final eval.
+
+    SIGTERM or SIGINT at any point (TPU preemption, SLURM time limit, Ctrl-C) saves the current
+    step after the step in flight and returns; the next launch resumes there. Process 0 holds the
+    workdir's lock (`reed_jax.lock`) for the whole run: a second trainer on it stops at once.
+    """
+    with lock.WorkdirLock(workdir, enabled=jax.process_index() == 0), StopOnSignal() as stop:
+        return _train(config, workdir, log, stop)

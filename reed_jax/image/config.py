@@ -62,6 +62,8 @@ def extend_schema(c: ml_collections.ConfigDict) -> None:
         fid_every=0,           # in-training FID every this many steps (0 = off) ...
         fid_every_samples=10_000,  # ... on this many samples (FID-10K)
         frechet_method="sqrtm",  # 'sqrtm': scipy sqrtm as pytorch-fid/ADM (the protocol); 'eigh': same value, 5x faster
+        class_balanced=False,  # FID samples with exactly N / num_classes per class (50 per class for FID-50K on
+                               # ImageNet), as several 2025 papers report beside the random-label protocol
     ))
     c.precompute = dict(encoder_steps=500, encoder_seed=1, fd_steps=800, fd_seed=2,  # digits encoders
                         vae_path="", vae_groups=32,          # source='imagenet': SD-VAE weights (diffusers names)
@@ -118,6 +120,11 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
         raise config_lib.ConfigError(f"eval.fid_batch_size={fid_bs} must be a positive multiple of the device count "
                                      f"{num_devices}")
     one_of(e.frechet_method, FRECHET_METHODS, "eval.frechet_method")
+    if e.class_balanced:
+        for key in ("fid_samples",) + (("fid_every_samples",) if e.fid_every else ()):
+            if e[key] % c.data.num_classes:
+                raise config_lib.ConfigError(f"eval.class_balanced=True needs eval.{key}={e[key]} to be a multiple of "
+                                             f"data.num_classes={c.data.num_classes}")
     if e.fid_every < 0:
         raise config_lib.ConfigError(f"eval.fid_every={e.fid_every} must be >= 0 (0 = off)")
 
@@ -149,7 +156,9 @@ def digits_config(variant: str = "reed") -> ml_collections.ConfigDict:
     reed: the digits encoder's 4x4 patch tokens (64-d) tapped after block 2 (coefficient 1.0)
     plus its pooled 128-d vector (the second "modality") on the token mean after block 3
     (coefficient 0.5); w_gen ramps in over the first 10% of training, w_align = 0.5 constant.
-    repa: the token target only, constant weights. sit: no targets.
+    repa: the token target only, constant weights. irepa: REPA's token target through iREPA's
+    switches (a 3x3 convolutional projector on the 4x4 token grid, spatially normalised target
+    tokens; Singh et al. 2025, "What matters for representation alignment"). sit: no targets.
     """
     c = config_lib.base_config()
     c.model.update(name="SiT-demo/2", depth=4, hidden=128, heads=4, patch_size=2, projector_width=256)
@@ -157,10 +166,12 @@ def digits_config(variant: str = "reed") -> ml_collections.ConfigDict:
     c.train.update(batch_size=64, steps=1000, log_every=50, eval_every=500, checkpoint_every=500)
     c.sample.update(method="sde", num_steps=50, batch_size=500, grid_per_class=10)
     c.eval.num_samples = 1000
-    if variant not in ("reed", "repa", "sit"):
-        raise config_lib.ConfigError(f"digits config: unknown variant {variant!r}; expected reed, repa or sit")
-    if variant in ("reed", "repa"):
+    if variant not in ("reed", "repa", "irepa", "sit"):
+        raise config_lib.ConfigError(f"digits config: unknown variant {variant!r}; expected reed, repa, irepa or sit")
+    if variant in ("reed", "repa", "irepa"):
         c.targets.digits_tokens = targets.make(tap="block2", pooled=False, dim=64, coeff=1.0, encoder="digits")
+    if variant == "irepa":
+        c.targets.digits_tokens.update(projector="conv", spatial_norm=True)
     if variant == "reed":
         c.targets.digits_pooled = targets.make(tap="block3", pooled=True, dim=128, coeff=0.5, encoder="digits")
         c.curriculum.gen.warmup = c.train.steps // 10

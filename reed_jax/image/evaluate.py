@@ -94,14 +94,15 @@ def fid_evaluate(config, workdir: str, params, step: int, mesh=None, num_samples
     eval_root = os.path.join(workdir, "eval")
     ref = fid_eval.load_reference(e.reference, extractor, eval_root, log)
     tag = (f"step{step:07d}_{s.method}{s.num_steps}_cfg{s.cfg_scale:g}_{s.guidance_lo:g}-{s.guidance_hi:g}"
-           f"_n{n}_seed{config.seed}" + ("" if e.inception_size == 299 else f"_inception{e.inception_size}"))
+           f"_n{n}_seed{config.seed}" + ("" if e.inception_size == 299 else f"_inception{e.inception_size}")
+           + ("_balanced" if e.class_balanced else ""))
     out_dir = os.path.join(eval_root, tag)
     from reed_jax.image.track import build_model
 
     sample_fn = make_sample_fn(config, build_model(config))
 
     def make_images(b):
-        labels = fid_eval.batch_labels(config.seed, b, bs, config.data.num_classes)
+        labels = fid_eval.batch_labels(config.seed, b, bs, config.data.num_classes, n if e.class_balanced else 0)
         x = generate(sample_fn, params, labels, bs, seed=config.seed * 1_000_003 + b, mesh=mesh)
         return fid_eval.to_rgb_uint8(decode(x) if decode is not None else x)
 

@@ -175,8 +175,20 @@ def load_reference(path: str, extractor: Extractor, cache_dir: str, log=print) -
 # ----------------------------------------------------------------------------- batches
 
 
-def batch_labels(seed: int, b: int, batch_size: int, num_classes: int) -> np.ndarray:
-    return np.random.default_rng([seed, b]).integers(0, num_classes, batch_size).astype(np.int32)
+def batch_labels(seed: int, b: int, batch_size: int, num_classes: int, balanced_total: int = 0) -> np.ndarray:
+    """Class labels [batch_size] of sampling batch `b`: independent uniform draws (ADM's and REPA's
+    protocol), or, with `balanced_total` = N (`eval.class_balanced`), batch b's slice of a seeded
+    permutation of N / num_classes copies of every class, so the first N samples hold exactly N /
+    num_classes of each (the last batch is padded with class 0: samples past N are never scored)."""
+    if not balanced_total:
+        return np.random.default_rng([seed, b]).integers(0, num_classes, batch_size).astype(np.int32)
+    if balanced_total % num_classes:
+        raise EvalError(f"class-balanced sampling of {balanced_total} samples needs a multiple of the "
+                        f"{num_classes} classes (eval.class_balanced with eval.fid_samples / fid_every_samples)")
+    per_class = np.repeat(np.arange(num_classes, dtype=np.int32), balanced_total // num_classes)
+    y = np.random.default_rng([seed, num_classes, balanced_total]).permutation(per_class)[b * batch_size:
+                                                                                         (b + 1) * batch_size]
+    return np.concatenate([y, np.zeros(batch_size - len(y), np.int32)])
 
 
 def _read_batch(path: str) -> dict | None:

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reed_jax.models.projector import Projector, dense, xavier, zeros  # noqa: F401  (re-exported)
+from reed_jax.models.projector import ConvProjector, Projector, dense, xavier, zeros  # noqa: F401  (re-exported)
 from reed_jax.targets import Target
 
 # (depth, hidden, heads) of the published sizes; the patch size is chosen separately.
@@ -281,7 +281,8 @@ class SiT(nn.Module):
             self.segments = [(i, i + 1) for i in range(self.depth)]
             self.blocks = [block(*args, name=f"blocks_{i}") for i in range(self.depth)]
         self.final_layer = FinalLayer(self.hidden, p * p * self.in_channels, self.dtype)
-        self.projectors = {s.name: Projector(s.proj_width or self.projector_width, s.dim, name=f"projectors_{s.name}")
+        self.projectors = {s.name: (ConvProjector(s.dim, name=f"projectors_{s.name}") if s.projector == "conv" else
+                                    Projector(s.proj_width or self.projector_width, s.dim, name=f"projectors_{s.name}"))
                            for s in self.targets}
 
     @property

@@ -40,7 +40,8 @@ def signature(config) -> dict:
     return {"model": [m.depth, m.hidden, m.heads, m.patch_size, m.mlp_ratio, m.projector_width],
             "scan": bool(m.scan),  # the param layout: per-block or stacked runs
             "data_shape": list(config.data.image_shape), "num_classes": config.data.num_classes,
-            "targets": {t.name: [sit_lib.tap_depth(t), t.pooled, t.dim] for t in targets.from_config(config)}}
+            "targets": {t.name: [sit_lib.tap_depth(t), t.pooled, t.dim] + ([t.projector] if t.projector != "mlp" else [])
+                        for t in targets.from_config(config)}}  # (the projector only when not the MLP: older checkpoints)
 
 
 def losses(config, model, params, batch, rng):
@@ -52,7 +53,12 @@ def losses(config, model, params, batch, rng):
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     xt, v = interpolants.interpolate(config.diffusion.path, x0, eps, t)
     pred, feats = model.apply({"params": params}, xt, t, batch["label"], train=True, rngs={"label_dropout": k_drop})
-    align = {n: objective.alignment_loss(feats[n], batch[records.TARGET_PREFIX + n]) for n in feats}
+    align = {}
+    for n in feats:
+        target = batch[records.TARGET_PREFIX + n]
+        if config.targets[n].get("spatial_norm", False):  # iREPA
+            target = objective.spatial_normalize(target)
+        align[n] = objective.alignment_loss(feats[n], target)
     return objective.mse_per_sample(pred, v), align, t
 
 # ----------------------------------------------------------------------------- data

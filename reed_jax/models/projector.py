@@ -33,3 +33,23 @@ class Projector(nn.Module):
         for i in range(self.hidden_layers):
             h = nn.silu(dense(self.width, ("embed" if i == 0 else "proj_in", "proj"), name=f"dense_{2 * i}")(h))
         return dense(self.z_dim, ("proj_in", "target"), name=f"dense_{2 * self.hidden_layers}")(h)
+
+
+class ConvProjector(nn.Module):
+    """iREPA's projector: one `kernel` x `kernel` convolution (SAME padding) over the square token grid,
+    [B, T, D] -> [B, T, z_dim] float32 (T = g x g tokens, row-major as the patch embedding lays them
+    out). Unlike the per-token MLP it mixes each token with its spatial neighbours."""
+    z_dim: int
+    kernel: int = 3
+
+    @nn.compact
+    def __call__(self, h):
+        b, t, d = h.shape
+        g = int(round(t ** 0.5))
+        if g * g != t:
+            raise ValueError(f"ConvProjector needs a square token grid; got {t} tokens")
+        k = self.kernel
+        x = nn.Conv(self.z_dim, (k, k), padding="SAME", name="conv",
+                    kernel_init=nn.with_logical_partitioning(xavier, (None, None, "embed", "target")),
+                    bias_init=nn.with_logical_partitioning(zeros, ("target",)))(h.reshape(b, g, g, d))
+        return x.reshape(b, t, self.z_dim)

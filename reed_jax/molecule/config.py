@@ -58,6 +58,10 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
 
     for name, t in c.targets.items():
         one_of(t.tap, tuple(f"layer{i}" for i in range(1, c.molecule.layers + 1)), f"targets.{name}.tap")
+        if t.projector != "mlp" or t.spatial_norm:
+            raise config_lib.ConfigError(f"targets.{name}: projector={t.projector!r}, spatial_norm={t.spatial_norm} are "
+                                         f"iREPA's image-grid switches; the molecule track takes projector='mlp', "
+                                         f"spatial_norm=False")
         one_of(t.encoder, (encoders.MOLECULE_STANDIN, encoders.MOLECULE_ANI, encoders.EXTERNAL),
                f"targets.{name}.encoder")
         if not t.pooled:

@@ -50,6 +50,10 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
     p = c.protein
     for name, t in c.targets.items():
         one_of(t.tap, protein_model.tap_names(p), f"targets.{name}.tap")
+        if t.projector != "mlp" or t.spatial_norm:
+            raise config_lib.ConfigError(f"targets.{name}: projector={t.projector!r}, spatial_norm={t.spatial_norm} are "
+                                         f"iREPA's image-grid switches; the protein track takes projector='mlp', "
+                                         f"spatial_norm=False")
         one_of(t.encoder, (encoders.PROTEIN_TEACHER, encoders.EXTERNAL), f"targets.{name}.encoder")
         if t.pooled:
             raise config_lib.ConfigError(f"targets.{name}.pooled=True: protein targets are per residue (or edge); "

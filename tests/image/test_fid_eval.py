@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import load_config, tiny_config
 
 from reed_jax import modes, train
 from reed_jax.image import digits, fid_eval, inception
@@ -127,3 +127,31 @@ def test_score_known_answers(tmp_path):
     assert r["precision"] is None and r["recall"] is None and r["fid"] == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(fid_eval.EvalError, match=r"reference mu has shape \(3,\); the samples' pool_3 features have 16"):
         fid_eval.score(_batches(tmp_path, pool, spatial, logits, 16), n, dict(ref, mu=np.zeros(3)))
+
+
+def test_class_balanced_labels_hold_exactly_n_over_c_of_each_class():
+    n, c, bs = 60, 10, 8
+    batches = [fid_eval.batch_labels(3, b, bs, c, balanced_total=n) for b in range(-(-n // bs))]
+    labels = np.concatenate(batches)
+    assert labels.dtype == np.int32 and all(len(b) == bs for b in batches)
+    assert np.bincount(labels[:n], minlength=c).tolist() == [6] * c  # exactly N / C of each class
+    assert (labels[n:] == 0).all()  # the padding past N is never scored
+    assert not (np.diff(labels[:n]) >= 0).all()  # shuffled, not sorted by class
+    again = np.concatenate([fid_eval.batch_labels(3, b, bs, c, balanced_total=n) for b in range(len(batches))])
+    np.testing.assert_array_equal(labels, again)  # deterministic by seed: resumable per batch
+    # the default (random labels, the ADM/REPA protocol) is unchanged
+    np.testing.assert_array_equal(fid_eval.batch_labels(3, 1, bs, c),
+                                  np.random.default_rng([3, 1]).integers(0, c, bs).astype(np.int32))
+    with pytest.raises(fid_eval.EvalError, match="61 samples needs a multiple of the 10 classes"):
+        fid_eval.batch_labels(3, 0, bs, c, balanced_total=61)
+
+
+def test_class_balanced_needs_a_multiple_of_the_classes():
+    from reed_jax import config as config_lib
+
+    c = load_config("imagenet_sit_xl_2_reed")
+    c.eval.class_balanced = True
+    config_lib.validate(c)  # 50,000 = 50 x 1,000
+    c.eval.fid_samples = 10_001
+    with pytest.raises(config_lib.ConfigError, match="eval.class_balanced=True needs eval.fid_samples=10001"):
+        config_lib.validate(c)

@@ -49,7 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = dict(data=-1, fsdp=1)  # device mesh; fsdp > 1 shards params/EMA/optimizer state
     c.curriculum = dict(
         gen=dict(start=0, warmup=0, decay="constant", total_steps=0),
-        align=dict(coeff=0.5, decay="constant", decay_steps=0))
+        align=dict(coeff=0.5, decay="constant", decay_steps=0,
+                   stop_step=0))  # HASTE: every alignment term off from this step on (0 = never)
     c.optim = dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0, ema_decay=0.9999,
                    amsgrad=False,   # AMSGrad's max of second moments (SemlaFlow's Adam) instead of AdamW
                    warmup_steps=0,  # linear learning-rate warm-up from 0 over this many steps
@@ -154,6 +155,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     if g.decay != "constant" and g.total_steps <= g.start + g.warmup:
         raise ConfigError(f"curriculum.gen.total_steps={g.total_steps} must exceed start + warmup for decay {g.decay!r}")
     a = c.curriculum.align
+    if not (isinstance(a.stop_step, int) and a.stop_step >= 0):
+        raise ConfigError(f"curriculum.align.stop_step={a.stop_step!r} must be an integer >= 0 (0 = never)")
     if a.decay != "constant" and a.decay_steps <= 0:
         raise ConfigError(f"curriculum.align.decay_steps={a.decay_steps} must be positive for decay {a.decay!r}")
     track.validate(c, num_devices)

@@ -7,7 +7,8 @@ cosine decay to 0 at `total_steps`. The cosine decay is the intended `(1 + cos(p
 (total - top))) / 2` with `top = start + warmup` (the reference has an operator-precedence bug).
 
 `w_align`: `coeff` times constant, linear `max(1 - s/S, 0)` or cosine `(1 + cos(pi s/S)) / 2`
-decay to 0 at step S (`decay_steps`).
+decay to 0 at step S (`decay_steps`); with `stop_step` > 0 it is 0 from that step on (HASTE: the
+alignment helps early and is switched off once it starts to constrain the generator).
 
 The image headline run is `gen_weight(start=0, warmup=50_000)` and `align_weight(0.5)`:
 w_gen = min(s/50000, 1), w_align = 0.5, so step 0 trains the alignment alone.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax.numpy as jnp
 import optax
 
 Schedule = Callable  # step (int or int array) -> float scalar
@@ -52,14 +54,19 @@ def gen_weight(start: int = 0, warmup: int = 0, decay: str = "constant", total_s
     return optax.join_schedules(pieces, bounds)
 
 
-def align_weight(coeff: float, decay: str = "constant", decay_steps: int = 0) -> optax.Schedule:
-    """w_align(step) = coeff * (constant | linear | cosine decay to 0 at `decay_steps`)."""
+def align_weight(coeff: float, decay: str = "constant", decay_steps: int = 0, stop_step: int = 0) -> optax.Schedule:
+    """w_align(step) = coeff * (constant | linear | cosine decay to 0 at `decay_steps`), and 0 from
+    `stop_step` on when it is > 0 (HASTE's early stop of every alignment term)."""
+    if stop_step < 0:
+        raise ValueError(f"curriculum.align.stop_step={stop_step} must be >= 0 (0 = never)")
     shape = _decay(decay, decay_steps, "curriculum.align.decay")
-    return lambda step: coeff * shape(step)
+    if not stop_step:
+        return lambda step: coeff * shape(step)
+    return lambda step: jnp.where(jnp.asarray(step) < stop_step, coeff * shape(step), 0.0)
 
 
 def from_config(cur) -> tuple[optax.Schedule, optax.Schedule]:
     """(w_gen, w_align) from a `config.curriculum` block."""
     g, a = cur.gen, cur.align
     return (gen_weight(g.start, g.warmup, g.decay, g.total_steps),
-            align_weight(a.coeff, a.decay, a.decay_steps))
+            align_weight(a.coeff, a.decay, a.decay_steps, a.get("stop_step", 0)))

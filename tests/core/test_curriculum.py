@@ -46,3 +46,17 @@ def test_jittable_and_bad_values():
         curriculum.align_weight(1.0, "exp", 10)
     with pytest.raises(ValueError, match="total_steps"):
         curriculum.gen_weight(0, 100, "cosine", 50)
+
+
+def test_align_stop_step_switches_every_alignment_term_off():
+    """HASTE's early stop: w_align as before until `stop_step`, 0 from it on; 0 = never (the default)."""
+    import jax
+
+    w = curriculum.align_weight(0.5, "linear", 100, stop_step=40)
+    np.testing.assert_allclose([float(w(s)) for s in (0, 39, 40, 99, 500)], [0.5, 0.5 * 0.61, 0.0, 0.0, 0.0],
+                               rtol=1e-6)
+    np.testing.assert_allclose(float(jax.jit(w)(np.int32(39))), 0.5 * 0.61, rtol=1e-6)
+    never = curriculum.align_weight(0.5, "constant", 0, stop_step=0)
+    assert float(never(10**7)) == 0.5
+    with pytest.raises(ValueError, match="stop_step=-1 must be >= 0"):
+        curriculum.align_weight(0.5, stop_step=-1)

@@ -86,3 +86,12 @@ SIGNATURES = {
 @pytest.mark.parametrize("name", sorted(SIGNATURES))
 def test_signatures_are_those_of_checkpoints_written_before_the_move(name):
     assert train.signature(load_config(name)) == SIGNATURES[name]
+
+
+def test_align_stop_step_is_in_every_preset_and_checked():
+    for name in ("demo", "protein_demo", "molecule_demo"):
+        c = load_config(name)
+        assert c.curriculum.align.stop_step == 0
+        c.curriculum.align.stop_step = -5
+        with pytest.raises(config_lib.ConfigError, match="curriculum.align.stop_step=-5 must be an integer >= 0"):
+            config_lib.validate(c)

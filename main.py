@@ -79,7 +79,7 @@ def main(argv):
     elif FLAGS.mode == "train":
         result = train.train_and_evaluate(config, FLAGS.workdir)
         print("final evaluation:", logs.format_metrics(result, ", "))
-        print(f"outputs in {FLAGS.workdir}: checkpoints/, tensorboard/, samples/, results.json")
+        print(f"outputs in {FLAGS.workdir}: checkpoints/, eval/, samples/, tensorboard/, results.json")
     elif FLAGS.mode == "import":
         if not FLAGS.torch_checkpoint:
             raise app.UsageError("--mode=import needs --torch_checkpoint=PATH")

@@ -50,9 +50,8 @@ def read_all(data_dir: str, split: str, fields: list[str] | None = None,
              checksums: str = "auto") -> dict[str, np.ndarray]:
     """Every record of a split, in file order, as stacked arrays (for small evaluation sets)."""
     source = open_split(data_dir, split, checksums)
-    rows = [source[i] for i in range(len(source))]
-    names = fields or source.schema.names
-    return {k: np.stack([r[k] for r in rows]) for k in names}
+    batch = source.read_batch(range(len(source)))  # decoded straight into the stacked arrays
+    return {k: batch[k] for k in (fields or source.schema.names)}
 
 
 def pad_batches(d: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:

@@ -19,6 +19,7 @@ IMAGE_SOURCES = ("folder", "tfds")
 DIGITS_FIELDS = ("digits_tokens", "digits_pooled")  # what the digits source stores, for every variant
 ENCODER_MODES = ("precomputed", "online")
 DATA_KINDS = ("pixels", "latents")
+POS_RESAMPLE = ("reference", "hub")  # precompute.dinov2_pos_resample
 
 
 def extend_schema(c: ml_collections.ConfigDict) -> None:
@@ -68,7 +69,10 @@ def extend_schema(c: ml_collections.ConfigDict) -> None:
     c.precompute = dict(encoder_steps=500, encoder_seed=1, fd_steps=800, fd_seed=2,  # digits encoders
                         vae_path="", vae_groups=32,          # source='imagenet': SD-VAE weights (diffusers names)
                         dinov2_heads=0,                      # DINOv2 heads; 0 = the released size's
-                        dinov2_size=224, batch_size=64)      # DINOv2 input size; encoder batch
+                        dinov2_size=224, batch_size=64,      # DINOv2 input size; encoder batch
+                        dinov2_pos_resample="reference")     # 'reference': the 37x37 position embedding resampled
+    # to the patch grid once, bicubic with antialiasing, as REPA/REED load DINOv2 (timm resample_abs_pos_embed);
+    # 'hub': DINOv2's own forward interpolation (scale (n + 0.1) / 37, no antialiasing; '_reg': to the size, antialiased)
 
 
 def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -85,6 +89,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
             raise config_lib.ConfigError(f"{key}: the digits encoder's outputs are named {DIGITS_FIELDS}")
         targets.numbered_tap(t.tap, TAP_PREFIX, c.model.depth, f"{key}.tap")
     one_of(c.data.image_source, IMAGE_SOURCES, "data.image_source")
+    one_of(c.precompute.dinov2_pos_resample, POS_RESAMPLE, "precompute.dinov2_pos_resample")
     one_of(c.encoder.mode, ENCODER_MODES, "encoder.mode")
     if c.encoder.mode == "online" and c.data.source != "imagenet":
         raise config_lib.ConfigError(f"encoder.mode='online' runs image encoders on stored crops: it needs "

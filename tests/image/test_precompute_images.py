@@ -72,9 +72,15 @@ def test_folder_to_shards_matches_direct_encoders_and_resumes(folder, tmp_path):
     moments = model.apply({"params": params}, jnp.asarray(imgs, jnp.float32) / 127.5 - 1, method=model.encode)
     np.testing.assert_allclose(data["moments"], moments, atol=1e-5)
     hub = convert_dinov2.transformers_to_hub(dict(np.load(c.targets.dinov2.weights)))
-    dino = dinov2.DinoV2(**convert_dinov2.model_kwargs(hub, 2))
-    tokens = dino.apply({"params": convert_dinov2.from_torch_hub(hub)}, dinov2.preprocess(imgs, 28))["x_norm_patchtokens"]
+    kw = convert_dinov2.model_kwargs(hub, 2)
+    # REPA/REED resample the 37x37 position embedding to the patch grid at load with timm's
+    # resample_abs_pos_embed (bicubic, antialias=True, to the size): precompute.dinov2_pos_resample='reference'
+    ref = dinov2.DinoV2(**dict(kw, interpolate_offset=0.0, interpolate_antialias=True))
+    params = convert_dinov2.from_torch_hub(hub)
+    tokens = ref.apply({"params": params}, dinov2.preprocess(imgs, 28))["x_norm_patchtokens"]
     np.testing.assert_allclose(data["target/dinov2"], tokens, atol=1e-5)
+    hub_tokens = dinov2.DinoV2(**kw).apply({"params": params}, dinov2.preprocess(imgs, 28))["x_norm_patchtokens"]
+    assert np.abs(np.asarray(hub_tokens) - np.asarray(tokens)).max() > 1e-3  # the hub's forward path differs
     assert np.all(data["moments"][..., 4:] > 0)  # std half
     # interrupted: shard 1 lost (a killed writer's .tmp left behind), shard 2 half-written at its final
     # name (a copy cut short) -> the rerun keeps shard 0 and recomputes exactly 1 and 2, same bytes

@@ -152,6 +152,10 @@ def _builder(size: str | None, registers: bool):
             if have != want:
                 raise ValueError(f"{key}={target.weights!r} holds a DINOv2 with {have}, not "
                                  f"{target.encoder} ({want})")
+        if config.precompute.get("dinov2_pos_resample", "reference") == "reference":
+            # REPA/REED (load_encoders): timm's resample_abs_pos_embed of the 37x37 grid to the patch grid at
+            # load (bicubic, antialias=True, to the size), so the forward never interpolates again
+            kw.update(interpolate_offset=0.0, interpolate_antialias=True)
         model, params = DinoV2(**kw), convert.from_torch_hub(hub)
         output = "x_norm_clstoken" if target.pooled else "x_norm_patchtokens"
         res = config.precompute.dinov2_size

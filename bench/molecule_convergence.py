@@ -155,6 +155,8 @@ def main(argv=None) -> dict:
                 train_s += time.time() - t_mark
                 p = {"variant": name, "seed": seed, "step": step, "held_out_loss": val_loss(state.ema_params),
                      "loss_gen": float(m["loss/gen"]), "seconds": time.time() - t0, "train_seconds": train_s}
+                if "loss/align" in m:  # the last batch: sum over targets of coeff x mean(-cos), before w_align
+                    p["loss_align"] = float(m["loss/align"])
                 if step == c.train.steps:
                     counts = molecule_eval.sizes(manifest["lengths"]["train"], args.samples, 7)
                     s = molecule_eval.generate(sampler, state.ema_params, counts, c.molecule.max_atoms, 64, 11)

@@ -107,7 +107,7 @@ def make_train_step(config, model, tx, losses_fn: Callable | None = None, mesh=N
     computed inside the step from the batch's `pixels` (uint8 crops), under stop_gradient; the
     encoders' weights are a (replicated) argument of the jitted step, not constants baked into it.
 
-    A step whose loss, gradients or update are not finite keeps params, EMA and optimizer state
+    A step whose loss or gradients are not finite keeps params, EMA and optimizer state
     as they were (the step counter still advances past the batch) and counts the skip.
 
     With a mesh and the state's shardings, the step is jitted with explicit in/out shardings
@@ -132,11 +132,14 @@ def make_train_step(config, model, tx, losses_fn: Callable | None = None, mesh=N
             return objective.combine(gen, align, t, w_gen(state.step), w_align(state.step), targets)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_norm = optax.tree.norm(grads)
+        # decided before the update, so XLA fuses the keep-or-replace select into the optimizer and EMA
+        # loops (one pass fewer over params, EMA and moments: 0.88-0.92x the step's CPU time, bench/vs_torch.py);
+        # finite gradients and a finite optimizer state (which this guard keeps) give a finite update
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-        grad_norm = optax.tree.norm(grads)
-        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
         skip = (~ok).astype(jnp.int32)
         new = state.replace(step=state.step + 1, params=keep(params, state.params),

@@ -48,3 +48,20 @@ def sit_xl_reed():
     c = load_config("imagenet_sit_xl_2_reed")
     model, tx = train.build_model(c), train.make_optimizer(c)
     return c, model, tx, train.abstract_state(c, model, tx)
+
+
+def trace_reed_step(c, model, tx, state, latent: int, tokens: int, b: int = 2):
+    """Trace (jax.eval_shape, no memory) an ImageNet REED train step on latents [b, latent, latent, 4]
+    with DINOv2 tokens [b, tokens, 768] and the VLM vector; returns the step's metrics shapes."""
+    import jax
+    import jax.numpy as jnp
+
+    from reed_jax import train
+
+    batch = {"moments": jax.ShapeDtypeStruct((b, latent, latent, 8), jnp.float32),
+             "label": jax.ShapeDtypeStruct((b,), jnp.int32),
+             "target/dinov2": jax.ShapeDtypeStruct((b, tokens, 768), jnp.bfloat16),
+             "target/vlm": jax.ShapeDtypeStruct((b, 3584), jnp.float32)}
+    new, metrics = jax.eval_shape(train.make_train_step(c, model, tx), state, batch)
+    assert new.step.dtype == jnp.int32
+    return metrics

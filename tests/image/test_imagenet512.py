@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_config
+from conftest import load_config, trace_reed_step
 from fixture_weights import write_tiny_image_weights
 
 from reed_jax import config as config_lib, train
@@ -55,12 +55,7 @@ def test_sit_xl_reed_at_512_traces():
     c = load_config("imagenet512_sit_xl_2_reed")
     model, tx = train.build_model(c), train.make_optimizer(c)
     state = train.abstract_state(c, model, tx)
-    b = 2
-    batch = {"moments": jax.ShapeDtypeStruct((b, 64, 64, 8), jnp.float32),
-             "label": jax.ShapeDtypeStruct((b,), jnp.int32),
-             "target/dinov2": jax.ShapeDtypeStruct((b, 1024, 768), jnp.bfloat16),
-             "target/vlm": jax.ShapeDtypeStruct((b, 3584), jnp.float32)}
-    new, metrics = jax.eval_shape(train.make_train_step(c, model, tx), state, batch)
-    assert metrics["loss/total"].shape == () and new.step.dtype == jnp.int32
+    metrics = trace_reed_step(c, model, tx, state, latent=64, tokens=1024)
+    assert metrics["loss/total"].shape == ()
     n = sum(np.prod(x.shape) for x in jax.tree.leaves(state.params))
     assert 675e6 < n < 720e6  # the same parameters as at 256 (sin-cos positions, not learned)

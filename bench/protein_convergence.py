@@ -1,7 +1,7 @@
 """Baseline vs REED convergence for protein inverse folding on the embedded PDB chains.
 
     make data
-    python bench/protein_convergence.py --workdir=workdir/protein_convergence            # the README figure
+    python bench/protein_convergence.py --workdir=workdir/protein_convergence            # the docs/benchmarks.md figure
     python bench/protein_convergence.py --hidden=128 --k=30 --steps=4000 --seeds=0,1,2   # reference width
 
 The model and objective are the reference's (REED `protein/fmif`): decoder edge updates with the

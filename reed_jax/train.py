@@ -71,7 +71,7 @@ class TrainState:
     ema_params: Any
     opt_state: Any
     rng: jax.Array
-    skipped: jax.Array  # updates skipped for a non-finite loss, gradient or update, in total
+    skipped: jax.Array  # updates skipped for a non-finite loss or gradient, in total
     consecutive_skips: jax.Array  # ... since the last applied update
 
 
@@ -300,7 +300,7 @@ def _run(config, workdir, log, stop, track, data_dir, model, tx, mngr) -> dict:
                 mngr.wait_until_finished()
                 raise NonFiniteError(
                     f"stopped at step {step}: {int(metrics['consecutive_skips'])} consecutive steps with a "
-                    f"non-finite loss, gradient or update (train.max_consecutive_skips="
+                    f"non-finite loss or gradient (train.max_consecutive_skips="
                     f"{config.train.max_consecutive_skips}); last checkpoint saved without skips: "
                     f"{'none' if mngr.latest_step() is None else f'step {mngr.latest_step()}'} in {mngr.directory}")
             now = time.time()

@@ -138,7 +138,7 @@ def molecule_config(variant: str = "reed", size: str = "demo", root: str = ".dat
     c.molecule.update(ani_wheel=f"{root}/torchani-2.2.4-py3-none-any.whl")  # for targets encoder='ani1x'
     c.molecule.update(qm9_wheel=f"{root}/qm9pack-1.0.3-py3-none-any.whl", backbone=backbone, train_limit=n_train,
                       eval_limit=n_eval, encoder_steps=enc_steps, **widths,
-                      size_buckets=(16, 20, 24, 29))  # QM9: 2.42x (EGNN) / 1.83x (Semla) less step time (README)
+                      size_buckets=(16, 20, 24, 29))  # QM9: 2.42x (EGNN) / 1.83x (Semla) less step time (docs/molecules.md)
     c.optim.update(lr=lr, weight_decay=0.0, grad_clip=1.0, ema_decay=ema, amsgrad=True,
                    warmup_steps=min(10_000, steps // 10),  # METHOD.md: Adam (amsgrad), 10K-step warm-up
                    warmup_init=1e-2)  # from 1e-2 x lr (SemlaFlow: LinearLR(start_factor=1e-2))

@@ -141,7 +141,7 @@ def test_precision_recall_known_answers():
 
 
 def test_digits_fd_and_accuracy_against_a_numpy_transcription():
-    """The README's digits-FD and sample accuracy: DigitsFDNet features (numpy transcription of its
+    """docs/images.md's digits-FD and sample accuracy: DigitsFDNet features (numpy transcription of its
     Dense-GELU(tanh)-Dense-GELU(tanh) trunk and logits head) -> ADM's Frechet formula with scipy sqrtm
     against the real set; accuracy = argmax(logits) == conditioning label. Known answers: the real
     set scores FD 0; half right labels score accuracy 0.5; out-of-range pixels are clipped first."""

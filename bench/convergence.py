@@ -29,21 +29,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from reed_jax import benchmark, config as config_lib, train  # noqa: E402
-from reed_jax.data import pipeline, precompute, records  # noqa: E402
+from reed_jax import benchmark, config as config_lib, train
+from reed_jax.data import pipeline, precompute, records
 from reed_jax.image import (
-    config as image_config,  # noqa: E402
+    config as image_config,
     digits,
-    evaluate as image_eval,  # noqa: E402
+    evaluate as image_eval,
 )
-from reed_jax.image.digits_fd import DigitsScorer  # noqa: E402
+from reed_jax.image.digits_fd import DigitsScorer
 
 MAIN = ("sit", "repa", "reed")
 ABLATIONS = ("reed_nowarmup", "reed_warmup30", "reed_at_linear", "reed_at_cutoff")

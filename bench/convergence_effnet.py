@@ -39,7 +39,7 @@ from reed_jax import benchmark, config as config_lib, targets as targets_lib, tr
 from reed_jax.data import records
 from reed_jax.image import config as image_config, evaluate as image_eval, fashion_mnist
 from reed_jax.models import encoders
-from reed_jax.models.encoders import classifier, efficientnet
+from reed_jax.models.encoders import classifier
 
 MAIN = ("sit", "repa", "reed")
 ABLATIONS = ("reed_1stage",)

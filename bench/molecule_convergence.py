@@ -43,8 +43,14 @@ import numpy as np
 
 from reed_jax import benchmark, config as config_lib, targets, train
 from reed_jax.data import pipeline, precompute, records
-from reed_jax.molecule import config as molecule_config, encoder as molecule_encoder, evaluate as molecule_eval
-from reed_jax.molecule import flow, metrics, model as molecule_model
+from reed_jax.molecule import (
+    config as molecule_config,
+    encoder as molecule_encoder,
+    evaluate as molecule_eval,
+    flow,
+    metrics,
+    model as molecule_model,
+)
 
 VARIANTS = ("base", "reed")
 
@@ -190,7 +196,8 @@ def main(argv=None) -> dict:
         json.dump(summary, fh, indent=1)
     benchmark.plot(points, os.path.join(args.workdir, "molecule_convergence.png"),
                    f"{dict(egnn='EGNN', semla='Semla')[args.backbone]} {args.hidden}x{args.layers}, batch {args.batch}, "
-                   f"{args.train_limit or 'all'} QM9 molecules, target {args.target}; held-out flow-matching loss (EMA)", "held_out_loss", "held-out loss (lower is better)", VARIANTS)
+                   f"{args.train_limit or 'all'} QM9 molecules, target {args.target}; held-out flow-matching loss (EMA)",
+                   "held_out_loss", "held-out loss (lower is better)", VARIANTS)
     benchmark.report(summary["variants"], "held_out_loss", "base", log)
     log(f"wall time {wall:.0f} s; outputs in {args.workdir}")
     return summary

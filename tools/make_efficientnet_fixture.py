@@ -32,8 +32,8 @@ import zipfile
 
 import numpy as np
 import torch
-from PIL import Image
 from efficientnet_lite_pytorch import EfficientNet
+from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "tests", "fixtures", "efficientnet_lite0_parity.npz")

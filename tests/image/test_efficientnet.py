@@ -156,6 +156,7 @@ def test_registry_builds_token_and_pooled_targets(tmp_path):
     """encoders.build: a spatial output -> [B, grid*grid, C] tokens on the generator's grid, `pooled` ->
     [B, 1280]; a pooled flag that contradicts the output is refused naming the key (shapes traced only)."""
     import ml_collections
+
     from reed_jax.models import encoders
 
     path = str(tmp_path / "effnet.npz")

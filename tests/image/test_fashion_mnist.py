@@ -38,7 +38,8 @@ def test_load_splits_in_order(root):
 
 
 def test_missing_and_malformed_files_are_named(root, tmp_path):
-    with pytest.raises(F.DataError, match=r"t10k-images-idx3-ubyte.gz does not exist: .*apt-get install dataset-fashion-mnist"):
+    with pytest.raises(F.DataError,
+                       match=r"t10k-images-idx3-ubyte.gz does not exist: .*apt-get install dataset-fashion-mnist"):
         F.load_uint8("test", str(tmp_path / "nowhere"))
     with gzip.open(tmp_path / F.FILES["test"][0], "wb") as fh:
         fh.write(b"\x00\x00\x0d\x03" + b"\x00" * 12)  # float IDX
@@ -65,6 +66,7 @@ def test_effnet_targets_plumbing(monkeypatch):
     """Each stage's map goes to the generator's grid (tokens_on_grid), the pooled head passes through,
     batches are concatenated in order; the network is stubbed (its parity is tests/image/test_efficientnet.py)."""
     import flax.linen as nn
+
     from reed_jax.models.encoders import efficientnet as E
 
     class Stub(nn.Module):
@@ -72,7 +74,8 @@ def test_effnet_targets_plumbing(monkeypatch):
         def __call__(self, x):  # x: [B, 32, 32, 3] preprocessed
             b = x.shape[0]
             s3 = jax.numpy.broadcast_to(x[:, ::4, ::4, :1], (b, 8, 8, 80))
-            return {"stage3": s3, "stage5": s3[:, ::2, ::2, :1].repeat(192, -1), "pooled": x.mean((1, 2, 3))[:, None].repeat(1280, 1)}
+            return {"stage3": s3, "stage5": s3[:, ::2, ::2, :1].repeat(192, -1),
+                    "pooled": x.mean((1, 2, 3))[:, None].repeat(1280, 1)}
 
     monkeypatch.setattr(E, "EfficientNetLite", Stub)
     x = np.random.default_rng(0).integers(0, 256, (5, 28, 28, 1)).astype(np.uint8)

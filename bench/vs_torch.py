@@ -198,49 +198,10 @@ def peer_setup(c, threads: int) -> dict:
                                  coeff=t.coeff, shape=list(shapes[n]), dtype=t.dtype) for n, t in c.targets.items()})
 
 
-def guard_before_update_step(c, net, tx):
-    """PROPOSED (not the library's): `train.make_train_step` with the non-finite guard decided
-    before the update (`ok` = finite loss and gradient norm, without the norm of the updates), so
-    XLA fuses the keep-or-replace select into the optimizer/EMA loops instead of a separate pass
-    over params, EMA and both Adam moments after a global reduction. Same results whenever the
-    optimizer state is finite (it stays so under the guard). Measured with --proposed."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from reed_jax import curriculum, objective, tracks
-
-    w_gen, w_align = curriculum.from_config(c.curriculum)
-    targets, decay, losses = {n: dict(t) for n, t in c.targets.items()}, c.optim.ema_decay, tracks.get(c).losses
-
-    def step(state, batch):
-        rng = jax.random.fold_in(state.rng, state.step)
-
-        def loss_fn(params):
-            gen, align, t = losses(c, net, params, batch, rng)
-            return objective.combine(gen, align, t, w_gen(state.step), w_align(state.step), targets)
-
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grad_norm = optax.tree.norm(grads)
-        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-        skip = (~ok).astype(jnp.int32)
-        new = state.replace(step=state.step + 1, params=keep(params, state.params),
-                            ema_params=keep(ema, state.ema_params), opt_state=keep(opt_state, state.opt_state),
-                            skipped=state.skipped + skip, consecutive_skips=(state.consecutive_skips + 1) * skip)
-        return new, dict(metrics, grad_norm=grad_norm, skipped=new.skipped, consecutive_skips=new.consecutive_skips)
-
-    return jax.jit(step, donate_argnums=0)
-
-
 def profile_split(c, state, batch, net, tx, windows: int, steps: int, trace_dir: str, log) -> dict:
-    """Our step split: forward (loss), forward+backward (value_and_grad), optimizer+EMA alone, the
-    library's full step and the proposed one (`guard_before_update_step`), each jitted alone and
-    timed in alternating windows; plus a jax.profiler trace of `steps` library steps in
-    `trace_dir` with its top ops (benchmark.trace_top)."""
+    """Our step split: forward (loss), forward+backward (value_and_grad), optimizer+EMA alone and the
+    library's full step, each jitted alone and timed in alternating windows; plus a jax.profiler
+    trace of `steps` library steps in `trace_dir` with its top ops (benchmark.trace_top)."""
     import jax
     import optax
 
@@ -266,8 +227,7 @@ def profile_split(c, state, batch, net, tx, windows: int, steps: int, trace_dir:
     copy = lambda: jax.tree.map(lambda x: x.copy(), state)
     grads = jax.block_until_ready(fwd_bwd(params, batch, rng)[1])
     steps_fns = {"optimizer+EMA": jax.jit(update_only, donate_argnums=0),
-                 "full step (library)": train.make_train_step(c, net, tx),
-                 "full step (proposed guard)": guard_before_update_step(c, net, tx)}
+                 "full step (library)": train.make_train_step(c, net, tx)}
     states = {k: copy() for k in steps_fns}
 
     def stateful(name):
@@ -295,9 +255,6 @@ def profile_split(c, state, batch, net, tx, windows: int, steps: int, trace_dir:
     times = benchmark.alternate(runners, windows)
     out = {k: {"wall": benchmark.spread([t.wall for t in v]), "cpu": benchmark.spread([t.cpu for t in v])}
            for k, v in times.items()}
-    out["proposed/library"] = {clock: benchmark.paired_ratios([t[i] for t in times["full step (proposed guard)"]],
-                                                              [t[i] for t in times["full step (library)"]])
-                               for clock, i in (("wall", 0), ("cpu", 1))}
     if trace_dir:
         step = steps_fns["full step (library)"]
         s = states["full step (library)"]
@@ -386,12 +343,9 @@ def main() -> None:
                         split = profile_split(c, holder[0], data, net, tx, max(3, a.windows // 2), a.steps, sub, print)
                         row["split"] = split
                         for k, v in split.items():
-                            if "cpu" in v and "median" in v["cpu"] and k != "proposed/library":
+                            if "cpu" in v and "median" in v["cpu"]:
                                 print(f"  split {k:28s} cpu {benchmark.format_spread(v['cpu'], '{:.3f}', 's')}; "
                                       f"wall median {v['wall']['median']:.3f}s", flush=True)
-                        for clock in ("wall", "cpu"):
-                            print(f"  proposed guard / library step ({clock}): "
-                                  f"{benchmark.format_spread(split['proposed/library'][clock], '{:.3f}')}", flush=True)
                     rows.append(row)
                     state = holder[0] = data = None  # free this configuration's buffers
     finally:

@@ -65,3 +65,24 @@ def trace_reed_step(c, model, tx, state, latent: int, tokens: int, b: int = 2):
     new, metrics = jax.eval_shape(train.make_train_step(c, model, tx), state, batch)
     assert new.step.dtype == jnp.int32
     return metrics
+
+
+def qm9_standin_wheel(path) -> str:
+    """A stand-in for the qm9pack wheel at `path`: the same member paths (molecule.data.QM9_PARTS),
+    tests/fixtures/qm9_rows.csv's real rows split in three. Returns the path."""
+    import csv
+    import io
+    import zipfile
+
+    from reed_jax.molecule import data
+
+    with open(os.path.join(ROOT, "tests", "fixtures", "qm9_rows.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    with zipfile.ZipFile(path, "w") as zf:
+        for i, part in enumerate(data.QM9_PARTS):
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, list(rows[0]))
+            w.writeheader()
+            w.writerows(rows[i::3])
+            zf.writestr(part, buf.getvalue())
+    return str(path)

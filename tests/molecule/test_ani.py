@@ -12,6 +12,7 @@ import zipfile
 import jax
 import numpy as np
 import pytest
+from conftest import qm9_standin_wheel
 
 from reed_jax.molecule import ani, ani_files
 
@@ -144,23 +145,14 @@ def test_precompute_drops_fluorine_and_stores_standardised_ani_targets(tmp_path)
     """`--mode=precompute` with an 'ani1x' target on real QM9 rows: the fluorine molecule is dropped and
     counted, and the stored target is member 0's layer-3 activations averaged over atoms, standardised
     with the training split's statistics."""
-    import io
 
     import ml_collections
 
     from reed_jax import config as config_lib, targets
     from reed_jax.data import pipeline, precompute, records
-    from reed_jax.molecule import chem, config as molecule_config, data, encoder
+    from reed_jax.molecule import chem, config as molecule_config, encoder
 
-    rows = list(csv.DictReader(open(os.path.join(FIX, "qm9_rows.csv"))))
-    qm9 = tmp_path / "qm9pack-0-py3-none-any.whl"  # a stand-in qm9pack wheel with the fixture's rows
-    with zipfile.ZipFile(qm9, "w") as zf:
-        for i, part in enumerate(data.QM9_PARTS):
-            buf = io.StringIO()
-            w = csv.DictWriter(buf, list(rows[0]))
-            w.writeheader()
-            w.writerows(rows[i::3])
-            zf.writestr(part, buf.getvalue())
+    qm9 = qm9_standin_wheel(tmp_path / "qm9pack-0-py3-none-any.whl")  # a stand-in with the fixture's rows
     c = molecule_config.molecule_config("reed")
     c.targets = ml_collections.ConfigDict()
     c.targets.ani1x = targets.make(tap="layer2", pooled=True, dim=96, proj_width=16, encoder=encoder.ANI_ENCODER)

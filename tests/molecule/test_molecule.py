@@ -1,15 +1,14 @@
 """Molecule track: chemistry round trips, equivariance, OT pairing, categorical flows, valence-table
 stability, target import and an end-to-end run on real QM9 rows (tests/fixtures/qm9_rows.csv)."""
 import csv
-import io
 import json
 import os
-import zipfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import qm9_standin_wheel
 
 from reed_jax import config as config_lib, modes, targets as targets_lib, train
 from reed_jax.data import pipeline, precompute, records
@@ -33,16 +32,7 @@ def molecules():
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     """A stand-in for the qm9pack wheel: the same member paths, the fixture's real rows split in three."""
-    path = tmp_path_factory.mktemp("qm9") / "qm9pack-0-py3-none-any.whl"
-    rows = fixture_rows()
-    with zipfile.ZipFile(path, "w") as zf:
-        for i, part in enumerate(data.QM9_PARTS):
-            buf = io.StringIO()
-            w = csv.DictWriter(buf, list(rows[0]))
-            w.writeheader()
-            w.writerows(rows[i::3])
-            zf.writestr(part, buf.getvalue())
-    return str(path)
+    return qm9_standin_wheel(tmp_path_factory.mktemp("qm9") / "qm9pack-0-py3-none-any.whl")
 
 
 def test_qm9_rows_perceived_with_charges_and_arrays_round_trip_through_sdf(molecules, tmp_path):

@@ -101,6 +101,7 @@ class Track(Protocol):
         """`--mode=sample`: write samples of `params` under <workdir>/samples/; returns the main file."""
 
 
+_CHECKED: set[str] = set()  # registered tracks whose module has passed `check`
 HOOKS = tuple(n for n, v in vars(Track).items() if inspect.isfunction(v) and not n.startswith("_"))
 
 
@@ -111,7 +112,9 @@ def get(config_or_name) -> Track:
         from reed_jax.config import ConfigError
         raise ConfigError(f"track={name!r} is not one of {tuple(REGISTRY)}")
     module = importlib.import_module(REGISTRY[name])
-    check(module)
+    if name not in _CHECKED:  # once per process: get() is called at every start-up step
+        check(module)
+        _CHECKED.add(name)
     return module
 
 

@@ -29,16 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
-import numpy as np
-
-from reed_jax import benchmark, config as config_lib, train
-from reed_jax.data import pipeline, precompute, records
+from reed_jax import benchmark, config as config_lib
+from reed_jax.data import pipeline, precompute
 from reed_jax.image import (
     config as image_config,
     digits,
-    evaluate as image_eval,
 )
 from reed_jax.image.digits_fd import DigitsScorer
 
@@ -75,38 +71,6 @@ def variant_config(name: str, args) -> config_lib.ml_collections.ConfigDict:
     return c
 
 
-_COMPILED = {}
-
-
-def compiled(name: str, config):
-    """(train step, sample fn) of a variant, built once and reused for every seed."""
-    if name not in _COMPILED:
-        model, tx = train.build_model(config), train.make_optimizer(config)
-        _COMPILED[name] = train.make_train_step(config, model, tx), image_eval.make_sample_fn(config, model)
-    return _COMPILED[name]
-
-
-def run_one(name: str, config, params, data: dict, scorer: DigitsScorer, seed: int, eval_every: int, log):
-    """Train one variant from `params`; returns its evaluation points."""
-    step_fn, sample_fn = compiled(name, config)
-    labels = (np.arange(config.eval.num_samples) % config.data.num_classes).astype(np.int32)
-    fields = ["image", "label"] + [records.TARGET_PREFIX + n for n in config.targets]
-    state = benchmark.initial_state(config, params, seed)
-    it = benchmark.batches({k: data[k] for k in fields}, config.train.batch_size, seed)
-    points, t0 = [], time.time()
-    for step in range(1, config.train.steps + 1):
-        state, metrics = step_fn(state, next(it))
-        if step % eval_every == 0 or step == config.train.steps:
-            images = image_eval.generate(sample_fn, state.ema_params, labels, config.sample.batch_size, seed=12345)
-            score = scorer(images, labels)
-            p = {"variant": name, "seed": seed, "step": step, **score, "loss_gen": float(metrics["loss/gen"]),
-                 "seconds": time.time() - t0}
-            points.append(p)
-            log(f"  {name:15s} seed {seed} step {step:5d}  digits-FD {p['digits_fd']:8.3f}  "
-                f"accuracy {p['accuracy']:.3f}  ({p['seconds']:.0f} s)")
-    return points
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="workdir/convergence")
@@ -138,10 +102,11 @@ def main(argv=None) -> dict:
     data = pipeline.read_all(data_dir, "train")
     scorer = DigitsScorer(digits.fd_params(first, data_dir, log), digits.load()[0])
     points, wall = benchmark.run(args.workdir, settings, configs, seeds, args.steps,
-                                 lambda name, c, params, seed: run_one(name, c, params, data, scorer, seed,
-                                                                       args.eval_every, log), log)
+                                 lambda name, c, params, seed: benchmark.train_image_variant(
+                                     name, c, params, data, scorer, seed, args.eval_every, log), log)
     summary = {"settings": settings, "wall_seconds_this_invocation": wall,
-               "variants": benchmark.summarize(points, "digits_fd", "sit", extra=("accuracy",))}
+               "variants": benchmark.step_times(benchmark.summarize(points, "digits_fd", "sit", extra=("accuracy",)),
+                                                points, args.steps)}
     with open(os.path.join(args.workdir, "summary.json"), "w") as fh:
         json.dump(summary, fh, indent=1)
     benchmark.plot(points, os.path.join(args.workdir, "convergence.png"),

@@ -35,9 +35,9 @@ import time
 
 import numpy as np
 
-from reed_jax import benchmark, config as config_lib, targets as targets_lib, train
+from reed_jax import benchmark, config as config_lib, targets as targets_lib
 from reed_jax.data import records
-from reed_jax.image import config as image_config, evaluate as image_eval, fashion_mnist
+from reed_jax.image import config as image_config, fashion_mnist
 from reed_jax.models import encoders
 from reed_jax.models.encoders import classifier
 
@@ -116,40 +116,6 @@ def efficientnet_params(log):
     return convert.load(WHEEL, "--wheel")
 
 
-_COMPILED = {}
-
-
-def compiled(name: str, config):
-    if name not in _COMPILED:
-        model, tx = train.build_model(config), train.make_optimizer(config)
-        _COMPILED[name] = train.make_train_step(config, model, tx), image_eval.make_sample_fn(config, model)
-    return _COMPILED[name]
-
-
-def run_one(name, config, params, data, scorer, seed, eval_every, log):
-    step_fn, sample_fn = compiled(name, config)
-    labels = (np.arange(config.eval.num_samples) % config.data.num_classes).astype(np.int32)
-    fields = ["image", "label"] + [records.TARGET_PREFIX + n for n in config.targets]
-    state = benchmark.initial_state(config, params, seed)
-    it = benchmark.batches({k: data[k] for k in fields}, config.train.batch_size, seed)
-    points, t0, train_s = [], time.time(), 0.0
-    for step in range(1, config.train.steps + 1):
-        ts = time.time()
-        state, metrics = step_fn(state, next(it))
-        if step % eval_every == 0 or step == config.train.steps:
-            loss = float(metrics["loss/gen"])  # blocks: the step's time is complete
-            train_s += time.time() - ts
-            images = image_eval.generate(sample_fn, state.ema_params, labels, config.sample.batch_size, seed=12345)
-            p = {"variant": name, "seed": seed, "step": step, **scorer(images, labels), "loss_gen": loss,
-                 "seconds": time.time() - t0, "train_seconds": train_s}
-            points.append(p)
-            log(f"  {name:12s} seed {seed} step {step:5d}  fashion-FD {p['fashion_fd']:8.3f}  "
-                f"accuracy {p['accuracy']:.3f}  ({p['seconds']:.0f} s, {1000 * train_s / step:.0f} ms/step)")
-        else:
-            train_s += time.time() - ts
-    return points
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="workdir/convergence_effnet")
@@ -184,12 +150,10 @@ def main(argv=None) -> dict:
     data, all_x, fd = load_data(args, log)
     scorer = fashion_mnist.Scorer(fd, all_x)
     points, wall = benchmark.run(args.workdir, settings, configs, seeds, args.steps,
-                                 lambda name, c, params, seed: run_one(name, c, params, data, scorer, seed,
-                                                                       args.eval_every, log), log)
-    variants = benchmark.summarize(points, "fashion_fd", "sit", extra=("accuracy",))
-    for v, row in variants.items():
-        last = [p for p in points if p["variant"] == v and p["step"] == args.steps]
-        row["ms_per_step"] = {p["seed"]: 1000 * p["train_seconds"] / p["step"] for p in last if "train_seconds" in p}
+                                 lambda name, c, params, seed: benchmark.train_image_variant(
+                                     name, c, params, data, scorer, seed, args.eval_every, log), log)
+    variants = benchmark.step_times(benchmark.summarize(points, "fashion_fd", "sit", extra=("accuracy",)),
+                                    points, args.steps)
     summary = {"settings": settings, "wall_seconds_this_invocation": wall, "variants": variants}
     with open(os.path.join(args.workdir, "summary.json"), "w") as fh:
         json.dump(summary, fh, indent=1)
@@ -199,10 +163,6 @@ def main(argv=None) -> dict:
                    f"{args.sampler} {args.sample_steps}",
                    "fashion_fd", "fashion-FD (EMA, lower is better)", MAIN + ABLATIONS, dashed=ABLATIONS)
     benchmark.report(variants, "fashion_fd", "sit", log)
-    for v, row in variants.items():
-        ms = list(row["ms_per_step"].values())
-        if ms:
-            log(f"{v:15s} {np.median(ms):.1f} ms per training step (median over seeds)")
     log(f"wall time {wall:.0f} s; outputs in {args.workdir}")
     return summary
 

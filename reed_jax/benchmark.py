@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from reed_jax import train
+from reed_jax.data import records
 
 
 def shared_init(configs: dict, seed: int) -> dict:
@@ -64,6 +65,74 @@ def batches(data: dict, batch: int, seed: int):
         for i in range(0, n - batch + 1, batch):
             idx = perm[i:i + batch]
             yield {k: v[idx] for k, v in data.items()}
+
+
+_COMPILED: dict = {}
+
+
+def compiled(name: str, config, *extra: Callable) -> tuple:
+    """(train step, *[f(config, model) for f in extra]) of a variant, built once per name and
+    reused for every seed (the configs of one variant differ only in `seed`)."""
+    if name not in _COMPILED:
+        model, tx = train.build_model(config), train.make_optimizer(config)
+        _COMPILED[name] = (train.make_train_step(config, model, tx), *(f(config, model) for f in extra))
+    return _COMPILED[name]
+
+
+def train_and_evaluate(name: str, seed: int, state: train.TrainState, batches, step_fn: Callable, steps: int,
+                       eval_every: int, evaluate: Callable[[train.TrainState, int], dict], log=print) -> list[dict]:
+    """Train `state` for `steps` steps of `step_fn` on `batches` and evaluate every `eval_every` steps
+    and at the last one. `evaluate(state, step)` returns {metric: float} (it reads state.ema_params).
+
+    Returns one point per evaluation: {'variant', 'seed', 'step', **metrics, 'loss_gen' and, with
+    targets, 'loss_align' (the last batch's), 'seconds' (wall since the start, evaluations included),
+    'train_seconds' (training steps only: the clock stops after blocking on the state)}."""
+    points, t0, train_s = [], time.time(), 0.0
+    for step in range(1, steps + 1):
+        ts = time.time()
+        state, m = step_fn(state, next(batches))
+        if step % eval_every and step != steps:
+            train_s += time.time() - ts  # dispatch only; the wait is counted at the next blocking step
+            continue
+        jax.block_until_ready(state)
+        train_s += time.time() - ts
+        scores = evaluate(state, step)
+        p = {"variant": name, "seed": seed, "step": step, **scores, "loss_gen": float(m["loss/gen"])}
+        if "loss/align" in m:
+            p["loss_align"] = float(m["loss/align"])
+        p.update(seconds=time.time() - t0, train_seconds=train_s)
+        points.append(p)
+        shown = "  ".join(f"{k} {v:8.4g}" for k, v in scores.items() if isinstance(v, float | int))
+        log(f"  {name:15s} seed {seed} step {step:5d}  {shown}  ({p['seconds']:.0f} s, "
+            f"{1000 * train_s / step:.0f} ms/step)")
+    return points
+
+
+def train_image_variant(name: str, config, params: dict, data: dict, scorer: Callable, seed: int, eval_every: int,
+                        log=print) -> list[dict]:
+    """`train_and_evaluate` for a class-conditional image variant trained on in-memory `data`
+    ({'image', 'label', 'target/<name>'}): every evaluation samples `config.eval.num_samples` images
+    with the EMA weights (labels cycling over the classes, sampler seed fixed) and scores them with
+    `scorer(images, labels) -> {metric: float}`."""
+    from reed_jax.image import evaluate as image_eval
+
+    step_fn, sample_fn = compiled(name, config, image_eval.make_sample_fn)
+    labels = (np.arange(config.eval.num_samples) % config.data.num_classes).astype(np.int32)
+    fields = ["image", "label"] + [records.TARGET_PREFIX + n for n in config.targets]
+    evaluate = lambda state, step: scorer(image_eval.generate(sample_fn, state.ema_params, labels,
+                                                              config.sample.batch_size, seed=12345), labels)
+    return train_and_evaluate(name, seed, initial_state(config, params, seed),
+                              batches({k: data[k] for k in fields}, config.train.batch_size, seed),
+                              step_fn, config.train.steps, eval_every, evaluate, log)
+
+
+def step_times(summary: dict, points: list[dict], steps: int) -> dict:
+    """Adds 'ms_per_step' {seed: training milliseconds per step} to each variant of `summary` (from
+    the points at the last step that carry 'train_seconds'); returns `summary`."""
+    for v, row in summary.items():
+        last = [p for p in points if p["variant"] == v and p["step"] == steps and "train_seconds" in p]
+        row["ms_per_step"] = {p["seed"]: 1000 * p["train_seconds"] / p["step"] for p in last}
+    return summary
 
 
 def steps_to_reach(points: list[dict], threshold: float, metric: str) -> float | None:
@@ -188,7 +257,9 @@ def report(summary: dict, metric: str, baseline: str, log=print) -> None:
         s = row.get("speedup_stats")
         sp = "-" if s is None else (f"{s['median']:.2f}x [{s['min']:.2f}, {s['max']:.2f}] reached {s['reached']}"
                                     if "median" in s else f"not reached ({s['reached']})")
-        log(f"{v:15s} {f['median']:8.3f} [{f['min']:.3f}, {f['max']:.3f}]{'':14s} {sp}")
+        ms = list(row.get("ms_per_step", {}).values())
+        ms = f"   {np.median(ms):.0f} ms/step" if ms else ""
+        log(f"{v:15s} {f['median']:8.3f} [{f['min']:.3f}, {f['max']:.3f}]{'':14s} {sp}{ms}")
 
 # ----------------------------------------------------------------------------- speed benchmarks
 # (bench/vs_torch.py, bench/input_pipeline.py, bench/accelerator.py): one parser, one load line,

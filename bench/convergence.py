@@ -39,14 +39,15 @@ from reed_jax.image import (
 from reed_jax.image.digits_fd import DigitsScorer
 
 MAIN = ("sit", "repa", "reed")
+FAMILY = ("irepa",)  # the REPA family beside REED (--family): iREPA's switches
 ABLATIONS = ("reed_nowarmup", "reed_warmup30", "reed_at_linear", "reed_at_cutoff")
 
 
 def variant_config(name: str, args) -> config_lib.ml_collections.ConfigDict:
     """The digits config of a variant with the benchmark's knobs applied."""
     base = name.split("_")[0]
-    if base not in MAIN or (name not in MAIN and name not in ABLATIONS):
-        raise ValueError(f"--variants: unknown variant {name!r}; expected one of {MAIN + ABLATIONS}")
+    if name not in MAIN + FAMILY + ABLATIONS:
+        raise ValueError(f"--variants: unknown variant {name!r}; expected one of {MAIN + FAMILY + ABLATIONS}")
     c = image_config.digits_config(base)
     c.model.update(depth=args.depth, hidden=args.hidden, heads=args.heads)
     c.optim.update(lr=args.lr, ema_decay=args.ema_decay)
@@ -75,6 +76,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="workdir/convergence")
     ap.add_argument("--variants", default=",".join(MAIN))
+    ap.add_argument("--family", action="store_true", help=f"add the REPA family's other recipes {FAMILY}")
     ap.add_argument("--ablation", action="store_true", help="add the a(t) and warm-up ablations of REED")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=600)
@@ -91,11 +93,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--warmup", type=float, default=0.1, help="REED's w_gen warm-up as a fraction of --steps")
     args = ap.parse_args(argv)
 
-    names = [v for v in args.variants.split(",") if v] + (list(ABLATIONS) if args.ablation else [])
+    names = ([v for v in args.variants.split(",") if v] + (list(FAMILY) if args.family else [])
+             + (list(ABLATIONS) if args.ablation else []))
     seeds = [int(s) for s in args.seeds.split(",") if s]
     configs = {n: variant_config(n, args) for n in names}  # every config is validated before any compute
     log = lambda m: print(m, flush=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("workdir", "variants", "ablation", "seeds")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("workdir", "variants", "family", "ablation", "seeds")}
     first = next(iter(configs.values()))
     os.makedirs(args.workdir, exist_ok=True)
     data_dir = precompute.precompute(first, args.workdir, log)
@@ -112,7 +115,7 @@ def main(argv=None) -> dict:
     benchmark.plot(points, os.path.join(args.workdir, "convergence.png"),
                    f"SiT depth {args.depth} hidden {args.hidden}, batch {args.batch}, lr {args.lr}; "
                    f"{args.eval_samples} samples, {args.sampler} {args.sample_steps} steps",
-                   "digits_fd", "digits-FD (EMA, lower is better)", MAIN + ABLATIONS, dashed=ABLATIONS)
+                   "digits_fd", "digits-FD (EMA, lower is better)", MAIN + FAMILY + ABLATIONS, dashed=ABLATIONS)
     benchmark.report(summary["variants"], "digits_fd", "sit", log)
     log(f"wall time {wall:.0f} s; outputs in {args.workdir}")
     return summary

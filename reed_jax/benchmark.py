@@ -24,26 +24,25 @@ from reed_jax.data import records
 
 
 def shared_init(configs: dict, seed: int) -> dict:
-    """Per variant: initial params cut from one initialisation of the union of all variants' modules,
-    so the backbone (and any projector two variants share) starts identical everywhere."""
-    union = None
-    for c in configs.values():
-        if union is None or len(c.targets) > len(union.targets):
-            union = c
-    union = ml_collections.ConfigDict(union.to_dict())
-    union.seed = seed
-    model = train.build_model(union)
-    ref = train.init_state(union, model, train.make_optimizer(union)).params
-    out = {}
+    """Per variant: its initial params from `seed`. Flax draws every parameter from a key folded from
+    its module path, so a module two variants share (the backbone, a projector of the same target)
+    starts identical in both whatever else either has (an extra projector, REG's class-token
+    layers); this is checked here, not assumed: a shared path with other values or shapes raises."""
+    out, first = {}, {}
     for name, c in configs.items():
-        shapes = jax.eval_shape(lambda c=c: train.init_state(c, train.build_model(c), train.make_optimizer(c))).params
-        missing = set(shapes) - set(ref)
-        if missing:
-            raise ValueError(f"variant {name}: modules {sorted(missing)} are not in the shared initialisation")
-        out[name] = {k: ref[k] for k in shapes}
-        for a, b in zip(jax.tree.leaves(out[name]), jax.tree.leaves(shapes)):
-            if a.shape != b.shape:
-                raise ValueError(f"variant {name}: shape {b.shape} != {a.shape}")
+        c = ml_collections.ConfigDict(c.to_dict())
+        c.seed = seed
+        params = train.init_state(c, train.build_model(c), train.make_optimizer(c)).params
+        flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}
+        for path, v in flat.items():
+            if path not in first:
+                first[path] = (name, v)
+                continue
+            other, w = first[path]
+            if v.shape != w.shape or not np.array_equal(np.asarray(v), np.asarray(w)):
+                raise ValueError(f"variants {other} and {name}: parameter {path} does not start identical "
+                                 f"({w.shape} vs {v.shape})")
+        out[name] = params
     return out
 
 

@@ -9,6 +9,7 @@ import ml_collections
 
 from reed_jax import config as config_lib, targets
 from reed_jax.config import one_of
+from reed_jax.image import latents
 from reed_jax.image.frechet import METHODS as FRECHET_METHODS
 from reed_jax.image.interpolants import PATHS, TIME_SAMPLERS
 from reed_jax.image.samplers import SAMPLERS
@@ -27,6 +28,8 @@ def extend_schema(c: ml_collections.ConfigDict) -> None:
     c.data.update(dict(
         kind="pixels",         # 'pixels': field `image`; 'latents': field `moments` (VAE mean, std)
         latent_scale=0.18215,
+        tokenizer="sd_vae_f8c4",  # latents: the tokenizer (reed_jax.image.latents registry: architecture, weight
+                                  # names, normalisation); data.latent_scale and image_shape[-1] must match it
         num_classes=10,
         image_shape=(8, 8, 1),  # [H, W, C] the model sees (latent shape for latents)
         image_source="folder",  # source='imagenet': 'folder' (imagenet_dir) or 'tfds' (tfds_name)
@@ -95,6 +98,14 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
         raise config_lib.ConfigError(f"encoder.mode='online' runs image encoders on stored crops: it needs "
                                      f"data.source='imagenet', not {c.data.source!r}")
     one_of(c.data.kind, DATA_KINDS, "data.kind")
+    one_of(c.data.tokenizer, latents.names(), "data.tokenizer")
+    tok = latents.REGISTRY[c.data.tokenizer]
+    if c.data.kind == "latents" and c.data.image_shape[-1] != tok.latent:
+        raise config_lib.ConfigError(f"data.image_shape={tuple(c.data.image_shape)} has {c.data.image_shape[-1]} "
+                                     f"channels; data.tokenizer={tok.name!r} gives {tok.latent}")
+    if c.data.kind == "latents" and abs(c.data.latent_scale - tok.scale) > 1e-9:
+        raise config_lib.ConfigError(f"data.latent_scale={c.data.latent_scale} is not data.tokenizer={tok.name!r}'s "
+                                     f"published latent scale {tok.scale}")
     one_of(c.diffusion.path, PATHS, "diffusion.path")
     one_of(c.diffusion.time_sampler, TIME_SAMPLERS, "diffusion.time_sampler")
     one_of(c.sample.method, SAMPLERS, "sample.method")
@@ -200,7 +211,7 @@ IMAGENET_TAPS = {"S": (4, 8), "B": (4, 8), "L": (8, 16), "XL": (8, 16)}
 
 
 def imagenet_config(size: str, variant: str, root: str = "/data/reed", guidance: str = "",
-                    resolution: int = 256) -> ml_collections.ConfigDict:
+                    resolution: int = 256, tokenizer: str = latents.DEFAULT) -> ml_collections.ConfigDict:
     """ImageNet 256 (SD-VAE latents 32x32x4) with the published hyperparameters (METHOD.md section 2),
     or ImageNet 512 (`resolution=512`: 64x64x4 latents, 1,024 tokens for /2; DINOv2 on 448x448 inputs,
     32x32 = 1,024 patch tokens; ADM's 512 reference batch), with REPA's 512 run: its README's command
@@ -222,6 +233,8 @@ def imagenet_config(size: str, variant: str, root: str = "/data/reed", guidance:
                                                         read by all three variants)
     (512: <root>/eval/VIRTUAL_imagenet512.npz and <root>/shards/imagenet512)
     so `--config.paths_root=/mnt/reed` moves them all, and any single one can be overridden.
+    tokenizer: a reed_jax.image.latents name; its latent shape, scale and weight files (encoder and
+    decoder both its own but for SD-VAE), and patch size 2 for f8 or 1 for f16 (256 tokens at 256).
     """
     if variant not in ("sit", "repa", "reed"):
         raise config_lib.ConfigError(f"imagenet config: unknown variant {variant!r}; expected sit, repa or reed")
@@ -234,17 +247,18 @@ def imagenet_config(size: str, variant: str, root: str = "/data/reed", guidance:
     cfg_scale, guidance_lo, guidance_hi = GUIDANCE_PRESETS[guidance]
     c = config_lib.base_config()
     r = c.paths_root = ml_collections.FieldReference(root)
-    g = resolution // 8  # SD-VAE latents
-    c.data.update(source="imagenet", kind="latents", image_shape=(g, g, 4), num_classes=1000, num_shards=1024,
+    tok = latents.get(tokenizer, "imagenet config: tokenizer")
+    c.data.update(source="imagenet", kind="latents", image_shape=tok.latent_shape(resolution), tokenizer=tokenizer,
+                  latent_scale=tok.scale, num_classes=1000, num_shards=1024,
                   image_size=resolution, dir=r + f"/shards/imagenet{resolution}", imagenet_dir=r + "/imagenet/train",
                   tfds_dir=r + "/tfds")
     c.precompute.dinov2_size = 224 * (resolution // 256)  # REPA: 224 at 256, 448 at 512 (16 or 32 patches a side)
-    c.precompute.vae_path = r + "/weights/sd-vae-ft-mse.safetensors"
-    c.eval.update(vae_decoder_path=r + "/weights/sd-vae-ft-ema.safetensors",
+    c.precompute.vae_path = r + f"/weights/{tok.encoder_file}"
+    c.eval.update(vae_decoder_path=r + f"/weights/{tok.decoder_file}",
                   inception_path=r + "/weights/pt_inception-2015-12-05-6726825d.pth",
                   reference=r + ("/eval/VIRTUAL_imagenet256_labeled.npz" if resolution == 256 else
                                  f"/eval/VIRTUAL_imagenet{resolution}.npz"))
-    c.model = sit_model(f"{size}/2")
+    c.model = sit_model(f"{size}/{max(1, 16 // tok.factor)}")
     c.optim.update(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0, ema_decay=0.9999)
     c.train.update(batch_size=256, steps=1_000_000 if variant == "reed" else 4_000_000, log_every=100,
                    eval_every=50_000, checkpoint_every=10_000, keep_checkpoints=3)

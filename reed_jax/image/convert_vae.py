@@ -5,6 +5,14 @@ Names: `encoder.down_blocks.0.resnets.1.conv1.weight` -> `encoder/down_blocks_0/
 [O, I] -> [I, O] (the mid-block attention, stored as 1x1 convs in some exports: squeezed);
 GroupNorm weight -> scale. The attention names of older exports (`query`, `key`, `value`,
 `proj_attn`) map to `to_q`, `to_k`, `to_v`, `to_out_0`. Every key must be consumed.
+
+`from_ldm` reads the LDM / VQGAN-KL names of the latent-diffusion codebase (VA-VAE of LightningDiT,
+REPA-E's original E2E-VAE `.pt` files): `ldm_names` renames them to diffusers names first
+(`encoder.down.0.block.1.nin_shortcut` -> `encoder.down_blocks.0.resnets.1.conv_shortcut`,
+`encoder.down.i.attn.j.{norm,q,k,v,proj_out}` -> `...attentions.j.{group_norm,query,key,value,proj_attn}`,
+`mid.block_1/attn_1/block_2` -> `mid_block.resnets.0/attentions.0/resnets.1`, `norm_out` ->
+`conv_norm_out`, and the decoder's `up.k` -> `up_blocks.(L-1-k)`: LDM numbers the decoder's levels
+from the full resolution, diffusers from the lowest).
 """
 from __future__ import annotations
 
@@ -44,6 +52,53 @@ def check_structure(params: dict, expected: dict) -> None:
             raise ConversionError(f"state dict key {k} is not part of this AutoencoderKL configuration")
         if have[k] != want[k]:
             raise ConversionError(f"{k}: state dict shape {have[k]} != model shape {want[k]}")
+
+
+AUTOENCODER_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
+_LDM_BLOCK = {"block": "resnets", "attn": "attentions"}
+_LDM_LEAF = {"nin_shortcut": "conv_shortcut", "norm": "group_norm", "q": "query", "k": "key", "v": "value",
+             "proj_out": "proj_attn", "downsample": "downsamplers.0", "upsample": "upsamplers.0"}
+_LDM_MID = {"block_1": "resnets.0", "attn_1": "attentions.0", "block_2": "resnets.1"}
+
+
+def is_ldm(state_dict: Mapping[str, np.ndarray]) -> bool:
+    """LDM names (`encoder.down.0.block.0...`) rather than diffusers' (`encoder.down_blocks.0.resnets.0...`)."""
+    return any(k.startswith("encoder.down.") for k in state_dict)
+
+
+def ldm_names(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """LDM AutoencoderKL state dict -> the same arrays under diffusers names. Keys outside the
+    autoencoder (`loss.*`: LPIPS and discriminator; VA-VAE's vision-foundation projection; anything
+    not under `encoder.`, `decoder.`, `quant_conv.`, `post_quant_conv.`) are training-only and dropped."""
+    levels = {int(k.split(".")[2]) for k in state_dict if k.startswith("decoder.up.")}
+    n = max(levels) + 1 if levels else 0
+    out: dict[str, np.ndarray] = {}
+    for key, v in state_dict.items():
+        if not key.startswith(AUTOENCODER_PREFIXES):
+            continue
+        p = key.split(".")
+        if p[0] in ("encoder", "decoder") and p[1] in ("down", "up"):
+            level = int(p[2]) if p[1] == "down" else n - 1 - int(p[2])
+            head = [p[0], f"{p[1]}_blocks", str(level)]
+            rest = p[3:]
+            if rest[0] in _LDM_BLOCK:
+                head += [_LDM_BLOCK[rest[0]], rest[1]]
+                rest = rest[2:]
+            p = head + rest
+        elif p[0] in ("encoder", "decoder") and p[1] == "mid":
+            p = [p[0], "mid_block", _LDM_MID.get(p[2], p[2])] + p[3:]
+        elif p[0] in ("encoder", "decoder") and p[1] == "norm_out":
+            p = [p[0], "conv_norm_out"] + p[2:]
+        name = ".".join(_LDM_LEAF.get(x, x) for x in p)
+        if name in out:
+            raise ConversionError(f"{key}: two LDM entries map to {name}")
+        out[name] = v
+    return out
+
+
+def from_ldm(state_dict: Mapping[str, np.ndarray], expected: dict | None = None) -> dict:
+    """LDM-named AutoencoderKL state dict -> reed_jax.image.vae params (`ldm_names`, then `from_diffusers`)."""
+    return from_diffusers(ldm_names(state_dict), expected)
 
 
 def from_diffusers(state_dict: Mapping[str, np.ndarray], expected: dict | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""Raw images -> SD-VAE moments + frozen-encoder targets -> ArrayRecord shards (`--mode=precompute`,
+"""Raw images -> tokenizer (VAE) moments + frozen-encoder targets -> ArrayRecord shards (`--mode=precompute`,
 `data.source='imagenet'`).
 
     python main.py --config=configs/imagenet_sit_xl_2_reed.py --workdir=DIR --mode=precompute \\
@@ -7,13 +7,15 @@
 Images come from `data.image_source`: an image folder (`data.imagenet_dir`, sorted synset folders)
 or a tfds dataset (`data.tfds_name`, read through tfds.data_source); label = sorted synset index.
 Per image: ADM center crop to `data.image_size` (256), then the VAE moments (mean, std) of the crop
-in [-1, 1] (field `moments`, [32, 32, 8]); every target whose `encoder` is an image encoder of the
-registry (`dinov2_vitb14`: REPA's final-LayerNorm patch tokens, [256, 768]) stored in its
-`targets.<name>.dtype` (bfloat16 halves the disk); every `external` target imported from its
-`source` (REED's VLM vectors as one `.npy` per image mirroring the image tree, one [N, D] `.npy` in
-image order, or an `.npz` of `embeddings` and `index`; count, width and alignment checked first);
-`label` and `index`. With `encoder.mode='online'` the image encoders are not run here: the crop
-itself is stored (field `pixels`, uint8) and the train step computes their targets.
+in [-1, 1] (field `moments`, [32, 32, 8] for SD-VAE; the tokenizer is `data.tokenizer` of
+reed_jax.image.latents, whose per-channel normalisation, if any, is folded into the stored moments);
+every target whose `encoder` is an image encoder of the registry (`dinov2_vitb14`: REPA's
+final-LayerNorm patch tokens, [256, 768]) stored in its `targets.<name>.dtype` (bfloat16 halves the
+disk); every `external` target imported from its `source` (REED's VLM vectors as one `.npy` per
+image mirroring the image tree, one [N, D] `.npy` in image order, or an `.npz` of `embeddings` and
+`index`; count, width and alignment checked first); `label` and `index`. With
+`encoder.mode='online'` the image encoders are not run here: the crop itself is stored (field
+`pixels`, uint8) and the train step computes their targets.
 
 Weights are local files (see reed_jax.convert.weight_file). The encoders run data-parallel over
 the local devices; with several processes each writes its own shards (shard k on process k mod P).
@@ -25,33 +27,21 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from reed_jax.convert import weight_file
 from reed_jax.data import records
-from reed_jax.image import convert_vae, sources as image_sources, vae as vae_lib
+from reed_jax.image import latents, sources as image_sources
 from reed_jax.models import encoders
 
 
-def build_vae(path: str, groups: int, key: str = "precompute.vae_path"):
-    """(AutoencoderKL, params) of a diffusers-named SD-VAE state dict at `path` (sizes inferred)."""
-    sd = weight_file.load(path, key)
-    widths, i = [], 0
-    while f"encoder.down_blocks.{i}.resnets.0.conv1.weight" in sd:
-        widths.append(int(sd[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"].shape[0]))
-        i += 1
-    if not widths:
-        raise records.DataError(f"{key}={path!r} is not a diffusers AutoencoderKL state dict")
-    layers = len({m.group(1) for k in sd if (m := re.match(r"encoder\.down_blocks\.0\.resnets\.(\d+)\.", k))})
-    model = vae_lib.AutoencoderKL(widths=tuple(widths), layers=layers, groups=groups,
-                                  latent=int(sd["quant_conv.weight"].shape[0]) // 2)
-    expected = jax.eval_shape(lambda: vae_lib.init_params(model, size=2 ** len(widths) * 4))
-    return model, convert_vae.from_diffusers(sd, expected)
+def build_vae(path: str, groups: int, key: str = "precompute.vae_path", tokenizer: str = latents.DEFAULT):
+    """(AutoencoderKL, params) of the `tokenizer`'s weights at `path` (diffusers or LDM names; sizes
+    inferred from the state dict, latent channels checked against the registry entry)."""
+    return latents.load(latents.get(tokenizer), path, groups, key)
 
 
 def external_embeddings(name: str, target, n: int, relpaths) -> callable:
@@ -136,13 +126,14 @@ def precompute_images(config, out_dir: str, log=print) -> str:
                                 f"{src.num_classes} classes ({src.info})")
     external = {name: external_embeddings(name, t, n, src.relpaths) for name, t in config.targets.items()
                 if t.encoder == encoders.EXTERNAL}
-    vae, vae_params = build_vae(p.vae_path, p.vae_groups)
+    vae, vae_params = build_vae(p.vae_path, p.vae_groups, tokenizer=d.tokenizer)
+    norm = latents.normalisation(latents.get(d.tokenizer), "precompute.vae_path", p.vae_path, d.latent_scale)
     computed = {} if online else {name: encoders.build(name, t, config) for name, t in image_targets(config).items()}
     dtypes = {name: jnp.dtype(t.dtype) for name, t in config.targets.items()}
 
     def encode(images, params):
         x = images.astype(jnp.float32) / 127.5 - 1.0
-        out = {"moments": vae.apply({"params": params["vae"]}, x, method=vae.encode)}
+        out = {"moments": norm.normalise_moments(vae.apply({"params": params["vae"]}, x, method=vae.encode))}
         if online:
             out["pixels"] = images
         for name, enc in computed.items():
@@ -167,7 +158,8 @@ def precompute_images(config, out_dir: str, log=print) -> str:
     want = tuple(d.image_shape[:-1]) + (2 * d.image_shape[-1],)
     if schema.field("moments").shape != want:
         raise records.DataError(f"data.image_shape={tuple(d.image_shape)} expects moments of shape {want}; the VAE "
-                                f"gives {schema.field('moments').shape} at data.image_size={d.image_size}")
+                                f"(data.tokenizer={d.tokenizer!r}, {vae.factor}x downsampling) gives "
+                                f"{schema.field('moments').shape} at data.image_size={d.image_size}")
 
     def examples(lo, hi):
         for s in range(lo, hi, bs):

@@ -1,10 +1,15 @@
-"""SD-VAE (diffusers `AutoencoderKL`) in Flax, NHWC: encoder to latent moments, decoder to pixels.
+"""KL autoencoders (diffusers `AutoencoderKL`, the LDM / VQGAN-KL architecture) in Flax, NHWC:
+encoder to latent moments, decoder to pixels.
 
-The architecture of `stabilityai/sd-vae-ft-mse` / `sd-vae-ft-ema` (block widths 128, 256, 512,
-512; 2 ResNet blocks per level in the encoder, 3 in the decoder; one self-attention block in each
-mid block; GroupNorm(32, eps 1e-6); SiLU; 4 latent channels, 8x downsampling) with any widths for
-tests. Param names mirror diffusers' with list indices joined (`down_blocks_0/resnets_1/conv1`),
-so `reed_jax.image.convert_vae.from_diffusers` is a rename.
+The defaults are `stabilityai/sd-vae-ft-mse` / `sd-vae-ft-ema` (block widths 128, 256, 512, 512;
+2 ResNet blocks per level in the encoder, 3 in the decoder; one self-attention block in each mid
+block; GroupNorm(32, eps 1e-6); SiLU; 4 latent channels, 8x downsampling). `widths` (one level
+each; downsampling 2^(levels-1)), `layers`, `latent`, `attn_levels` (levels with a self-attention
+block after each ResNet block, as diffusers' AttnDownEncoderBlock2D / AttnUpDecoderBlock2D and
+LDM's `attn_resolutions`: VA-VAE f16c32 attends at its last, 16x16 level) and `mid_attention`
+describe the other tokenizers of `reed_jax.image.latents`, and any widths serve tests. Param names
+mirror diffusers' with list indices joined (`down_blocks_0/resnets_1/conv1`), so
+`reed_jax.image.convert_vae.from_diffusers` is a rename (`from_ldm` renames LDM names first).
 
     vae = AutoencoderKL()                                   # the SD configuration
     moments = vae.apply(p, x, method=vae.encode)            # x [B, 256, 256, 3] in [-1, 1] -> [B, 32, 32, 8]
@@ -63,11 +68,13 @@ class AttentionBlock(nn.Module):
 class MidBlock(nn.Module):
     channels: int
     groups: int
+    attention: bool = True
 
     @nn.compact
     def __call__(self, x):
         x = ResnetBlock(self.channels, self.groups, name="resnets_0")(x)
-        x = AttentionBlock(self.groups, name="attentions_0")(x)
+        if self.attention:
+            x = AttentionBlock(self.groups, name="attentions_0")(x)
         return ResnetBlock(self.channels, self.groups, name="resnets_1")(x)
 
 
@@ -91,17 +98,21 @@ class Upsample(nn.Module):
 
 
 class Level(nn.Module):
-    """`layers` ResNet blocks, then the level's resampler (`Downsample` in the encoder, `Upsample`
-    in the decoder, none at the last level), named as diffusers names them."""
+    """`layers` ResNet blocks (each followed by self-attention when `attention`), then the level's
+    resampler (`Downsample` in the encoder, `Upsample` in the decoder, none at the last level),
+    named as diffusers names them."""
     out: int
     layers: int
     groups: int
     resample: type | None = None  # Downsample or Upsample
+    attention: bool = False
 
     @nn.compact
     def __call__(self, x):
         for j in range(self.layers):
             x = ResnetBlock(self.out, self.groups, name=f"resnets_{j}")(x)
+            if self.attention:
+                x = AttentionBlock(self.groups, name=f"attentions_{j}")(x)
         if self.resample is None:
             return x
         name = "downsamplers_0" if self.resample is Downsample else "upsamplers_0"
@@ -113,32 +124,39 @@ class Encoder(nn.Module):
     layers: int
     groups: int
     latent: int
+    attn_levels: Sequence[int] = ()
+    mid_attention: bool = True
 
     @nn.compact
     def __call__(self, x):
         x = _conv(self.widths[0], 3, "conv_in")(x)
         for i, w in enumerate(self.widths):
             last = i == len(self.widths) - 1
-            x = Level(w, self.layers, self.groups, None if last else Downsample, name=f"down_blocks_{i}")(x)
-        x = MidBlock(self.widths[-1], self.groups, name="mid_block")(x)
+            x = Level(w, self.layers, self.groups, None if last else Downsample, i in self.attn_levels,
+                      name=f"down_blocks_{i}")(x)
+        x = MidBlock(self.widths[-1], self.groups, self.mid_attention, name="mid_block")(x)
         x = nn.silu(_norm(self.groups, "conv_norm_out")(x))
         return _conv(2 * self.latent, 3, "conv_out")(x)
 
 
 class Decoder(nn.Module):
+    """up_blocks_i is encoder level L-1-i (the lowest resolution first), with its attention."""
     widths: Sequence[int]
     layers: int
     groups: int
     out_channels: int
+    attn_levels: Sequence[int] = ()
+    mid_attention: bool = True
 
     @nn.compact
     def __call__(self, z):
         rev = list(reversed(self.widths))
         x = _conv(rev[0], 3, "conv_in")(z)
-        x = MidBlock(rev[0], self.groups, name="mid_block")(x)
+        x = MidBlock(rev[0], self.groups, self.mid_attention, name="mid_block")(x)
         for i, w in enumerate(rev):
             last = i == len(rev) - 1
-            x = Level(w, self.layers + 1, self.groups, None if last else Upsample, name=f"up_blocks_{i}")(x)
+            x = Level(w, self.layers + 1, self.groups, None if last else Upsample, len(rev) - 1 - i in self.attn_levels,
+                      name=f"up_blocks_{i}")(x)
         x = nn.silu(_norm(self.groups, "conv_norm_out")(x))
         return _conv(self.out_channels, 3, "conv_out")(x)
 
@@ -149,10 +167,13 @@ class AutoencoderKL(nn.Module):
     groups: int = 32
     latent: int = 4
     channels: int = 3
+    attn_levels: Sequence[int] = ()  # encoder level indices (0 = full resolution) with attention blocks
+    mid_attention: bool = True
 
     def setup(self):
-        self.encoder = Encoder(tuple(self.widths), self.layers, self.groups, self.latent)
-        self.decoder = Decoder(tuple(self.widths), self.layers, self.groups, self.channels)
+        levels, mid = tuple(self.attn_levels), self.mid_attention
+        self.encoder = Encoder(tuple(self.widths), self.layers, self.groups, self.latent, levels, mid)
+        self.decoder = Decoder(tuple(self.widths), self.layers, self.groups, self.channels, levels, mid)
         self.quant_conv = nn.Conv(2 * self.latent, (1, 1))
         self.post_quant_conv = nn.Conv(self.latent, (1, 1))
 
@@ -161,8 +182,14 @@ class AutoencoderKL(nn.Module):
         mean, logvar = jnp.split(self.quant_conv(self.encoder(x)), 2, axis=-1)
         return jnp.concatenate([mean, jnp.exp(0.5 * jnp.clip(logvar, -30.0, 20.0))], axis=-1)
 
+    @property
+    def factor(self) -> int:
+        """Spatial downsampling: 2 per level but the last."""
+        return 2 ** (len(self.widths) - 1)
+
     def decode(self, z):
-        """Unscaled latents z = latents / SCALE, [B, h, w, latent] -> images [B, h*f, w*f, C]."""
+        """Unscaled latents z = latents / SCALE (or `latents.Normalisation.denormalise`),
+        [B, h, w, latent] -> images [B, h*f, w*f, C]."""
         return self.decoder(self.post_quant_conv(z))
 
     def __call__(self, x):

@@ -130,13 +130,19 @@ def decoder_path(config) -> tuple[str, str]:
 
 
 def latent_decoder(config) -> Callable:
-    """latents [B, h, w, 4] (scaled by data.latent_scale) -> images [B, H, W, 3] in [-1, 1] through
-    the SD-VAE decoder of `decoder_path(config)`."""
-    from reed_jax.image import precompute as imagenet_precompute
+    """latents [B, h, w, C] (x0's space: data.latent_scale times the data.tokenizer-normalised latents)
+    -> images [B, H, W, 3] in [-1, 1] through the decoder of `decoder_path(config)`; per-channel
+    statistics from beside precompute.vae_path (those the shards were normalised with), else the decoder's."""
+    from reed_jax.image import latents, precompute as imagenet_precompute
 
     path, key = decoder_path(config)
-    vae, vae_params = imagenet_precompute.build_vae(path, config.precompute.vae_groups, key)
-    fn = jax.jit(lambda p, z: vae.apply({"params": p}, z / config.data.latent_scale, method=vae.decode))
+    tok = latents.get(config.data.tokenizer)
+    vae, vae_params = imagenet_precompute.build_vae(path, config.precompute.vae_groups, key, tok.name)
+    enc = config.precompute.vae_path
+    has_stats = enc and any(os.path.exists(p) for p in latents.stats_candidates(enc))
+    norm = latents.normalisation(tok, *(("precompute.vae_path", enc) if has_stats else (key, path)),
+                                 config.data.latent_scale)
+    fn = jax.jit(lambda p, z: vae.apply({"params": p}, norm.denormalise(z), method=vae.decode))
     vae_params = jax.device_put(vae_params)
     return lambda z: np.asarray(fn(vae_params, z))
 

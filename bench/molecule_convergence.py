@@ -21,7 +21,8 @@ summary.json (steps to reach the baseline's final held-out loss and the speed-up
 
 `--target=ani1x` swaps the stand-in for the pretrained ANI-1x potential (issue 20): REED aligns
 to one ensemble member's hidden layer `--ani_layer` averaged over atoms (standardised per channel
-unless `--ani_raw`); molecules with fluorine are dropped for both variants (one shared precompute).
+unless `--ani_raw`; `--ani_pool=element`: one mean per element H/C/N/O, concatenated); molecules
+with fluorine are dropped for both variants (one shared precompute).
 `--tap`, `--proj_width` and `--align_coeff` vary the alignment for the ablations:
 
     python bench/molecule_convergence.py --target=ani1x --hidden=32 --layers=4 --steps=3000 --eval_every=150 \
@@ -64,12 +65,14 @@ def variant_config(name: str, args):
     c.optim.update(lr=args.lr, ema_decay=args.ema_decay)
     c.train.update(batch_size=args.batch, steps=args.steps)
     c.sample.batch_size = 64
-    c.molecule.update(ani_layer=args.ani_layer, ani_member=args.ani_member, ani_standardize=not args.ani_raw)
+    c.molecule.update(ani_layer=args.ani_layer, ani_member=args.ani_member, ani_standardize=not args.ani_raw,
+                      ani_pool=args.ani_pool)
     if args.target == molecule_encoder.ANI_ENCODER:
         c.targets = ml_collections.ConfigDict()  # the ANI target replaces the stand-in (base: no target; it
         if name == "reed":                       # reads the same shards, precomputed with the reed config)
-            c.targets.ani1x = targets.make(tap="layer4", pooled=True, dim={1: 160, 2: 128, 3: 96}[args.ani_layer],
-                                           coeff=1.0, encoder=molecule_encoder.ANI_ENCODER)
+            width = {1: 160, 2: 128, 3: 96}[args.ani_layer] * (4 if args.ani_pool == "element" else 1)
+            c.targets.ani1x = targets.make(tap="layer4", pooled=True, dim=width, coeff=1.0,
+                                           encoder=molecule_encoder.ANI_ENCODER)
     if name == "reed":
         t = next(iter(c.targets.values()))
         t.proj_width = args.proj_width or args.hidden
@@ -124,6 +127,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--ani_layer", type=int, default=3, help="ANI-1x hidden layer (1..3) pooled as the target")
     ap.add_argument("--ani_member", type=int, default=0, help="ANI-1x ensemble member (0..7)")
     ap.add_argument("--ani_raw", action="store_true", help="store the ANI features unstandardised")
+    ap.add_argument("--ani_pool", default="mean", choices=("mean", "element"),
+                    help="pool the ANI features over all atoms (mean) or per element H/C/N/O, concatenated")
     ap.add_argument("--tap", type=int, default=0, help="align after this backbone layer (0 = the config's: 4)")
     ap.add_argument("--proj_width", type=int, default=0, help="projector hidden width (0 = --hidden)")
     ap.add_argument("--align_coeff", type=float, default=0.2, help="w_align (the config's: 0.2)")

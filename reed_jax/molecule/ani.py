@@ -32,6 +32,7 @@ from reed_jax.molecule import ani_files
 
 SPECIES = ("H", "C", "N", "O")  # ANI-1x's index order (the AEV file's Atyp)
 HIDDEN_LAYERS = (1, 2, 3)
+POOLS = ("mean", "element")  # `pooled`: one mean over all atoms, or one mean per element concatenated
 
 
 class UnsupportedElementError(ValueError):
@@ -191,9 +192,21 @@ def energies(params: dict, species, coords, mask=None) -> np.ndarray:
     return np.asarray(out, np.float64).mean(0) + self_energy(params, species, mask)
 
 
-def pooled(params: dict, species, coords, mask, layer: int = 3, member: int = 0):
-    """[B, W] the mean over real atoms of one ensemble member's hidden activations after `layer`
-    (jit-able; W = 96 for layer 3)."""
+def pooled(params: dict, species, coords, mask, layer: int = 3, member: int = 0, pool: str = "mean"):
+    """One ensemble member's hidden activations after `layer`, pooled over each molecule's real atoms
+    (jit-able). pool='mean': [B, W], the mean over all real atoms (W = 96 for layer 3); pool='element':
+    [B, 4 W], the mean over the atoms of each element H, C, N, O (SPECIES order) concatenated, zeros for
+    an element the molecule lacks. ANI's networks are per element, so hidden unit i of the H network
+    and unit i of the C network are unrelated: 'mean' sums four different feature spaces, 'element'
+    keeps them apart."""
+    if pool not in POOLS:
+        raise ValueError(f"ANI pooling {pool!r} is not one of {POOLS}")
     out = forward(params, species, coords, mask, layer, members=(member,))
     m = jnp.asarray(mask).astype(jnp.float32)
-    return (out["hidden"][0] * m[..., None]).sum(1) / jnp.maximum(m.sum(1, keepdims=True), 1.0)
+    h = out["hidden"][0] * m[..., None]  # [B, N, W]
+    if pool == "mean":
+        return h.sum(1) / jnp.maximum(m.sum(1, keepdims=True), 1.0)
+    sel = jax.nn.one_hot(jnp.where(m > 0, jnp.asarray(species), -1), len(SPECIES)) * m[..., None]  # [B, N, S]
+    sums = jnp.einsum("bns,bnw->bsw", sel, h)
+    means = sums / jnp.maximum(sel.sum(1), 1.0)[..., None]  # [B, S, W]
+    return means.reshape(means.shape[0], -1)

@@ -49,6 +49,8 @@ def extend_schema(c: ml_collections.ConfigDict) -> None:
         ani_layer=3,           # ... the ANI-1x hidden layer pooled as the target (1..3: 160 / 128 / 96 features)
         ani_member=0,          # ... the ensemble member (0..7) whose activations are the target (members' units differ)
         ani_standardize=True,  # ... features standardised per channel with the training split's mean and std
+        ani_pool="mean",       # ... pooled over atoms: 'mean' (one mean, W features) or 'element' (one mean per
+                               # element H/C/N/O, concatenated: 4 W features; ANI's networks are per element)
     )
 
 
@@ -72,6 +74,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
     if m.ani_layer not in (1, 2, 3) or not 0 <= m.ani_member <= 7:
         raise config_lib.ConfigError(f"molecule.ani_layer={m.ani_layer} (1..3), ani_member={m.ani_member} (0..7): out "
                                      f"of range")
+    one_of(m.ani_pool, ("mean", "element"), "molecule.ani_pool")  # ani.POOLS (not imported: ani loads jax)
     one_of(m.elements, ("qm9", "drugs"), "molecule.elements")
     one_of(m.backbone, MOLECULE_BACKBONES, "molecule.backbone")
     if m.backbone == "semla" and (c.model.hidden % m.heads or min(m.coord_sets, m.heads, m.message_dim,

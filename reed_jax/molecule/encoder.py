@@ -9,7 +9,8 @@ precompute logs its validation MAE per property in the dataset's units.
 
 `ani_pooled`: the pretrained alternative (targets encoder 'ani1x'): the ANI-1x potential
 (reed_jax/molecule/ani.py, weights read from the torchani 2.2.4 wheel), one ensemble member's
-per-atom activations after a hidden layer, averaged over real atoms. One member, not the ensemble
+per-atom activations after a hidden layer, averaged over real atoms (or per element, concatenated:
+`molecule.ani_pool`). One member, not the ensemble
 mean: the eight members were trained independently, so hidden unit i of one is unrelated to unit i
 of another and their average would blur eight unrelated feature sets into one (their energies,
 which do correspond, are what the ensemble averages).
@@ -88,10 +89,12 @@ def apply(module: PropertyEncoder, params, arrays: dict, batch_size: int = 256) 
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def ani_pooled(wheel: str, arrays: dict, element_names, *, layer: int = 3, member: int = 0,
+def ani_pooled(wheel: str, arrays: dict, element_names, *, layer: int = 3, member: int = 0, pool: str = "mean",
                batch_size: int = 64) -> np.ndarray:
     """[M, W] float32: ANI-1x member `member`'s activations after hidden layer `layer` (W = 96 for
-    layer 3; 160 / 128 zero-padded for layers 1 / 2), averaged over each molecule's real atoms.
+    layer 3; 160 / 128 zero-padded for layers 1 / 2), averaged over each molecule's real atoms
+    (pool='mean'), or [M, 4 W]: averaged over the atoms of each element H, C, N, O and concatenated
+    (pool='element'; zeros for an element the molecule lacks; see ani.pooled).
 
     arrays: {types [M, N] (indices into element_names), coords [M, N, 3] Angstrom, mask [M, N]};
     every molecule must hold only H, C, N, O (drop the others first: ani.unsupported)."""
@@ -102,7 +105,7 @@ def ani_pooled(wheel: str, arrays: dict, element_names, *, layer: int = 3, membe
     if not 0 <= member < len(params["nets"]["H"][0]["w"]):
         raise ValueError(f"ANI ensemble member {member} is outside 0..{len(params['nets']['H'][0]['w']) - 1}")
     species = ani.species_of(element_names, arrays["types"], arrays["mask"])
-    fn = jax.jit(lambda s, c, m: ani.pooled(params, s, c, m, layer, member))
+    fn = jax.jit(lambda s, c, m: ani.pooled(params, s, c, m, layer, member, pool))
     data = {"species": species.astype(np.int32), "coords": arrays["coords"].astype(np.float32),
             "mask": arrays["mask"].astype(np.float32)}
     out, total = [], len(species)

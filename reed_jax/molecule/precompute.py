@@ -6,7 +6,8 @@ Splits `train` and `validation` go into one shard directory. Coordinates are sto
 with the centre of mass of the atoms removed. Targets with encoder 'qm9_property' come from the
 stand-in encoder (molecule.encoder, fitted once on the training split and cached); with encoder
 'ani1x' from the pretrained ANI-1x potential (molecule.encoder.ani_pooled: one member's hidden layer
-`molecule.ani_layer`, averaged over atoms, standardised per channel with the training split's
+`molecule.ani_layer`, averaged over atoms (`molecule.ani_pool`: 'mean' over all, or 'element': one
+mean per element H/C/N/O, concatenated), standardised per channel with the training split's
 statistics when `molecule.ani_standardize`), after dropping every molecule with an element ANI-1x
 does not cover (QM9: fluorine; the count per split is logged); 'external' ones
 are imported per molecule from `targets.<name>.source`: a folder of `<molecule id>.npy` [D], or an
@@ -140,13 +141,14 @@ def ani_targets(config, arrays: dict, log=print) -> dict[str, np.ndarray]:
     """{split: [M, W]} pooled ANI-1x features (standardised with the training split's statistics)."""
     m = config.molecule
     names = molecule_model.elements(m)
-    raw = {s: encoder_lib.ani_pooled(m.ani_wheel, a, names, layer=m.ani_layer, member=m.ani_member)
-           for s, a in arrays.items()}
+    raw = {s: encoder_lib.ani_pooled(m.ani_wheel, a, names, layer=m.ani_layer, member=m.ani_member,
+                                     pool=m.ani_pool) for s, a in arrays.items()}
     mean, std = raw["train"].mean(0), raw["train"].std(0)
     dims = {t.dim for t in config.targets.values() if t.encoder == ANI}
     if dims != {raw["train"].shape[1]}:
         raise records.DataError(f"targets with encoder '{ANI}' have dim {sorted(dims)}, but ANI-1x layer "
-                                f"molecule.ani_layer={m.ani_layer} gives {raw['train'].shape[1]} features")
+                                f"molecule.ani_layer={m.ani_layer}, ani_pool={m.ani_pool!r} gives {raw['train'].shape[1]} "
+                                f"features")
 
     def mean_cos(x):
         x = x[:512] / np.maximum(np.linalg.norm(x[:512], axis=1, keepdims=True), 1e-12)
@@ -154,7 +156,8 @@ def ani_targets(config, arrays: dict, log=print) -> dict[str, np.ndarray]:
         return float((c.sum() - np.trace(c)) / max(len(x) * (len(x) - 1), 1))
 
     std_out = {s: (v - mean) / np.maximum(std, 1e-6) for s, v in raw.items()}
-    log(f"{ANI} targets: layer {m.ani_layer} of member {m.ani_member}, {raw['train'].shape[1]} features; mean "
+    log(f"{ANI} targets: layer {m.ani_layer} of member {m.ani_member}, pooled {m.ani_pool!r}, "
+        f"{raw['train'].shape[1]} features; mean "
         f"pairwise cosine between training targets {mean_cos(raw['train']):.3f} raw, "
         f"{mean_cos(std_out['train']):.3f} standardised ({'stored' if m.ani_standardize else 'not used'})")
     return std_out if m.ani_standardize else raw

@@ -60,6 +60,24 @@ def test_parity_with_torchani(params, fixture):
     assert pooled.shape == (len(sp), 96) and np.abs(pooled - ref).max() <= 1e-4
 
 
+def test_element_pooling_keeps_the_element_networks_apart(params, fixture):
+    """pool='element': per molecule, torchani's layer-3 activations (member 0) averaged over the H, then
+    the C, N and O atoms, concatenated in that order (384 = 4 x 96); zeros for an element the molecule
+    lacks (molecule 3 has no N); not the one mean over all atoms that pool='mean' gives."""
+    sp, xyz = fixture["species"], fixture["coords"]
+    got = np.asarray(ani.pooled(params, sp, xyz, sp >= 0, layer=3, member=0, pool="element"))
+    ref = np.zeros((len(sp), 4, 96), np.float32)
+    for b in range(len(sp)):
+        for e in range(4):
+            if (sp[b] == e).any():
+                ref[b, e] = fixture["hidden3_m0"][b][sp[b] == e].mean(0)
+    assert got.shape == (len(sp), 384)
+    np.testing.assert_allclose(got, ref.reshape(len(sp), -1), atol=1e-4)
+    assert not (sp[3] == 2).any() and (got[3, 2 * 96:3 * 96] == 0).all()
+    with pytest.raises(ValueError, match="pooling 'sum' is not one of"):
+        ani.pooled(params, sp, xyz, sp >= 0, pool="sum")
+
+
 def test_atom_order_and_padding_do_not_matter(params, fixture):
     """Permuting a molecule's atoms and padding it further leaves energy and pooled features unchanged; the
     mask, not the species value, marks padding (padded type arrays hold 0 = H there)."""
@@ -173,5 +191,18 @@ def test_precompute_drops_fluorine_and_stores_standardised_ani_targets(tmp_path)
     np.testing.assert_allclose(tr["target/ani1x"], (raw_tr - mean) / std, atol=2e-4)
     np.testing.assert_allclose(va["target/ani1x"], (raw_va - mean) / std, atol=2e-4)
     c.targets.ani1x.dim = 128
-    with pytest.raises(records.DataError, match="encoder 'ani1x' have dim \\[128\\].*ani_layer=3 gives 96"):
+    with pytest.raises(records.DataError, match="encoder 'ani1x' have dim \\[128\\].*ani_layer=3, ani_pool='mean' "
+                                                "gives 96"):
         precompute.precompute(c, str(tmp_path / "shards2"), lambda *_: None)
+    # molecule.ani_pool='element': the per-element means (4 x 96), standardised the same way
+    c.targets.ani1x.dim = 384
+    c.molecule.ani_pool = "element"
+    config_lib.validate(c)
+    out = precompute.precompute(c, str(tmp_path / "shards3"), lambda *_: None)
+    tr = pipeline.read_all(out, "train")
+    raw_tr = encoder.ani_pooled(WHEEL, tr, chem.QM9_ELEMENTS, layer=3, member=0, pool="element")
+    mean, std = raw_tr.mean(0), raw_tr.std(0)
+    np.testing.assert_allclose(tr["target/ani1x"], (raw_tr - mean) / np.maximum(std, 1e-6), atol=2e-4)
+    c.molecule.ani_pool = "sum"
+    with pytest.raises(config_lib.ConfigError, match="molecule.ani_pool"):
+        config_lib.validate(c)

@@ -4,7 +4,7 @@
     /tmp/fixvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 numpy &&
         /tmp/fixvenv/bin/pip install --no-deps pytorch-fid==0.3.0
     /tmp/fixvenv/bin/python tools/make_parity_fixtures.py \
-        [inception] [torch_files] [sit_checkpoint] [sit] [dinov2] [vae] [safetensors_file]
+        [inception] [torch_files] [sit_checkpoint] [sit] [dinov2] [vae] [vae_f16c32] [vavae_ldm] [safetensors_file]
 
 inception: pytorch-fid's FID InceptionV3 (`fid_inception_v3`, its FIDInceptionA/C/E blocks) with
 deterministic random weights (tests/fixture_weights.py; the pretrained download is bypassed),
@@ -18,6 +18,10 @@ sit_checkpoint: a tiny REED-style SiT training checkpoint for the importer.
 sit: a tiny PyTorch SiT (REPA's layout and names, REED's token and pooled projectors) with random
 weights, its state dict, inputs, velocity and both projections (tests/image/test_convert.py).
 vae: a tiny diffusers AutoencoderKL (needs `pip install diffusers`).
+vae_f16c32: a tiny diffusers AutoencoderKL of REPA-E's E2E-VAVAE / E2E-INVAE shape (5 levels: 16x
+downsampling, 32 latent channels, attention blocks at the lowest level as AttnDown/UpBlock2D).
+vavae_ldm: a tiny LDM (latent-diffusion / VQGAN-KL) AutoencoderKL as VA-VAE (LightningDiT) and
+REPA-E's original `.pt` files name it, from a small torch definition below (`_ldm_autoencoder`).
 dinov2: tiny transformers DINOv2 models (plain, SwiGLU, registers) on REPA's preprocessing
 (needs `pip install transformers` in the same venv).
 pdb2021: a tiny tree in ProteinMPNN's pdb_2021aug02 layout (torch.save chain files).
@@ -209,6 +213,208 @@ def vae():
     print({k: v.shape for k, v in out.items() if not k.startswith("sd/")}, len(model.state_dict()), "tensors")
 
 
+def _vae_outputs(encode, decode, latent, size, seed):
+    """Encoder moments of a random [1, size, size, 3] image and the decoding of a random latent (NHWC)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
+    z = rng.normal(size=(1, latent, size // 16, size // 16)).astype(np.float32)
+    with torch.no_grad():
+        mean, std = encode(torch.from_numpy(x))
+        dec = decode(torch.from_numpy(z))
+    nhwc = lambda a: np.asarray(a).transpose(0, 2, 3, 1)
+    return {"x": nhwc(x), "z": nhwc(z), "mean": nhwc(mean.numpy()), "std": nhwc(std.numpy()), "decoded": nhwc(dec.numpy())}
+
+
+def vae_f16c32():
+    """diffusers AutoencoderKL of REPA-E's f16c32 shape with tiny widths (4, 4, 4, 4, 8), 1 ResNet
+    block per level, GroupNorm(2), attention at the lowest level: moments of a 32x32 image (2x2x32)
+    and the decoding of a random 2x2x32 latent."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(1)
+    model = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=32, block_out_channels=(4, 4, 4, 4, 8),
+                          layers_per_block=1, norm_num_groups=2, sample_size=32,
+                          down_block_types=("DownEncoderBlock2D",) * 4 + ("AttnDownEncoderBlock2D",),
+                          up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * 4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.eval()
+
+    def encode(x):
+        post = model.encode(x).latent_dist
+        return post.mean, post.std
+    out = _vae_outputs(encode, lambda z: model.decode(z).sample, 32, 32, 6)
+    out.update({f"sd/{k}": v.numpy() for k, v in model.state_dict().items()})
+    np.savez_compressed(os.path.join(OUT, "vae_f16c32_parity.npz"), **out)
+    print({k: v.shape for k, v in out.items() if not k.startswith("sd/")}, len(model.state_dict()), "tensors")
+
+
+def _ldm_autoencoder(ch, ch_mult, num_res_blocks, attn_resolutions, resolution, z_channels, groups):
+    """The latent-diffusion AutoencoderKL (ldm/modules/diffusionmodules/model.py Encoder/Decoder,
+    ldm/models/autoencoder.py; VA-VAE's tokenizer/autoencoder.py and REPA-E's models/autoencoder.py
+    keep it), written out small for the fixture: GroupNorm(`groups`, eps 1e-6) (LDM: 32), SiLU, no
+    timestep embedding, dropout 0, convolutional resampling, double_z, embed_dim = z_channels."""
+    nn, F = torch.nn, torch.nn.functional
+    norm = lambda c: nn.GroupNorm(groups, c, eps=1e-6, affine=True)
+
+    class Resnet(nn.Module):
+        def __init__(self, cin, cout):
+            super().__init__()
+            self.norm1, self.conv1 = norm(cin), nn.Conv2d(cin, cout, 3, 1, 1)
+            self.norm2, self.conv2 = norm(cout), nn.Conv2d(cout, cout, 3, 1, 1)
+            if cin != cout:
+                self.nin_shortcut = nn.Conv2d(cin, cout, 1)
+
+        def forward(self, x):
+            h = self.conv2(F.silu(self.norm2(self.conv1(F.silu(self.norm1(x))))))
+            return (self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x) + h
+
+    class Attn(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.norm = norm(c)
+            self.q, self.k, self.v, self.proj_out = (nn.Conv2d(c, c, 1) for _ in range(4))
+
+        def forward(self, x):
+            b, c, hh, ww = x.shape
+            h = self.norm(x)
+            q = self.q(h).reshape(b, c, -1).permute(0, 2, 1)
+            k, v = self.k(h).reshape(b, c, -1), self.v(h).reshape(b, c, -1)
+            w = torch.softmax(torch.bmm(q, k) * c ** -0.5, dim=2)
+            return x + self.proj_out(torch.bmm(v, w.permute(0, 2, 1)).reshape(b, c, hh, ww))
+
+    class Down(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.conv = nn.Conv2d(c, c, 3, 2, 0)
+
+        def forward(self, x):
+            return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+    class Up(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.conv = nn.Conv2d(c, c, 3, 1, 1)
+
+        def forward(self, x):
+            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+    def mid(c):
+        m = nn.Module()
+        m.block_1, m.attn_1, m.block_2 = Resnet(c, c), Attn(c), Resnet(c, c)
+        return m
+
+    n = len(ch_mult)
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv_in = nn.Conv2d(3, ch, 3, 1, 1)
+            res, cin, self.down = resolution, ch, nn.ModuleList()
+            for i in range(n):
+                lvl, cout = nn.Module(), ch * ch_mult[i]
+                lvl.block, lvl.attn = nn.ModuleList(), nn.ModuleList()
+                for _ in range(num_res_blocks):
+                    lvl.block.append(Resnet(cin, cout))
+                    cin = cout
+                    if res in attn_resolutions:
+                        lvl.attn.append(Attn(cin))
+                if i != n - 1:
+                    lvl.downsample = Down(cin)
+                    res //= 2
+                self.down.append(lvl)
+            self.mid = mid(cin)
+            self.norm_out, self.conv_out = norm(cin), nn.Conv2d(cin, 2 * z_channels, 3, 1, 1)
+
+        def forward(self, x):
+            h = self.conv_in(x)
+            for i, lvl in enumerate(self.down):
+                for j, blk in enumerate(lvl.block):
+                    h = blk(h)
+                    if len(lvl.attn):
+                        h = lvl.attn[j](h)
+                if i != n - 1:
+                    h = lvl.downsample(h)
+            h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+            return self.conv_out(F.silu(self.norm_out(h)))
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            cin, res = ch * ch_mult[-1], resolution // 2 ** (n - 1)
+            self.conv_in = nn.Conv2d(z_channels, cin, 3, 1, 1)
+            self.mid = mid(cin)
+            self.up = nn.ModuleList()
+            for i in reversed(range(n)):
+                lvl, cout = nn.Module(), ch * ch_mult[i]
+                lvl.block, lvl.attn = nn.ModuleList(), nn.ModuleList()
+                for _ in range(num_res_blocks + 1):
+                    lvl.block.append(Resnet(cin, cout))
+                    cin = cout
+                    if res in attn_resolutions:
+                        lvl.attn.append(Attn(cin))
+                if i != 0:
+                    lvl.upsample = Up(cin)
+                    res *= 2
+                self.up.insert(0, lvl)
+            self.norm_out, self.conv_out = norm(cin), nn.Conv2d(cin, 3, 3, 1, 1)
+
+        def forward(self, z):
+            h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))
+            for i in reversed(range(n)):
+                lvl = self.up[i]
+                for j, blk in enumerate(lvl.block):
+                    h = blk(h)
+                    if len(lvl.attn):
+                        h = lvl.attn[j](h)
+                if i != 0:
+                    h = lvl.upsample(h)
+            return self.conv_out(F.silu(self.norm_out(h)))
+
+    class AutoencoderKL(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.decoder = Encoder(), Decoder()
+            self.quant_conv = nn.Conv2d(2 * z_channels, 2 * z_channels, 1)
+            self.post_quant_conv = nn.Conv2d(z_channels, z_channels, 1)
+
+        def encode(self, x):  # DiagonalGaussianDistribution: logvar clamped to [-30, 20]
+            mean, logvar = torch.chunk(self.quant_conv(self.encoder(x)), 2, dim=1)
+            return mean, torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
+
+        def decode(self, z):
+            return self.decoder(self.post_quant_conv(z))
+
+    return AutoencoderKL()
+
+
+def vavae_ldm():
+    """VA-VAE's LDM AutoencoderKL (vavae_f16d32.yaml: ch_mult (1, 1, 2, 2, 4), attn_resolutions [16]
+    at resolution 256, i.e. attention at the lowest of 5 levels; z_channels 32) with tiny widths:
+    ch 4, ch_mult (1, 1, 1, 1, 2), 1 ResNet block, GroupNorm(2), resolution 32 with attention at 2
+    (the lowest level again). The state dict as a VA-VAE checkpoint holds it, plus keys a training
+    checkpoint carries beside the autoencoder (`loss.*`, the VF projection) which the converter drops,
+    and LightningDiT-style latent statistics (`stats_mean`, `stats_std`, [1, 32, 1, 1])."""
+    torch.manual_seed(2)
+    model = _ldm_autoencoder(4, (1, 1, 1, 1, 2), 1, (2,), 32, 32, 2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.eval()
+    out = _vae_outputs(model.encode, model.decode, 32, 32, 7)
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
+    g = np.random.default_rng(8)
+    sd["loss.logvar"] = np.zeros((), np.float32)
+    sd["loss.discriminator.main.0.weight"] = g.normal(size=(4, 3, 4, 4)).astype(np.float32)
+    sd["linear_proj.weight"] = g.normal(size=(4, 32, 1, 1)).astype(np.float32)
+    out.update({f"sd/{k}": v for k, v in sd.items()})
+    out["stats_mean"] = g.normal(size=(1, 32, 1, 1)).astype(np.float32)
+    out["stats_std"] = g.uniform(0.5, 2.0, (1, 32, 1, 1)).astype(np.float32)
+    np.savez_compressed(os.path.join(OUT, "vavae_ldm_parity.npz"), **out)
+    print({k: v.shape for k, v in out.items() if not k.startswith("sd/")}, len(sd), "tensors")
+
+
 def safetensors_file():
     """A small .safetensors file written by the safetensors library (f32, f16, bf16, int, scalar)."""
     from safetensors.torch import save_file
@@ -398,7 +604,8 @@ def sit():
 
 
 if __name__ == "__main__":
-    targets = {"safetensors_file": safetensors_file, "vae": vae, "inception": inception, "torch_files": torch_files,
+    targets = {"safetensors_file": safetensors_file, "vae": vae, "vae_f16c32": vae_f16c32, "vavae_ldm": vavae_ldm,
+               "inception": inception, "torch_files": torch_files,
                "sit_checkpoint": sit_checkpoint, "sit": sit,
                "dinov2": dinov2, "pdb2021": pdb2021}
     for name in sys.argv[1:] or list(targets):

@@ -1,7 +1,7 @@
 """Latent tokenizers (reed_jax.image.latents): the registry, parity of the f16c32 converters with
 torch (a random diffusers AutoencoderKL of REPA-E's E2E-VAE shape; a random LDM AutoencoderKL as
 VA-VAE names it), the per-channel normalisation folded into the moments and inverted at decode,
-the config keys, and a CPU precompute + train + decode run on a tiny VA-VAE-shaped tokenizer."""
+the config keys, and a CPU precompute + decode run on a tiny VA-VAE-shaped tokenizer."""
 import os
 
 import jax
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reed_jax import config as config_lib, train
+from reed_jax import config as config_lib
 from reed_jax.data import pipeline, precompute
 from reed_jax.image import (
     config as image_config,
@@ -106,7 +106,7 @@ def test_published_architectures():
     z = jax.ShapeDtypeStruct((1, 16, 16, 32), jnp.float32)
     assert jax.eval_shape(lambda p, z: m.apply({"params": p}, z, method=m.decode), params, z).shape == (1, 256, 256, 3)
     n = sum(np.prod(a.shape) for a in jax.tree.leaves(params))
-    assert 69.0e6 < n < 71.0e6, n  # the LDM f16 KL autoencoder (ch 128, ch_mult 1,1,2,2,4; z 32): 69.8M
+    assert n == 69_836_067, n  # the LDM f16 KL autoencoder (ch 128, ch_mult 1,1,2,2,4; z 32), our count
     no_mid = jax.eval_shape(lambda: vae.init_params(vae.AutoencoderKL(widths=(8, 8), groups=4, mid_attention=False)))
     assert "attentions_0" not in no_mid["encoder"]["mid_block"]
 
@@ -194,9 +194,11 @@ def test_config_keys():
         image_config.imagenet_config("XL", "reed", tokenizer="x")
 
 
-def test_vavae_precompute_train_decode_on_cpu(tmp_path, ldm):
+def test_vavae_precompute_and_decode_on_cpu(tmp_path, ldm):
     """Image folder -> tiny LDM-named VA-VAE-shaped tokenizer with per-channel statistics -> shards of
-    normalised moments -> 2 SiT/1 train steps -> sample grid decoded through the inverse normalisation."""
+    normalised moments (checked against the tokenizer and the statistics) -> the decoder of evaluation
+inverts the normalisation. (Training reads moments the same whatever the tokenizer: the 2-step train
++ sample run of test_imagenet_e2e covers it; here it would add a minute of compiles.)"""
     f, sd = ldm
     rng = np.random.default_rng(0)
     for s in ("n01", "n02"):
@@ -211,8 +213,6 @@ def test_vavae_precompute_train_decode_on_cpu(tmp_path, ldm):
     c.precompute.update(vae_path=str(tmp_path / "vavae.npz"), vae_groups=2, batch_size=4)
     c.eval.vae_decoder_path = ""
     c.model.update(depth=2, hidden=32, heads=2, projector_width=32)
-    c.train.update(batch_size=4, steps=2, log_every=1, eval_every=2, checkpoint_every=2)
-    c.sample.update(num_steps=2, batch_size=4, grid_classes=2, grid_per_class=2)
     out = precompute.precompute(c, str(tmp_path), log=lambda *_: None)
     data = pipeline.read_all(out, "train")
     crops = np.stack([imagenet.center_crop_adm(Image.open(tmp_path / "train" / s / f"{j}.png").convert("RGB"), 32)
@@ -226,5 +226,4 @@ def test_vavae_precompute_train_decode_on_cpu(tmp_path, ldm):
     z = jnp.asarray(f["z"])
     want = model.apply({"params": params}, z, method=model.decode)
     np.testing.assert_allclose(decode(np.asarray((z - m) / s)), want, atol=1e-4)
-    res = train.train_and_evaluate(c, str(tmp_path / "run"), log=lambda *_: None)
-    assert os.path.exists(res["grid"])
+    config_lib.validate(c, 1)  # SiT-S/1 on the 2x2x32 latents (training on moments is tested elsewhere)

@@ -227,3 +227,19 @@ inverts the normalisation. (Training reads moments the same whatever the tokeniz
     want = model.apply({"params": params}, z, method=model.decode)
     np.testing.assert_allclose(decode(np.asarray((z - m) / s)), want, atol=1e-4)
     config_lib.validate(c, 1)  # SiT-S/1 on the 2x2x32 latents (training on moments is tested elsewhere)
+
+
+def test_tokenizer_configs():
+    from conftest import load_config
+
+    c = load_config("imagenet_sit_xl_1_repa_e2e_vavae")
+    assert (c.data.tokenizer, tuple(c.data.image_shape), c.model.name, c.train.steps) == \
+        ("e2e_vavae_f16c32", (16, 16, 32), "SiT-XL/1", 4_000_000)
+    assert (c.sample.cfg_scale, c.sample.guidance_lo, c.sample.guidance_hi) == (2.5, 0.0, 0.75)  # REPA-E: 1.26
+    assert load_config("imagenet_sit_xl_1_repa_e2e_vavae", "none").sample.cfg_scale == 1.0  # REPA-E: 1.83
+    assert c.targets.dinov2.tap == "block8" and c.curriculum.align.coeff == 0.5
+    r = load_config("imagenet_sit_xl_1_reed_vavae")
+    assert (r.data.tokenizer, r.data.latent_scale, r.model.patch_size, image_config.token_count(r)) == \
+        ("va_vae_f16c32", 1.0, 1, 256)
+    for cfg in (c, r):
+        config_lib.validate(cfg, 1)

@@ -109,6 +109,85 @@ def load_data(args, log) -> tuple[dict, np.ndarray, dict]:
     return data, all_x, fd
 
 
+def _ridge_r2(x_tr, y_tr, x_te, y_te, lams=(0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5)) -> dict:
+    """Ridge regression x -> y (bias included, x standardised on the training part); the penalty is chosen
+    on the last quarter of the training part. Returns {'r2': held-out R^2 pooled over outputs,
+    'cos': mean held-out cosine(prediction, target), 'lam'}."""
+    mu, sd = x_tr.mean(0), x_tr.std(0) + 1e-6
+    a, b = (x_tr - mu) / sd, (x_te - mu) / sd
+    n_fit = len(a) * 3 // 4
+
+    def fit(xs, ys, lam):
+        xs = np.concatenate([xs, np.ones((len(xs), 1), xs.dtype)], 1)
+        reg = lam * np.eye(xs.shape[1])
+        reg[-1, -1] = 0.0
+        w = np.linalg.solve(xs.T.astype(np.float64) @ xs + reg, xs.T.astype(np.float64) @ ys)
+        return lambda q: np.concatenate([q, np.ones((len(q), 1), q.dtype)], 1) @ w
+
+    r2 = lambda p, t: 1.0 - ((p - t) ** 2).sum() / ((t - t.mean(0)) ** 2).sum()
+    lam = max(lams, key=lambda lam: r2(fit(a[:n_fit], y_tr[:n_fit], lam)(a[n_fit:]), y_tr[n_fit:]))
+    pred = fit(a, y_tr, lam)(b)
+    cos = (pred * y_te).sum(-1) / (np.linalg.norm(pred, axis=-1) * np.linalg.norm(y_te, axis=-1) + 1e-12)
+    return {"r2": float(r2(pred, y_te)), "cos": float(cos.mean()), "lam": lam}
+
+
+def _mean_cos(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean cosine between matching rows of a and b [..., C]."""
+    return float(((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)).mean())
+
+
+def analyse_targets(x_u8: np.ndarray, y: np.ndarray, feats: dict, grid: int, log=print) -> dict:
+    """What the EfficientNet targets carry beyond pixels, with no training (the --analyse_targets mode).
+
+    x_u8 [N, 28, 28, 1] uint8, y [N] labels, feats {'stage3'|'stage5': [N, grid*grid, C], 'pooled': [N, 1280]}.
+    Per target, raw and standardised per channel over the data set: the mean cosine between two random
+    images' targets, the mean cosine of each target to the data-set mean target (what a constant prediction
+    scores under the cosine alignment loss), the share of token-target variance that lies between images
+    (vs across the tokens of one image); held-out ridge R^2 and cosine of the targets predicted from pixels
+    (each token from its 12x12-pixel neighbourhood, the pooled target from all 784 pixels) and from the class
+    label alone; and for tokens whose 4x4 patch is blank (all pixels 0) their share and mutual cosine."""
+    rng = np.random.default_rng(0)
+    n = len(x_u8)
+    perm = rng.permutation(n)
+    tr, te = perm[: n * 4 // 5], perm[n * 4 // 5:]
+    pix = x_u8[..., 0].astype(np.float32) / 127.5 - 1.0
+    p = 28 // grid
+    win = 3 * p
+    padded = np.pad(pix, ((0, 0), (p, p), (p, p)), constant_values=-1.0)
+    hood = np.lib.stride_tricks.sliding_window_view(padded, (win, win), axis=(1, 2))[:, ::p, ::p]
+    hood = hood.reshape(n, grid * grid, win * win)
+    blank = (x_u8[..., 0].reshape(n, grid, p, grid, p).max((2, 4)) == 0).reshape(n, grid * grid)
+    onehot = np.eye(int(y.max()) + 1, dtype=np.float32)[y]
+    out = {"blank_token_share": float(blank.mean())}
+    for name, z in feats.items():
+        z = z.astype(np.float32)
+        flat = z.reshape(-1, z.shape[-1])
+        std = (z - flat.mean(0)) / (flat.std(0) + 1e-6)
+        row = {}
+        for kind, t in (("raw", z), ("standardised", std)):
+            other = t[rng.permutation(n)]
+            row[f"cos_random_pair_{kind}"] = _mean_cos(t, other)
+            row[f"cos_to_mean_{kind}"] = _mean_cos(t, np.broadcast_to(t.reshape(-1, t.shape[-1]).mean(0), t.shape))
+        if z.ndim == 3:
+            per_image = z.mean(1, keepdims=True)
+            row["between_image_variance_share"] = float(((per_image - flat.mean(0)) ** 2).sum() * z.shape[1]
+                                                        / ((z - flat.mean(0)) ** 2).sum())
+            tok = lambda idx, a: a[idx].reshape(-1, a.shape[-1])
+            row["probe_pixels"] = _ridge_r2(tok(tr, hood), tok(tr, z), tok(te, hood), tok(te, z))
+            cls = np.repeat(onehot[:, None], z.shape[1], 1)
+            pos = np.broadcast_to(np.eye(z.shape[1], dtype=np.float32), (n, z.shape[1], z.shape[1]))
+            row["probe_class_and_position"] = _ridge_r2(tok(tr, np.concatenate([cls, pos], -1)), tok(tr, z),
+                                                        tok(te, np.concatenate([cls, pos], -1)), tok(te, z))
+            zb = z[blank]
+            row["blank_tokens_cos_random_pair_raw"] = _mean_cos(zb, zb[rng.permutation(len(zb))])
+        else:
+            row["probe_pixels"] = _ridge_r2(pix[tr].reshape(len(tr), -1), z[tr], pix[te].reshape(len(te), -1), z[te])
+            row["probe_class"] = _ridge_r2(onehot[tr], z[tr], onehot[te], z[te])
+        out[name] = row
+        log(f"  {name}: " + json.dumps(row))
+    return out
+
+
 def efficientnet_params(log):
     from reed_jax.convert import efficientnet as convert
 
@@ -139,14 +218,26 @@ def main(argv=None) -> dict:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--ema_decay", type=float, default=0.99)
     ap.add_argument("--warmup", type=float, default=0.1, help="REED's w_gen warm-up as a fraction of --steps")
+    ap.add_argument("--analyse_targets", action="store_true",
+                    help="no training: what the cached targets carry beyond pixels -> <workdir>/target_analysis.json")
     args = ap.parse_args(argv)
 
     names = [v for v in args.variants.split(",") if v] + (list(ABLATIONS) if args.ablation else [])
     seeds = [int(s) for s in args.seeds.split(",") if s]
     configs = {n: variant_config(n, args) for n in names}
     log = lambda m: print(m, flush=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("workdir", "variants", "ablation", "seeds")}
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("workdir", "variants", "ablation", "seeds", "analyse_targets")}
     os.makedirs(args.workdir, exist_ok=True)
+    if args.analyse_targets:
+        data, _, _ = load_data(args, log)
+        x_u8 = np.round((data["image"] + 1.0) * 127.5).astype(np.uint8)
+        feats = {k[len(records.TARGET_PREFIX + "effnet_"):]: v for k, v in data.items()
+                 if k.startswith(records.TARGET_PREFIX)}
+        out = analyse_targets(x_u8, data["label"], feats, fashion_mnist.IMAGE_SHAPE[0] // args.patch, log)
+        with open(os.path.join(args.workdir, "target_analysis.json"), "w") as fh:
+            json.dump(out, fh, indent=1)
+        return out
     data, all_x, fd = load_data(args, log)
     scorer = fashion_mnist.Scorer(fd, all_x)
     points, wall = benchmark.run(args.workdir, settings, configs, seeds, args.steps,

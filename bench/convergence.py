@@ -39,7 +39,7 @@ from reed_jax.image import (
 from reed_jax.image.digits_fd import DigitsScorer
 
 MAIN = ("sit", "repa", "reed")
-FAMILY = ("irepa",)  # the REPA family beside REED (--family): iREPA's switches
+FAMILY = ("irepa", "haste", "reg")  # the REPA family beside REED (--family): reed_jax.image.config.digits_config
 ABLATIONS = ("reed_nowarmup", "reed_warmup30", "reed_at_linear", "reed_at_cutoff")
 
 
@@ -58,6 +58,8 @@ def variant_config(name: str, args) -> config_lib.ml_collections.ConfigDict:
         t.tap = f"block{min(int(t.tap[5:]), args.depth)}"
     if base == "reed":
         c.curriculum.gen.warmup = int(args.warmup * args.steps)
+    if base == "haste":
+        c.curriculum.align.stop_step = args.steps // 2  # the preset's stop at half of training
     if name == "reed_nowarmup":
         c.curriculum.gen.warmup = 0
     elif name == "reed_warmup30":

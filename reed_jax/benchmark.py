@@ -117,7 +117,8 @@ def train_image_variant(name: str, config, params: dict, data: dict, scorer: Cal
 
     step_fn, sample_fn = compiled(name, config, image_eval.make_sample_fn)
     labels = (np.arange(config.eval.num_samples) % config.data.num_classes).astype(np.int32)
-    fields = ["image", "label"] + [records.TARGET_PREFIX + n for n in config.targets]
+    fields = ["image", "label"] + [records.TARGET_PREFIX + n for n in config.targets
+                                   if records.TARGET_PREFIX + n in data]  # (affinity teachers are not data)
     evaluate = lambda state, step: scorer(image_eval.generate(sample_fn, state.ema_params, labels,
                                                               config.sample.batch_size, seed=12345), labels)
     return train_and_evaluate(name, seed, initial_state(config, params, seed),

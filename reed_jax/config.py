@@ -142,6 +142,15 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         if t.pooled and (t.projector != "mlp" or t.spatial_norm):
             raise ConfigError(f"targets.{name}: projector={t.projector!r}, spatial_norm={t.spatial_norm} act on the token "
                               f"grid; a pooled target takes projector='mlp', spatial_norm=False")
+        one_of(t.kind, targets_lib.KINDS, f"targets.{name}.kind")
+        if t.entangle < 0:
+            raise ConfigError(f"targets.{name}.entangle={t.entangle} must be >= 0 (0 = not an input token)")
+        if c.track != "image" and (t.kind != "features" or t.entangle):
+            raise ConfigError(f"targets.{name}: kind={t.kind!r}, entangle={t.entangle} (HASTE's attention alignment, "
+                              f"REG's input token) need the image track's transformer; track={c.track!r}")
+        if (t.encoder == encoders.AFFINITY) != bool(t.affinity_of):
+            raise ConfigError(f"targets.{name}: encoder={t.encoder!r} with affinity_of={t.affinity_of!r}: a teacher map "
+                              f"from another target's tokens needs encoder='affinity' and affinity_of, and only it")
     one_of(c.curriculum.gen.decay, DECAYS, "curriculum.gen.decay")
     one_of(c.curriculum.align.decay, DECAYS, "curriculum.align.decay")
     for key, bs in (("train.batch_size", c.train.batch_size), ("sample.batch_size", c.sample.batch_size)):

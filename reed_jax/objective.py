@@ -70,6 +70,28 @@ def alignment_loss(pred: jax.Array, target: jax.Array, mask: jax.Array | None = 
     return -(cos * mask).sum(axes) / jnp.maximum(mask.sum(axes), 1.0)
 
 
+def attention_loss(logits: jax.Array, teacher: jax.Array) -> jax.Array:
+    """HASTE's attention alignment per sample, float32: the cross-entropy of the student's attention
+    rows against the teacher's, -sum_k p_T[k] log softmax(logits)[k], averaged over heads and query rows.
+
+    logits: [B, H, T, T] the student's pre-softmax attention (q k^T / sqrt(d)); teacher: [B, H, T, T]
+    or [B, 1, T, T] (one map for every head) row-stochastic maps. Returns [B]. Its gradient is that
+    of KL(p_T || p_S); the value includes the teacher's entropy (a constant), as the reference's."""
+    if logits.ndim != 4 or teacher.ndim != 4 or teacher.shape[0] != logits.shape[0] \
+            or teacher.shape[2:] != logits.shape[2:] or teacher.shape[1] not in (1, logits.shape[1]):
+        raise ValueError(f"attention alignment: student logits {logits.shape} and teacher maps {teacher.shape} "
+                         f"must be [B, H, T, T] and [B, H or 1, T, T]")
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -(teacher.astype(jnp.float32) * logp).sum(-1).mean(axis=(1, 2))
+
+
+def affinity(tokens: jax.Array, temperature: float = 0.1) -> jax.Array:
+    """A teacher attention map from tokens [B, T, D] that have no attention of their own (a CNN's):
+    softmax over keys of the cosine similarity / temperature -> [B, 1, T, T] row-stochastic, float32."""
+    z = _normalize(tokens.astype(jnp.float32))
+    return jax.nn.softmax(jnp.einsum("bqd,bkd->bqk", z, z) / temperature, axis=-1)[:, None]
+
+
 def mse_per_sample(pred: jax.Array, target: jax.Array) -> jax.Array:
     """[B, ...] -> [B]: mean squared error over every non-batch axis, float32."""
     d = (pred.astype(jnp.float32) - target.astype(jnp.float32)) ** 2

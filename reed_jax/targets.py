@@ -14,6 +14,13 @@ aligned with (negative cosine). Every track reads the same keys (`template()`):
     proj_width  projector hidden width; 0 = model.projector_width
     projector   'mlp' (REPA/REED) or 'conv' (iREPA: a 3x3 convolution on the image token grid)
     spatial_norm  iREPA: the target tokens spatially normalised before the cosine (objective.spatial_normalize)
+    kind        'features' (the above) or 'attention' (HASTE: the backbone's attention logits at the tap
+                block, its first `heads` heads, against the teacher's row-stochastic attention maps
+                [heads, T, T] by cross-entropy; the teacher is an encoder layer's attention,
+                `encoder_layer`, or encoder='affinity': the softmax of the cosine affinities of another
+                target's tokens, `affinity_of`, for encoders without attention)
+    entangle    REG: > 0 makes this pooled target a noised extra input token denoised with the data,
+                its velocity loss weighted by `entangle` (images only)
     coeff, noise_weight, cutoff_lo/hi   the loss weight c_k and its noise-level weight a(t)
     encoder, weights, source, dtype     where the target comes from and how it is stored
 
@@ -26,6 +33,7 @@ import dataclasses
 import ml_collections
 
 PROJECTORS = ("mlp", "conv")
+KINDS = ("features", "attention")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +47,9 @@ class Target:
     dim: int
     proj_width: int = 0
     projector: str = "mlp"
+    kind: str = "features"
+    heads: int = 0
+    entangle: float = 0.0
 
 
 def template() -> ml_collections.ConfigDict:
@@ -55,6 +66,14 @@ def template() -> ml_collections.ConfigDict:
                                # grid (image token targets)
         spatial_norm=False,    # iREPA: target tokens minus their image's mean token, each channel divided by its
                                # std over the tokens, before the cosine (token targets)
+        kind="features",       # 'features': projected features against the target (cosine); 'attention': HASTE's
+                               # attention alignment at the tap block (images; see the module docstring)
+        heads=0,               # kind='attention': the backbone's first `heads` heads are aligned, head h to the
+                               # teacher's head h (or all to the one affinity map); the target is [heads, T, T]
+        encoder_layer=0,       # kind='attention' with an image encoder: whose attention (block, 1-based)
+        affinity_of="",        # encoder='affinity': the token target whose cosine affinities make the teacher map
+        entangle=0.0,          # REG (images, pooled targets): > 0 feeds this target, noised with the sample's t,
+                               # as an extra input token and adds its velocity loss with this weight (REG: 0.03)
         coeff=1.0,             # c_k; 0 switches the target off
         noise_weight="constant",  # a(t): one of objective.NOISE_WEIGHTS
         cutoff_lo=0.0, cutoff_hi=1.0,  # the window of noise_weight='cutoff'
@@ -78,7 +97,8 @@ def make(**kw) -> ml_collections.ConfigDict:
 def from_config(config) -> tuple[Target, ...]:
     """config.targets -> the backbone's Targets, proj_width resolved (0 -> model.projector_width)."""
     return tuple(Target(n, t.tap, bool(t.pooled), int(t.dim), int(t.proj_width or config.model.projector_width),
-                        t.get("projector", "mlp")) for n, t in config.targets.items())
+                        t.get("projector", "mlp"), t.get("kind", "features"), int(t.get("heads", 0)),
+                        float(t.get("entangle", 0.0))) for n, t in config.targets.items())
 
 
 def numbered_tap(tap: str, prefix: str, count: int, key: str) -> int:

@@ -17,7 +17,8 @@ from reed_jax.image.sit import REMAT_POLICIES, SIT_SIZES, TAP_PREFIX
 
 SOURCES = ("digits", "imagenet")
 IMAGE_SOURCES = ("folder", "tfds")
-DIGITS_FIELDS = ("digits_tokens", "digits_pooled")  # what the digits source stores, for every variant
+DIGITS_FIELDS = ("digits_tokens", "digits_pooled")
+DIGITS_VARIANTS = ("reed", "repa", "irepa", "haste", "reg", "sit")  # what the digits source stores, for every variant
 ENCODER_MODES = ("precomputed", "online")
 DATA_KINDS = ("pixels", "latents")
 POS_RESAMPLE = ("reference", "hub")  # precompute.dinov2_pos_resample
@@ -73,6 +74,8 @@ def extend_schema(c: ml_collections.ConfigDict) -> None:
                         vae_path="", vae_groups=32,          # source='imagenet': SD-VAE weights (diffusers names)
                         dinov2_heads=0,                      # DINOv2 heads; 0 = the released size's
                         dinov2_size=224, batch_size=64,      # DINOv2 input size; encoder batch
+                        store_attention=False,               # store attention targets' maps in the shards (HASTE;
+                                                             # [heads, T, T] per image: see the estimate in the error)
                         dinov2_pos_resample="reference")     # 'reference': the 37x37 position embedding resampled
     # to the patch grid once, bicubic with antialiasing, as REPA/REED load DINOv2 (timm resample_abs_pos_embed);
     # 'hub': DINOv2's own forward interpolation (scale (n + 0.1) / 37, no antialiasing; '_reg': to the size, antialiased)
@@ -84,13 +87,19 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
 
     for name, t in c.targets.items():
         key = f"targets.{name}"
-        one_of(t.encoder, encoders.image_encoders() + (encoders.EXTERNAL, encoders.DIGITS), f"{key}.encoder")
-        if (t.encoder == encoders.DIGITS) != (c.data.source == "digits"):
+        one_of(t.encoder, encoders.image_encoders() + (encoders.EXTERNAL, encoders.DIGITS, encoders.AFFINITY),
+               f"{key}.encoder")
+        if t.encoder != encoders.AFFINITY and (t.encoder == encoders.DIGITS) != (c.data.source == "digits"):
             raise config_lib.ConfigError(f"{key}.encoder={t.encoder!r} does not fit data.source={c.data.source!r} "
                                          f"(the digits encoder is the digits source's, and only it)")
         if t.encoder == encoders.DIGITS and name not in DIGITS_FIELDS:
             raise config_lib.ConfigError(f"{key}: the digits encoder's outputs are named {DIGITS_FIELDS}")
         targets.numbered_tap(t.tap, TAP_PREFIX, c.model.depth, f"{key}.tap")
+        _validate_family(c, name, t)
+    entangled = [n for n, t in c.targets.items() if t.entangle]
+    if len(entangled) > 1:
+        raise config_lib.ConfigError(f"targets {entangled}: entangle > 0 on more than one target; REG has one class "
+                                     f"token")
     one_of(c.data.image_source, IMAGE_SOURCES, "data.image_source")
     one_of(c.precompute.dinov2_pos_resample, POS_RESAMPLE, "precompute.dinov2_pos_resample")
     one_of(c.encoder.mode, ENCODER_MODES, "encoder.mode")
@@ -145,13 +154,55 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
         raise config_lib.ConfigError(f"eval.fid_every={e.fid_every} must be >= 0 (0 = off)")
 
 
+def _validate_family(c: ml_collections.ConfigDict, name: str, t) -> None:
+    """HASTE's attention targets and REG's entangled token (targets.<name>.kind / entangle)."""
+    from reed_jax.models import encoders
+
+    key = f"targets.{name}"
+    if t.kind == "attention":
+        n = token_count(c)
+        if t.pooled or not 1 <= t.heads <= c.model.heads or t.dim != n:
+            raise config_lib.ConfigError(f"{key}: kind='attention' needs pooled=False, 1 <= heads <= model.heads="
+                                         f"{c.model.heads} and dim = the {n} tokens of a map row; got pooled={t.pooled}, "
+                                         f"heads={t.heads}, dim={t.dim}")
+        if t.encoder == encoders.AFFINITY:
+            src = c.targets.get(t.affinity_of)
+            if src is None or src.pooled or src.kind != "features":
+                raise config_lib.ConfigError(f"{key}.affinity_of={t.affinity_of!r} must name a token feature target "
+                                             f"(one of {[k for k, v in c.targets.items() if not v.pooled]})")
+        elif t.encoder not in encoders.image_encoders() or not t.encoder.startswith("dinov2"):
+            raise config_lib.ConfigError(f"{key}.encoder={t.encoder!r}: an attention teacher is a DINOv2 encoder (its "
+                                         f"block encoder_layer's attention) or 'affinity'")
+        elif t.encoder_layer < 1:
+            raise config_lib.ConfigError(f"{key}.encoder_layer={t.encoder_layer} must name a DINOv2 block (1-based)")
+        elif c.encoder.mode == "precomputed" and not c.precompute.store_attention:
+            per = t.heads * n * n * (2 if t.dtype == "bfloat16" else 4)
+            raise config_lib.ConfigError(
+                f"{key}: storing DINOv2 attention maps costs {per / 2**20:.2f} MiB per image ({t.heads} heads x {n} x {n}"
+                f" {t.dtype}; {per * 1_281_167 / 1e12:.1f} TB for ImageNet's 1,281,167 images): use encoder.mode="
+                f"'online' (computed in the step), or set precompute.store_attention=True to store them anyway")
+    elif t.encoder == encoders.AFFINITY:
+        raise config_lib.ConfigError(f"{key}: encoder='affinity' gives an attention teacher; set kind='attention'")
+    if t.entangle:
+        if not t.pooled or t.kind != "features":
+            raise config_lib.ConfigError(f"{key}.entangle={t.entangle}: REG's class token is a pooled feature target "
+                                         f"(pooled=True, kind='features')")
+
+
 def token_count(c: ml_collections.ConfigDict) -> int:
     return (c.data.image_shape[0] // c.model.patch_size) ** 2
 
 
 def target_shapes(c: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
-    """Shard shape each configured target must have: [T, dim] (tokens) or [dim] (pooled)."""
-    return {n: ((t.dim,) if t.pooled else (token_count(c), t.dim)) for n, t in c.targets.items()}
+    """Shard shape each stored target must have: [T, dim] (tokens), [dim] (pooled) or, attention
+    targets, [heads, T, T]; affinity teachers are computed in the step from another target and not stored."""
+    from reed_jax.models import encoders
+
+    def shape(t):
+        if t.kind == "attention":
+            return (t.heads, token_count(c), token_count(c))
+        return (t.dim,) if t.pooled else (token_count(c), t.dim)
+    return {n: shape(t) for n, t in c.targets.items() if t.encoder != encoders.AFFINITY}
 
 
 def sit_model(name: str, **overrides: Any) -> ml_collections.ConfigDict:
@@ -174,7 +225,15 @@ def digits_config(variant: str = "reed") -> ml_collections.ConfigDict:
     (coefficient 0.5); w_gen ramps in over the first 10% of training, w_align = 0.5 constant.
     repa: the token target only, constant weights. irepa: REPA's token target through iREPA's
     switches (a 3x3 convolutional projector on the 4x4 token grid, spatially normalised target
-    tokens; Singh et al. 2025, "What matters for representation alignment"). sit: no targets.
+    tokens; Singh et al. 2025, "What matters for representation alignment"). haste: REPA + HASTE's
+    attention alignment (Wang et al. 2025, "REPA works until it doesn't") of blocks 1 and 2, every
+    head, to the cosine-affinity maps of the encoder's tokens (the digits CNN has no attention of its
+    own), weight 0.5 split over the two blocks, every alignment term off after half of training
+    (HASTE's hard stop; 250K of 2.5M steps at ImageNet). reg: REPA + REG (Wu et al. 2025,
+    "Representation entanglement for generation"): the pooled 128-d vector as a noised extra input
+    token, its velocity loss weighted 0.03, the token slot aligned to the clean vector. sit: no targets.
+
+        python main.py --config=configs/demo.py:haste --workdir=/tmp/haste --mode=train
     """
     c = config_lib.base_config()
     c.model.update(name="SiT-demo/2", depth=4, hidden=128, heads=4, patch_size=2, projector_width=256)
@@ -182,12 +241,23 @@ def digits_config(variant: str = "reed") -> ml_collections.ConfigDict:
     c.train.update(batch_size=64, steps=1000, log_every=50, eval_every=500, checkpoint_every=500)
     c.sample.update(method="sde", num_steps=50, batch_size=500, grid_per_class=10)
     c.eval.num_samples = 1000
-    if variant not in ("reed", "repa", "irepa", "sit"):
-        raise config_lib.ConfigError(f"digits config: unknown variant {variant!r}; expected reed, repa, irepa or sit")
-    if variant in ("reed", "repa", "irepa"):
+    if variant not in DIGITS_VARIANTS:
+        raise config_lib.ConfigError(f"digits config: unknown variant {variant!r}; expected one of {DIGITS_VARIANTS}")
+    if variant != "sit":
         c.targets.digits_tokens = targets.make(tap="block2", pooled=False, dim=64, coeff=1.0, encoder="digits")
     if variant == "irepa":
         c.targets.digits_tokens.update(projector="conv", spatial_norm=True)
+    if variant == "haste":
+        for block in (1, 2):  # HASTE's blocks up to the feature tap, the attention term split over them (0.5 / 2)
+            c.targets[f"digits_attn{block}"] = targets.make(
+                tap=f"block{block}", kind="attention", heads=c.model.heads, dim=16, coeff=0.5 / 2,
+                encoder="affinity", affinity_of="digits_tokens")
+        c.curriculum.align.stop_step = c.train.steps // 2
+    if variant == "reg":
+        # REPA's token loss averaged over the 16 patch tokens and the class-token slot (REG's 257 at ImageNet 256)
+        c.targets.digits_tokens.coeff = 16 / 17
+        c.targets.digits_pooled = targets.make(tap="block2", pooled=True, dim=128, coeff=1 / 17, encoder="digits",
+                                               entangle=0.03)
     if variant == "reed":
         c.targets.digits_pooled = targets.make(tap="block3", pooled=True, dim=128, coeff=0.5, encoder="digits")
         c.curriculum.gen.warmup = c.train.steps // 10

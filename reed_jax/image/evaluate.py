@@ -12,24 +12,34 @@ import jax.numpy as jnp
 import numpy as np
 
 from reed_jax import logs, parallel, tracks
-from reed_jax.image import grids, samplers
+from reed_jax.image import grids, samplers, sit as sit_lib
 
 # ----------------------------------------------------------------------------- sampling
 
 
 def make_sample_fn(config, model):
-    """(params, rng, labels [B]) -> samples [B, H, W, C] with the config's sampler and CFG."""
+    """(params, rng, labels [B]) -> samples [B, H, W, C] with the config's sampler and CFG.
+
+    REG: the class token is generated jointly from noise (its own initial draw and SDE noise, the
+    same CFG scale and interval) and dropped at the end, as REG's sampler."""
     s = config.sample
     shape = tuple(config.data.image_shape)
+    reg = sit_lib.entangled(model.targets)
 
     @jax.jit
     def fn(params, rng, labels):
         k_x, k_s = jax.random.split(rng)
-        model_fn = lambda x, t, y: model.apply({"params": params}, x, t, y, with_projectors=False)[0]
+        b = labels.shape[0]
+        x1 = jax.random.normal(k_x, (b,) + shape)
+        if reg is None:
+            model_fn = lambda x, t, y: model.apply({"params": params}, x, t, y, with_projectors=False)[0]
+        else:
+            x1 = (x1, jax.random.normal(jax.random.fold_in(k_x, 1), (b, reg.dim)))
+            model_fn = lambda x, t, y: model.apply({"params": params}, x[0], t, y, with_projectors=False, cls=x[1])[0]
         v = samplers.guided(model_fn, s.cfg_scale, config.data.num_classes, (s.guidance_lo, s.guidance_hi))
-        x1 = jax.random.normal(k_x, (labels.shape[0],) + shape)
-        return samplers.sample(v, x1, labels, method=s.method, num_steps=s.num_steps, rng=k_s,
-                               path=config.diffusion.path)
+        out = samplers.sample(v, x1, labels, method=s.method, num_steps=s.num_steps, rng=k_s,
+                              path=config.diffusion.path)
+        return out if reg is None else out[0]
 
     return fn
 

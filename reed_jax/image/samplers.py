@@ -17,7 +17,9 @@ in float64 (as the reference's `torch.linspace(..., dtype=float64)`), the decisi
 sizes taken there, and the times fed to the model cast to float32; the state x stays float32
 (the reference integrates in float64).
 
-Everything is jit-able; the loops are `lax.fori_loop` over a precomputed time grid.
+Everything is jit-able; the loops are `lax.fori_loop` over a precomputed time grid. The state x
+may be a pytree of [B, ...] arrays integrated jointly (REG: (image, class token), its velocity_fn
+returning the same structure); each leaf gets its own SDE noise, and CFG acts on every leaf.
 """
 from __future__ import annotations
 
@@ -31,6 +33,15 @@ from reed_jax.image import interpolants
 
 VelocityFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 SAMPLERS = ("euler", "heun", "sde")
+
+
+def _axpy(a, x, y):
+    """y + a x over matching pytrees."""
+    return jax.tree.map(lambda xi, yi: yi + a * xi, x, y)
+
+
+def _batch(x) -> int:
+    return jax.tree.leaves(x)[0].shape[0]
 
 
 class Guided:
@@ -53,15 +64,18 @@ class Guided:
         return (t >= self.lo) & (t <= self.hi)
 
     def __call__(self, x, t, y, on=None):
-        b = x.shape[0]
+        b = _batch(x)
         on = self.active(t) if on is None else jnp.broadcast_to(jnp.asarray(on, bool), t.shape)
         model_fn, scale = self.model_fn, self.scale
 
         def with_guidance():
-            both = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
+            both = model_fn(jax.tree.map(lambda a: jnp.concatenate([a, a]), x), jnp.concatenate([t, t]),
                             jnp.concatenate([y, jnp.full_like(y, self.null_class)]))
-            cond, uncond = both[:b], both[b:]
-            return jnp.where(on.reshape((b,) + (1,) * (x.ndim - 1)), uncond + scale * (cond - uncond), cond)
+
+            def mix(v):
+                cond, uncond = v[:b], v[b:]
+                return jnp.where(on.reshape((b,) + (1,) * (v.ndim - 1)), uncond + scale * (cond - uncond), cond)
+            return jax.tree.map(mix, both)
 
         return jax.lax.cond(jnp.any(on), with_guidance, lambda: model_fn(x, t, y))
 
@@ -99,15 +113,16 @@ def ode(velocity_fn: VelocityFn, x1: jax.Array, y: jax.Array, num_steps: int, me
         raise ValueError(f"sampler: unknown ODE method {method!r}; expected 'euler' or 'heun'")
     if num_steps < 1:
         raise ValueError(f"sampler.num_steps={num_steps}: the ODE sampler needs at least 1 step")
-    _, dts, v = _stepper(velocity_fn, np.linspace(1.0, 0.0, num_steps + 1), x1.shape[0])
+    _, dts, v = _stepper(velocity_fn, np.linspace(1.0, 0.0, num_steps + 1), _batch(x1))
 
     def euler(i, x):
-        return x + dts[i] * v(x, i, i, y)
+        return _axpy(dts[i], v(x, i, i, y), x)
 
     def heun(i, x):
         d_cur = v(x, i, i, y)
-        x_pred = x + dts[i] * d_cur
-        return x + dts[i] * 0.5 * (d_cur + v(x_pred, i, i + 1, y))  # guidance decided at t_cur
+        x_pred = _axpy(dts[i], d_cur, x)
+        d_next = v(x_pred, i, i + 1, y)  # guidance decided at t_cur
+        return jax.tree.map(lambda xi, a, b_: xi + dts[i] * 0.5 * (a + b_), x, d_cur, d_next)
 
     if method == "euler":
         return jax.lax.fori_loop(0, num_steps, euler, x1)
@@ -121,22 +136,26 @@ def sde(velocity_fn: VelocityFn, x1: jax.Array, y: jax.Array, num_steps: int, rn
     if num_steps < 2:
         raise ValueError(f"sampler.num_steps={num_steps}: the SDE sampler needs at least 2 steps")
     grid = np.concatenate([np.linspace(1.0, t_last, num_steps), np.zeros(1)])
-    b = x1.shape[0]
+    b = _batch(x1)
     ts, dts, v = _stepper(velocity_fn, grid, b)
 
     def drift(x, i):
-        vel = v(x, i, i, y)
-        return vel - 0.5 * (2.0 * ts[i]) * interpolants.score_from_velocity(path, vel, x, jnp.full((b,), ts[i]))
+        t = jnp.full((b,), ts[i])
+        return jax.tree.map(lambda vel, xi: vel - 0.5 * (2.0 * ts[i]) * interpolants.score_from_velocity(path, vel, xi, t),
+                            v(x, i, i, y), x)
 
     def step(i, carry):
         x, key = carry
         key, sub = jax.random.split(key)
-        noise = jax.random.normal(sub, x.shape, x.dtype)
-        x = x + drift(x, i) * dts[i] + jnp.sqrt(2.0 * ts[i]) * jnp.sqrt(jnp.abs(dts[i])) * noise
+        leaves, tree = jax.tree.flatten(x)
+        subs = [sub] if len(leaves) == 1 else list(jax.random.split(sub, len(leaves)))  # one array: as before
+        noise = tree.unflatten([jax.random.normal(k, a.shape, a.dtype) for k, a in zip(subs, leaves)])
+        scale = jnp.sqrt(2.0 * ts[i]) * jnp.sqrt(jnp.abs(dts[i]))
+        x = jax.tree.map(lambda xi, d, n: xi + d * dts[i] + scale * n, x, drift(x, i), noise)
         return x, key
 
     x, _ = jax.lax.fori_loop(0, num_steps - 1, step, (x1, rng))
-    return x + dts[num_steps - 1] * drift(x, num_steps - 1)
+    return _axpy(dts[num_steps - 1], drift(x, num_steps - 1), x)
 
 
 def sample(velocity_fn: VelocityFn, x1: jax.Array, y: jax.Array, *, method: str, num_steps: int,

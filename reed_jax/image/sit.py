@@ -141,10 +141,14 @@ class LabelEmbedder(nn.Module):
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention. With `logit_heads` > 0 it also returns the pre-softmax attention
+    logits `q k^T / sqrt(head_dim)` of its first `logit_heads` heads, [B, logit_heads, N, N] float32
+    (HASTE's attention alignment), computed beside the fused attention and differentiable."""
     hidden: int
     heads: int
     dtype: Any = jnp.float32
     implementation: str | None = None  # jax.nn.dot_product_attention: None (auto), 'xla', 'cudnn'
+    logit_heads: int = 0
 
     @nn.compact
     def __call__(self, x):
@@ -153,7 +157,12 @@ class Attention(nn.Module):
         qkv = qkv.reshape(b, n, 3, self.heads, d // self.heads)  # reference order: (3, heads, head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)  # [B, N, heads, head_dim]
-        return dense(d, ("heads", "embed"), xavier, self.dtype, name="proj")(out.reshape(b, n, d))
+        out = dense(d, ("heads", "embed"), xavier, self.dtype, name="proj")(out.reshape(b, n, d))
+        if not self.logit_heads:
+            return out
+        h = self.logit_heads
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q[:, :, :h].astype(jnp.float32), k[:, :, :h].astype(jnp.float32))
+        return out, logits / math.sqrt(d // self.heads)
 
 
 class Mlp(nn.Module):
@@ -169,35 +178,60 @@ class Mlp(nn.Module):
 
 
 class SiTBlock(nn.Module):
+    """adaLN-Zero block; with `logit_heads` > 0 returns (x, attention logits [B, logit_heads, N, N])."""
     hidden: int
     heads: int
     mlp_ratio: float = 4.0
     dtype: Any = jnp.float32
     attention: str | None = None
+    logit_heads: int = 0
 
     @nn.compact
     def __call__(self, x, c):
         mod = dense(6 * self.hidden, ("embed", "adaln"), zeros, self.dtype, name="adaLN_modulation")(nn.silu(c))
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
         h = modulate(layer_norm()(x), shift_msa, scale_msa)
-        x = x + gate_msa[:, None] * Attention(self.hidden, self.heads, self.dtype, self.attention, name="attn")(h)
+        a = Attention(self.hidden, self.heads, self.dtype, self.attention, self.logit_heads, name="attn")(h)
+        a, logits = a if self.logit_heads else (a, None)
+        x = x + gate_msa[:, None] * a
         h = modulate(layer_norm()(x), shift_mlp, scale_mlp)
         x = x + gate_mlp[:, None] * Mlp(self.hidden, self.mlp_ratio, self.dtype, name="mlp")(h)
-        return x
+        return (x, logits) if self.logit_heads else x
 
 
 class _ScanBody(SiTBlock):
-    """SiTBlock with the (carry, output) signature nn.scan expects."""
+    """SiTBlock with the (carry, output) signature nn.scan expects (the attention logits, if any, as output)."""
 
     def __call__(self, x, c):
-        return super().__call__(x, c), None
+        out = super().__call__(x, c)
+        return out if self.logit_heads else (out, None)
 
 
 def block_segments(depth: int, targets: Sequence[Target] = ()) -> list[tuple[int, int]]:
     """Runs of blocks `[start, end)` (0-based) between tap points; with `scan`, each run is one
-    nn.scan whose params are stacked on a leading axis, so every tap output stays available."""
-    cuts = sorted({0, depth} | {tap_depth(s) for s in targets})
+    nn.scan whose params are stacked on a leading axis, so every tap output stays available. A block
+    whose attention is aligned (kind='attention', tap 'block<N>') is a run of its own."""
+    cuts = {0, depth} | {tap_depth(s) for s in targets}
+    cuts |= {tap_depth(s) - 1 for s in targets if s.kind == "attention"}
+    cuts = sorted(cuts)
     return list(zip(cuts[:-1], cuts[1:]))
+
+
+def attention_heads(targets: Sequence[Target]) -> dict[int, int]:
+    """{block N (1-based): heads whose attention logits it must return} of the attention targets."""
+    out: dict[int, int] = {}
+    for s in targets:
+        if s.kind == "attention":
+            out[tap_depth(s)] = max(out.get(tap_depth(s), 0), s.heads)
+    return out
+
+
+def entangled(targets: Sequence[Target]) -> Target | None:
+    """REG's class-token target (entangle > 0), or None."""
+    found = [s for s in targets if s.entangle > 0]
+    if len(found) > 1:
+        raise ValueError(f"targets {[s.name for s in found]}: only one target can be REG's input token (entangle > 0)")
+    return found[0] if found else None
 
 
 def segment_name(start: int, end: int) -> str:
@@ -223,16 +257,23 @@ def unstack_blocks(params: Mapping[str, Any], segments: Sequence[tuple[int, int]
 
 
 class FinalLayer(nn.Module):
+    """adaLN + linear to the patch outputs. With `cls_dim` > 0 (REG) token 0 is the class token: the
+    patches [B, T-1, out_dim] come from tokens 1.. and its velocity [B, cls_dim] from `linear_cls`
+    (zero-initialised, as `linear`) on token 0; returns (patches, class velocity)."""
     hidden: int
     out_dim: int
     dtype: Any = jnp.float32
+    cls_dim: int = 0
 
     @nn.compact
     def __call__(self, x, c):
         mod = dense(2 * self.hidden, ("embed", "adaln"), zeros, self.dtype, name="adaLN_modulation")(nn.silu(c))
         shift, scale = jnp.split(mod, 2, axis=-1)
         x = modulate(layer_norm()(x), shift, scale)
-        return dense(self.out_dim, ("embed", "patch"), zeros, self.dtype, name="linear")(x)
+        if not self.cls_dim:
+            return dense(self.out_dim, ("embed", "patch"), zeros, self.dtype, name="linear")(x)
+        patches = dense(self.out_dim, ("embed", "patch"), zeros, self.dtype, name="linear")(x[:, 1:])
+        return patches, dense(self.cls_dim, ("embed", "target"), zeros, self.dtype, name="linear_cls")(x[:, 0])
 
 
 class SiT(nn.Module):
@@ -269,21 +310,29 @@ class SiT(nn.Module):
             raise ValueError(f"model.remat={self.remat!r} is not one of {tuple(REMAT_POLICIES)}")
         args = (self.hidden, self.heads, self.mlp_ratio, self.dtype, self.attention)
         policy = REMAT_POLICIES[self.remat]
+        heads = attention_heads(self.targets)  # block (1-based) -> heads whose attention logits it returns
+        for spec in self.targets:
+            if spec.kind == "attention" and not 1 <= spec.heads <= self.heads:
+                raise ValueError(f"targets.{spec.name}.heads={spec.heads}: the model has {self.heads} heads")
         if self.scan:
             body = _ScanBody if self.remat == "none" else nn.remat(_ScanBody, policy=policy, prevent_cse=False)
             self.segments = block_segments(self.depth, self.targets)
             self.blocks = [nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
                                    in_axes=nn.broadcast, length=b - a, metadata_params={nn.PARTITION_NAME: "layers"}
-                                   )(*args, name=segment_name(a, b))
+                                   )(*args, heads.get(b, 0) if b - a == 1 else 0, name=segment_name(a, b))
                            for a, b in self.segments]
         else:
             block = SiTBlock if self.remat == "none" else nn.remat(SiTBlock, policy=policy)
             self.segments = [(i, i + 1) for i in range(self.depth)]
-            self.blocks = [block(*args, name=f"blocks_{i}") for i in range(self.depth)]
-        self.final_layer = FinalLayer(self.hidden, p * p * self.in_channels, self.dtype)
+            self.blocks = [block(*args, heads.get(i + 1, 0), name=f"blocks_{i}") for i in range(self.depth)]
+        reg = entangled(self.targets)
+        if reg is not None:  # REG's class token in: Linear (xavier, zero bias) + LayerNorm, as the reference
+            self.cls_embedder = dense(self.hidden, ("target", "embed"), xavier, self.dtype, name="cls_embedder")
+            self.cls_norm = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="cls_norm")
+        self.final_layer = FinalLayer(self.hidden, p * p * self.in_channels, self.dtype, reg.dim if reg else 0)
         self.projectors = {s.name: (ConvProjector(s.dim, name=f"projectors_{s.name}") if s.projector == "conv" else
                                     Projector(s.proj_width or self.projector_width, s.dim, name=f"projectors_{s.name}"))
-                           for s in self.targets}
+                           for s in self.targets if s.kind == "features"}
 
     @property
     def grid_size(self) -> int:
@@ -295,27 +344,59 @@ class SiT(nn.Module):
         x = x.reshape(b, g, g, p, p, c).transpose(0, 1, 3, 2, 4, 5)
         return x.reshape(b, g * p, g * p, c)
 
-    def __call__(self, x, t, y, train: bool = False, with_projectors: bool = True):
-        """x: [B, H, W, C], t: [B] in [0, 1], y: [B] int -> (velocity [B, H, W, C], {name: features})."""
+    def __call__(self, x, t, y, train: bool = False, with_projectors: bool = True, cls=None):
+        """x: [B, H, W, C], t: [B] in [0, 1], y: [B] int -> (velocity [B, H, W, C], {name: features}).
+
+        Attention targets get their tap block's attention logits [B, heads, T, T] (patch tokens only).
+        REG (a target with entangle > 0): `cls` [B, E] is the noisy class token, prepended as token 0
+        with no position embedding; the velocity is then (patch velocity [B, H, W, C], class-token
+        velocity [B, E]), token targets see the patch tokens, and the entangled target token 0."""
         h = self.x_embedder(x.astype(self.dtype))
         b = h.shape[0]
         h = h.reshape(b, -1, self.hidden) + jnp.asarray(sincos_2d(self.hidden, self.grid_size), self.dtype)
         c = self.t_embedder(t) + self.y_embedder(y, train)
-        taps = {}
+        reg = entangled(self.targets)
+        if reg is not None:
+            if cls is None or cls.shape != (b, reg.dim):
+                raise ValueError(f"REG (targets.{reg.name}.entangle={reg.entangle}): the model needs the noisy class "
+                                 f"token cls [{b}, {reg.dim}], got {None if cls is None else cls.shape}")
+            e = self.cls_norm(self.cls_embedder(cls.astype(self.dtype)))
+            h = jnp.concatenate([e[:, None], h], axis=1)
+        first = 1 if reg is not None else 0  # the patch tokens start here
+        taps, logits = {}, {}
         for (_, end), block in zip(self.segments, self.blocks):
             h = block(h, c)
             if self.scan:
-                h = h[0]
+                h, out = h
+                if out is not None:
+                    logits[end] = out[0]  # a run of one block: its stacked output
+            elif isinstance(h, tuple):
+                h, logits[end] = h
             taps[end] = h
         feats = {}
         if with_projectors:
             for spec in self.targets:
-                tap = taps[tap_depth(spec)].astype(jnp.float32)
+                n = tap_depth(spec)
+                if spec.kind == "attention":
+                    feats[spec.name] = logits[n][:, :spec.heads, first:, first:]
+                    continue
+                tap = taps[n].astype(jnp.float32)
                 if spec.pooled:
-                    tap = tap.mean(axis=1)
+                    tap = tap[:, 0] if reg is not None and spec.name == reg.name else tap[:, first:].mean(axis=1)
+                else:
+                    tap = tap[:, first:]
                 feats[spec.name] = self.projectors[spec.name](tap)
-        out = self.unpatchify(self.final_layer(h, c))
-        return out.astype(jnp.float32), feats
+        out = self.final_layer(h, c)
+        if reg is not None:
+            patches, v_cls = out
+            return (self.unpatchify(patches).astype(jnp.float32), v_cls.astype(jnp.float32)), feats
+        return self.unpatchify(out).astype(jnp.float32), feats
+
+
+def class_token_input(model: SiT, batch: int):
+    """{'cls': zeros [batch, E]} for a REG model (its forward needs the class token), else {}."""
+    reg = entangled(model.targets)
+    return {"cls": jnp.zeros((batch, reg.dim))} if reg is not None else {}
 
 
 def _example_inputs(model: SiT):
@@ -328,12 +409,13 @@ def init_params(model: SiT, rng: jax.Array, inputs=None, **kw) -> dict:
     optional (x, t, y) to init with (default: one zero example)."""
     x, t, y = inputs if inputs is not None else _example_inputs(model)
     rngs = {"params": rng, "label_dropout": jax.random.fold_in(rng, 1)}
-    return nn.unbox(model.init(rngs, x, t, y, **kw)["params"])
+    return nn.unbox(model.init(rngs, x, t, y, **class_token_input(model, x.shape[0]), **kw)["params"])
 
 
 def logical_specs(model: SiT) -> dict:
     """The logical axis names of every param: a tree like the params of PartitionSpecs."""
-    boxed = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)}, *_example_inputs(model))["params"])
+    boxed = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)}, *_example_inputs(model),
+                                              **class_token_input(model, 1))["params"])
     return nn.get_partition_spec(boxed)
 
 

@@ -28,7 +28,8 @@ def init_params(config, model, rng: jax.Array):
     """Params from `rng` alone (the init's label-dropout draw does not touch them)."""
     x = jnp.zeros((1,) + tuple(config.data.image_shape))
     return flax.linen.unbox(model.init({"params": rng, "label_dropout": jax.random.fold_in(rng, 1)}, x, jnp.zeros((1,)),
-                                       jnp.zeros((1,), jnp.int32), train=True)["params"])
+                                       jnp.zeros((1,), jnp.int32), train=True,
+                                       **sit_lib.class_token_input(model, 1))["params"])
 
 
 def logical_specs(model):
@@ -40,26 +41,50 @@ def signature(config) -> dict:
     return {"model": [m.depth, m.hidden, m.heads, m.patch_size, m.mlp_ratio, m.projector_width],
             "scan": bool(m.scan),  # the param layout: per-block or stacked runs
             "data_shape": list(config.data.image_shape), "num_classes": config.data.num_classes,
+            # (the projector, kind and entangle weight only when not the defaults: older checkpoints keep theirs)
             "targets": {t.name: [sit_lib.tap_depth(t), t.pooled, t.dim] + ([t.projector] if t.projector != "mlp" else [])
-                        for t in targets.from_config(config)}}  # (the projector only when not the MLP: older checkpoints)
+                        + ([t.kind, t.heads] if t.kind != "features" else []) + ([t.entangle] if t.entangle else [])
+                        for t in targets.from_config(config)}}
 
 
 def losses(config, model, params, batch, rng):
-    """Per-sample velocity MSE [B], alignment losses {name: [B]} and t [B] (1 = pure noise)."""
+    """Per-sample velocity MSE [B], alignment losses {name: [B]} and t [B] (1 = pure noise).
+
+    REG (a target with entangle > 0): its clean vector is noised with the same t and its own noise,
+    fed to the model as the class token, and `entangle x` its velocity MSE is added to the
+    per-sample generative loss (REG: loss = MSE + 0.03 MSE_cls). HASTE (kind='attention'): the
+    cross-entropy of the tap block's attention rows against the teacher's maps (stored, computed
+    online, or encoder='affinity': from the `affinity_of` target's tokens)."""
     k_x0, k_t, k_eps, k_drop = jax.random.split(rng, 4)
-    d = config.data
+    d, path = config.data, config.diffusion.path
     x0 = batch["image"] if d.kind == "pixels" else interpolants.x0_from_moments(k_x0, batch["moments"], d.latent_scale)
-    t = interpolants.sample_time(config.diffusion.time_sampler, k_t, x0.shape[0], config.diffusion.path)
+    t = interpolants.sample_time(config.diffusion.time_sampler, k_t, x0.shape[0], path)
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
-    xt, v = interpolants.interpolate(config.diffusion.path, x0, eps, t)
-    pred, feats = model.apply({"params": params}, xt, t, batch["label"], train=True, rngs={"label_dropout": k_drop})
+    xt, v = interpolants.interpolate(path, x0, eps, t)
+    reg = sit_lib.entangled(model.targets)
+    extra = {}
+    if reg is not None:
+        c0 = batch[records.TARGET_PREFIX + reg.name].astype(jnp.float32)
+        c_t, v_cls = interpolants.interpolate(path, c0, jax.random.normal(jax.random.fold_in(rng, 5), c0.shape), t)
+        extra["cls"] = c_t
+    pred, feats = model.apply({"params": params}, xt, t, batch["label"], train=True, rngs={"label_dropout": k_drop},
+                              **extra)
+    gen = objective.mse_per_sample(pred[0] if reg is not None else pred, v)
+    if reg is not None:
+        gen = gen + reg.entangle * objective.mse_per_sample(pred[1], v_cls)
     align = {}
     for n in feats:
+        spec = config.targets[n]
+        if spec.kind == "attention":
+            teacher = (objective.affinity(batch[records.TARGET_PREFIX + spec.affinity_of]) if spec.affinity_of
+                       else batch[records.TARGET_PREFIX + n])
+            align[n] = objective.attention_loss(feats[n], teacher)
+            continue
         target = batch[records.TARGET_PREFIX + n]
-        if config.targets[n].get("spatial_norm", False):  # iREPA
+        if spec.get("spatial_norm", False):  # iREPA
             target = objective.spatial_normalize(target)
         align[n] = objective.alignment_loss(feats[n], target)
-    return objective.mse_per_sample(pred, v), align, t
+    return gen, align, t
 
 # ----------------------------------------------------------------------------- data
 

@@ -145,10 +145,21 @@ def test_local_multihost_dry_run():
 
 # ----------------------------------------------------------------------------- real processes
 
-def test_two_processes_train_like_one_and_checkpoints_cross_process_counts(digits_shards, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    rc, out = launch(1, 4, one, digits_shards, 4)
+@pytest.fixture(scope="module")
+def one_process_run(digits_shards, tmp_path_factory):
+    """1 process x 4 devices, 4 steps: the run both real-process comparisons start from, trained
+    once (tests copy its workdir before changing it)."""
+    wd = tmp_path_factory.mktemp("one_process") / "w"
+    rc, out = launch(1, 4, wd, digits_shards, 4)
     assert rc == 0, out
+    return wd
+
+
+def test_two_processes_train_like_one_and_checkpoints_cross_process_counts(digits_shards, one_process_run, tmp_path):
+    import shutil
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    shutil.copytree(one_process_run, one)
     rc, out = launch(2, 2, two, digits_shards, 4)
     assert rc == 0, out
     c = config(digits_shards, 4)
@@ -222,7 +233,7 @@ def test_signal_to_one_process_stops_all_at_one_step_and_a_kill_resumes(digits_s
     assert checkpoint.manager(str(wd)).latest_step() == last + 2
 
 
-def test_evaluation_with_two_processes_matches_one(digits_shards, tmp_path):
+def test_evaluation_with_two_processes_matches_one(digits_shards, one_process_run, tmp_path):
     """--mode=evaluate on 2 processes x 2 devices writes the same samples.npz and FID/sFID/IS/P&R
     as 1 process x 4 devices (same seeds); process 0 writes the batch files, all score them."""
     import shutil
@@ -233,9 +244,8 @@ def test_evaluation_with_two_processes_matches_one(digits_shards, tmp_path):
     fid_eval.save_inception_params(inception.init_params(0, size=75), inc)
     fid_eval.write_reference(fid_eval.to_rgb_uint8(digits.load()[0][:32]), ref,
                              fid_eval.Extractor(fid_eval.load_inception_params(inc), batch_size=8, size=75))
-    rc, out = launch(1, 4, tmp_path / "one", digits_shards, 2)
-    assert rc == 0, out
-    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    shutil.copytree(one_process_run, tmp_path / "one")  # its step-4 checkpoint, evaluated by both
+    shutil.copytree(one_process_run, tmp_path / "two")
     flags = dict(inception_path=inc, reference=ref, fid_samples=16, fid_batch_size=8, inception_batch_size=8,
                  inception_size=75, save_npz=True, frechet_method="eigh")
     env = {"MODE": "evaluate"}
@@ -243,7 +253,7 @@ def test_evaluation_with_two_processes_matches_one(digits_shards, tmp_path):
     results = {}
     for n, devices, wd in ((1, 4, tmp_path / "one"), (2, 2, tmp_path / "two")):
         cmd = ["bash", SCRIPT, str(n), "configs/demo.py:reed", str(wd), f"--config.data.dir={digits_shards}",
-               *[f"--config.{k}={v}" for k, v in dict(OVERRIDES, **{"train.steps": 2}).items()], *extra]
+               *[f"--config.{k}={v}" for k, v in dict(OVERRIDES, **{"train.steps": 4}).items()], *extra]
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
                            env=dict(os.environ, PYTHON=sys.executable, LOCAL_DEVICES=str(devices), **env))
         assert r.returncode == 0, (r.stderr, logs(wd))

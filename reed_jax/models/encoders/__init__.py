@@ -14,7 +14,9 @@
 - `qm9_property`: the molecule track's stand-in 3D encoder, trained here once on QM9's DFT
   properties and cached (reed_jax/molecule/encoder.py), its pooled vector the target;
 - `ani1x`: the molecule track's pretrained ANI-1x potential (reed_jax/molecule/ani.py, weights from
-  the torchani 2.2.4 wheel), a hidden layer's atom features averaged over atoms the target.
+  the torchani 2.2.4 wheel), a hidden layer's atom features averaged over atoms the target;
+- `affinity`: no encoder: an attention target (HASTE) whose teacher map is the softmax of the cosine
+  affinities between another target's tokens (`affinity_of`), for teachers without attention.
 
 Adding an image encoder is one module: define a builder, decorate it with `@register('<name>')`,
 and list the module in `_MODULES`.
@@ -33,6 +35,7 @@ import orbax.checkpoint as ocp
 
 EXTERNAL, DIGITS, PROTEIN_TEACHER, MOLECULE_STANDIN = "external", "digits", "proteinmpnn", "qm9_property"
 MOLECULE_ANI = "ani1x"
+AFFINITY = "affinity"  # no encoder: an attention target's teacher map from another target's tokens
 _MODULES = ("dinov2", "efficientnet")  # modules of this package that register image encoders
 _BUILDERS: dict[str, Callable] = {}
 
@@ -63,7 +66,7 @@ def image_encoders() -> tuple[str, ...]:
 
 
 def names() -> tuple[str, ...]:
-    return image_encoders() + (EXTERNAL, DIGITS, PROTEIN_TEACHER, MOLECULE_STANDIN, MOLECULE_ANI)
+    return image_encoders() + (EXTERNAL, DIGITS, PROTEIN_TEACHER, MOLECULE_STANDIN, MOLECULE_ANI, AFFINITY)
 
 
 def build(target_name: str, target, config) -> FrozenEncoder:

@@ -37,32 +37,41 @@ def preprocess(images_uint8, out_size: int = 224):
 
 
 class Block(nn.Module):
+    """With `logits`, returns (x, this block's attention logits [B, heads, N, N])."""
     hidden: int
     heads: int
     mlp_ratio: float = 4.0
     swiglu: bool = False
     eps: float = 1e-6
+    logits: bool = False
 
     @nn.compact
     def __call__(self, x):
         b, n, d = x.shape
         h = nn.LayerNorm(self.eps, name="norm1")(x)
-        h = Attention(self.heads, name="attn")(h)
+        h = Attention(self.heads, self.logits, name="attn")(h)
+        h, logits = h if self.logits else (h, None)
         x = x + h * self.param("ls1", nn.initializers.ones, (d,))
         h = nn.LayerNorm(self.eps, name="norm2")(x)
         h = Mlp(self.mlp_ratio, self.swiglu, name="mlp")(h)
-        return x + h * self.param("ls2", nn.initializers.ones, (d,))
+        x = x + h * self.param("ls2", nn.initializers.ones, (d,))
+        return (x, logits) if self.logits else x
 
 
 class Attention(nn.Module):
+    """With `logits`, also returns the pre-softmax attention `q k^T / sqrt(head_dim)` [B, heads, N, N]."""
     heads: int
+    logits: bool = False
 
     @nn.compact
     def __call__(self, x):
         b, n, d = x.shape
         qkv = nn.Dense(3 * d, name="qkv")(x).reshape(b, n, 3, self.heads, d // self.heads)
         out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
-        return nn.Dense(d, name="proj")(out.reshape(b, n, d))
+        out = nn.Dense(d, name="proj")(out.reshape(b, n, d))
+        if not self.logits:
+            return out
+        return out, jnp.einsum("bqhd,bkhd->bhqk", qkv[:, :, 0], qkv[:, :, 1]) / np.sqrt(d // self.heads)
 
 
 class Mlp(nn.Module):
@@ -91,6 +100,7 @@ class DinoV2(nn.Module):
     pos_grid: int = 37
     interpolate_offset: float = 0.1
     interpolate_antialias: bool = False
+    attention_layer: int = 0  # > 0: also return block `attention_layer`'s (1-based) logits as 'attn_logits'
 
     def pos_embedding(self, pos, gh: int, gw: int):
         """[1, 1 + M*M, D] -> [1, 1 + gh*gw, D] as the hub's interpolate_pos_encoding."""
@@ -120,10 +130,23 @@ class DinoV2(nn.Module):
         if self.registers:
             reg = self.param("register_tokens", nn.initializers.normal(1e-6), (1, self.registers, d))
             x = jnp.concatenate([x[:, :1], jnp.broadcast_to(reg, (b, self.registers, d)), x[:, 1:]], axis=1)
+        extra = {}
         for i in range(self.depth):
-            x = Block(d, self.heads, self.mlp_ratio, self.swiglu, name=f"blocks_{i}")(x)
+            x = Block(d, self.heads, self.mlp_ratio, self.swiglu, logits=i + 1 == self.attention_layer,
+                      name=f"blocks_{i}")(x)
+            if i + 1 == self.attention_layer:
+                x, extra["attn_logits"] = x
         out = nn.LayerNorm(1e-6, name="norm")(x)
-        return {"x_norm_clstoken": out[:, 0], "x_norm_patchtokens": out[:, 1 + self.registers:], "x_prenorm": x}
+        return {"x_norm_clstoken": out[:, 0], "x_norm_patchtokens": out[:, 1 + self.registers:], "x_prenorm": x,
+                **extra}
+
+
+def patch_attention(logits: jax.Array, heads: int, registers: int = 0) -> jax.Array:
+    """HASTE's teacher maps from DINOv2 attention logits [B, H, 1 + R + N, 1 + R + N]: the first `heads`
+    heads, the CLS (and register) rows and columns removed, softmax over the N patch keys (so each
+    row is re-normalised over patches) -> [B, heads, N, N] float32."""
+    p = 1 + registers
+    return jax.nn.softmax(logits[:, :heads, p:, p:].astype(jnp.float32), axis=-1)
 
 
 def build(size: str, registers: bool = False, **overrides) -> DinoV2:
@@ -156,9 +179,22 @@ def _builder(size: str | None, registers: bool):
             # REPA/REED (load_encoders): timm's resample_abs_pos_embed of the 37x37 grid to the patch grid at
             # load (bicubic, antialias=True, to the size), so the forward never interpolates again
             kw.update(interpolate_offset=0.0, interpolate_antialias=True)
+        res = config.precompute.dinov2_size
+        if target.get("kind", "features") == "attention":  # HASTE: block `encoder_layer`'s maps over patch keys
+            layer = int(target.encoder_layer)
+            if not 1 <= layer <= kw["depth"] or not 1 <= target.heads <= kw["heads"]:
+                raise ValueError(f"targets.{target_name}: encoder_layer={layer}, heads={target.heads} but the DINOv2 "
+                                 f"in {target.weights!r} has {kw['depth']} blocks of {kw['heads']} heads")
+            kw["attention_layer"] = layer
+            model, params = DinoV2(**kw), convert.from_torch_hub(hub)
+
+            def attention(p, images):
+                logits = model.apply({"params": p}, preprocess(images, res))["attn_logits"]
+                return patch_attention(logits, target.heads, kw.get("registers", 0))
+            n = (res // kw.get("patch", 14)) ** 2
+            return FrozenEncoder(target.encoder, attention, params, n)  # dim: the N keys of each map row
         model, params = DinoV2(**kw), convert.from_torch_hub(hub)
         output = "x_norm_clstoken" if target.pooled else "x_norm_patchtokens"
-        res = config.precompute.dinov2_size
 
         def apply(p, images):
             return model.apply({"params": p}, preprocess(images, res))[output]

@@ -270,9 +270,12 @@ GUIDANCE_PRESETS = {
     "reed": (1.275, 0.0, 1.0),  # REED's FID 1.80 (REED image/README.md: --cfg-scale=1.275, whole interval)
     "repa": (1.8, 0.0, 0.7),    # REPA's FID 1.42 (REPA README: --cfg-scale=1.8 --guidance-high=0.7)
     "none": (1.0, 0.0, 1.0),    # no guidance: the papers' CFG-free numbers (REED's FID 8.2 at 300K steps)
+    "reg": (2.3, 0.0, 0.85),    # REG's FID 1.36 (REG eval.sh: --cfg-scale=2.3 --cls-cfg-scale=2.3 --guidance-high=0.85)
+    "haste": (1.65, 0.0, 0.72),  # HASTE's README (scripts/test.sh): --cfg-scale=1.65 --guidance-high=0.72
 }
 RESOLUTIONS = (256, 512)
-VARIANT_GUIDANCE = {"reed": "reed", "repa": "repa", "sit": "none"}  # each variant's published evaluation
+VARIANT_GUIDANCE = {"reed": "reed", "repa": "repa", "sit": "none", "reg": "reg", "haste": "haste"}  # published evals
+IMAGENET_VARIANTS = tuple(VARIANT_GUIDANCE)
 
 # Tap depths of the DINOv2 (token) and VLM (pooled) targets per SiT size. XL/L: 8 and 16 as
 # published; B and S (12 blocks): DINOv2 at 4 as published for B, the VLM target at 8 (our choice: the
@@ -289,6 +292,15 @@ def imagenet_config(size: str, variant: str, root: str = "/data/reed", guidance:
 
     sit: no targets. repa: DINOv2-B/14 patch tokens (256 x 768), coefficient 1.0, w_align 0.5.
     reed: + the VLM embedding (3584, pooled) with coefficient 0.5 and w_gen = min(step/50K, 1).
+    reg (REG, Wu et al. 2025; Martinser/REG train.sh): repa + DINOv2's CLS token (768) as a noised
+    input token, its velocity loss weighted 0.03; REPA's loss averaged over the 256 patch tokens and
+    the class-token slot (coefficients 256/257 and 1/257; REG shares one projector over the 257, we
+    give the slot its own), 4M steps; CFG 2.3 on [0, 0.85] for both the image and the class token.
+    haste (HASTE, Wang et al. 2025; NUS-HPC-AI-Lab/HASTE run.sh): repa + attention alignment of the
+    4 blocks up to the feature tap (XL: 5-8) to DINOv2-B's last 4 blocks (9-12), 12 heads head for
+    head, cross-entropy weighted 0.5 over the 4 pairs (0.25 each at w_align 0.5), every alignment term
+    off at step 250K; DINOv2 runs in the step (encoder.mode='online': storing its maps would take
+    1.5 MiB per image); CFG 1.65 on [0, 0.72]; 2.5M steps (its CFG checkpoint).
     guidance: the evaluation's CFG, a GUIDANCE_PRESETS name; '' = the variant's published result
     (reed: CFG 1.275 on the whole interval; repa: 1.8 on [0, 0.7]; sit: none); 'none' = no CFG.
 
@@ -306,8 +318,8 @@ def imagenet_config(size: str, variant: str, root: str = "/data/reed", guidance:
     tokenizer: a reed_jax.image.latents name; its latent shape, scale and weight files (encoder and
     decoder both its own but for SD-VAE), and patch size 2 for f8 or 1 for f16 (256 tokens at 256).
     """
-    if variant not in ("sit", "repa", "reed"):
-        raise config_lib.ConfigError(f"imagenet config: unknown variant {variant!r}; expected sit, repa or reed")
+    if variant not in IMAGENET_VARIANTS:
+        raise config_lib.ConfigError(f"imagenet config: unknown variant {variant!r}; expected one of {IMAGENET_VARIANTS}")
     guidance = guidance or VARIANT_GUIDANCE[variant]
     if guidance not in GUIDANCE_PRESETS:
         raise config_lib.ConfigError(f"imagenet config: unknown guidance preset {guidance!r}; expected one of "
@@ -330,17 +342,29 @@ def imagenet_config(size: str, variant: str, root: str = "/data/reed", guidance:
                                  f"/eval/VIRTUAL_imagenet{resolution}.npz"))
     c.model = sit_model(f"{size}/{max(1, 16 // tok.factor)}")
     c.optim.update(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0, ema_decay=0.9999)
-    c.train.update(batch_size=256, steps=1_000_000 if variant == "reed" else 4_000_000, log_every=100,
+    c.train.update(batch_size=256, steps={"reed": 1_000_000, "haste": 2_500_000}.get(variant, 4_000_000), log_every=100,
                    eval_every=50_000, checkpoint_every=10_000, keep_checkpoints=3)
     if resolution == 512:
         c.train.steps = 400_000  # REPA's 512 command runs train.py's default --max-train-steps
     c.sample.update(method="sde", num_steps=250, cfg_scale=cfg_scale, guidance_lo=guidance_lo,
                     guidance_hi=guidance_hi, batch_size=256, grid_classes=8, grid_per_class=8)
     dino_depth, vlm_depth = IMAGENET_TAPS[size]
-    if variant in ("repa", "reed"):
+    if variant != "sit":
         c.targets.dinov2 = targets.make(tap=f"block{dino_depth}", pooled=False, dim=768, coeff=1.0, encoder="dinov2_vitb14",
                                    weights=r + "/weights/dinov2_vitb14.pth", dtype="bfloat16")
         c.curriculum.align.coeff = 0.5
+    n = token_count(c)
+    if variant == "reg":
+        c.targets.dinov2.coeff = n / (n + 1)
+        c.targets.dinov2_cls = targets.make(tap=f"block{dino_depth}", pooled=True, dim=768, coeff=1 / (n + 1),
+                                            entangle=0.03, encoder="dinov2_vitb14", weights=c.targets.dinov2.weights)
+    if variant == "haste":
+        for i in range(4):  # SiT blocks dino_depth-3 .. dino_depth <- DINOv2-B blocks 9 .. 12
+            c.targets[f"dinov2_attn{dino_depth - 3 + i}"] = targets.make(
+                tap=f"block{dino_depth - 3 + i}", kind="attention", heads=min(12, c.model.heads), dim=n, coeff=0.25,
+                encoder="dinov2_vitb14", encoder_layer=9 + i, weights=c.targets.dinov2.weights)
+        c.curriculum.align.stop_step = 250_000
+        c.encoder.mode = "online"
     if variant == "reed":
         c.targets.vlm = targets.make(tap=f"block{vlm_depth}", pooled=True, dim=3584, coeff=0.5, encoder="external",
                                 source=r + "/embeddings/qwen2vl7b_l15")

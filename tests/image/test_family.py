@@ -220,3 +220,32 @@ def test_reg_sampling_generates_the_class_token_jointly():
     cut = dict(params, cls_embedder=jax.tree.map(jnp.zeros_like, params["cls_embedder"]),
                cls_norm=jax.tree.map(jnp.zeros_like, params["cls_norm"]))
     assert float(jnp.abs(fn(cut, jax.random.PRNGKey(0), jnp.arange(4)) - out).max()) > 1e-4
+
+
+def test_imagenet_reg_and_haste_presets_trace_at_xl():
+    """The published SiT-XL/2 settings: REG's class token and HASTE's 4 attention pairs (12 of 16
+    heads, 256 x 256 maps) go through the model and the losses (traced, no memory)."""
+    from conftest import load_config
+
+    from reed_jax.image import config as image_config
+
+    b = 2
+    for name in ("imagenet_sit_xl_2_reg", "imagenet_sit_xl_2_haste"):
+        c = load_config(name)
+        image_config.validate(c, 1)
+        model = train.build_model(c)
+        shapes = image_config.target_shapes(c)
+        batch = {"moments": jax.ShapeDtypeStruct((b, 32, 32, 8), jnp.float32),
+                 "label": jax.ShapeDtypeStruct((b,), jnp.int32),
+                 **{f"target/{k}": jax.ShapeDtypeStruct((b,) + v, jnp.float32) for k, v in shapes.items()}}
+        params = jax.eval_shape(lambda: image_track.init_params(c, model, jax.random.PRNGKey(0)))
+        gen, align, _ = jax.eval_shape(lambda p, x: image_track.losses(c, model, p, x, jax.random.PRNGKey(1)),
+                                       params, batch)
+        assert gen.shape == (b,) and all(v.shape == (b,) for v in align.values())
+        if name.endswith("reg"):
+            assert params["cls_embedder"]["kernel"].shape == (768, 1152) and set(align) == {"dinov2", "dinov2_cls"}
+            assert c.targets.dinov2.coeff == pytest.approx(256 / 257) and c.sample.cfg_scale == 2.3
+        else:
+            assert shapes["dinov2_attn5"] == (12, 256, 256) and c.targets.dinov2_attn8.encoder_layer == 12
+            assert set(align) == {"dinov2", "dinov2_attn5", "dinov2_attn6", "dinov2_attn7", "dinov2_attn8"}
+            assert c.curriculum.align.stop_step == 250_000 and c.encoder.mode == "online"

@@ -85,22 +85,192 @@ def variant_config(name: str, args):
 
 
 def held_out_loss(config, model, batches: list[dict]):
-    """(params) -> mean per-molecule flow-matching loss over the held-out batches (fixed keys)."""
+    """(params) -> {'held_out_loss': mean per-molecule flow-matching loss over the held-out batches
+    (fixed keys), and with a target 'held_out_cos': the mean cosine of the projected features to it}."""
     @jax.jit
     def one(params, batch, key):
-        gen, _, _ = molecule_model.losses(config, model, params, batch, key)
+        gen, align, _ = molecule_model.losses(config, model, params, batch, key)
         real = (batch["mask"].sum(1) > 0).astype(jnp.float32)
-        return (gen * real).sum(), real.sum()
+        cos = sum((-a * real).sum() for a in align.values()) / max(len(align), 1)
+        return (gen * real).sum(), cos, real.sum()
 
     def fn(params):
-        tot, n = 0.0, 0.0
+        tot, cos, n = 0.0, 0.0, 0.0
         for i, b in enumerate(batches):
             for r in range(2):  # two draws of time and noise per molecule
-                s, c = one(params, b, jax.random.PRNGKey(1000 * r + i))
-                tot, n = tot + float(s), n + float(c)
-        return tot / n
+                s, c, k = one(params, b, jax.random.PRNGKey(1000 * r + i))
+                tot, cos, n = tot + float(s), cos + float(c), n + float(k)
+        return {"held_out_loss": tot / n, **({"held_out_cos": cos / n} if config.targets else {})}
 
     return fn
+
+
+def time_steps(configs: dict, data_dir: str, windows: int, workdir: str, log, steps_per_window: int = 20) -> dict:
+    """Wall and CPU milliseconds per train step of each variant, measured in alternating windows of
+    `steps_per_window` steps (base, reed, base, ...; the same batches, every size bucket compiled
+    first), so load changes hit both alike; the REED / base ratio per window. Writes timing.json."""
+    batches = []
+    it = train.train_iterator(configs["base"], data_dir, log=lambda *_: None)
+    while len(batches) < steps_per_window:
+        batches.append({k: v for k, v in next(it).items() if k != "index"})
+    inits = benchmark.shared_init(configs, 0)
+    runners, states = {}, {}
+    for name, c in configs.items():
+        model, tx = train.build_model(c), train.make_optimizer(c)
+        step_fn = train.make_train_step(c, model, tx)
+        states[name] = benchmark.initial_state(c, inits[name], 0)
+        for b in batches:  # compile every bucket shape outside the timed windows
+            states[name], _ = step_fn(states[name], b)
+        jax.block_until_ready(states[name])
+
+        def window(name=name, step_fn=step_fn):
+            def go():
+                for b in batches:
+                    states[name], _ = step_fn(states[name], b)
+                jax.block_until_ready(states[name])
+            return benchmark.timed_window(go, len(batches))
+        runners[name] = window
+    res = benchmark.alternate(runners, windows)
+    out = {"machine": benchmark.machine_line(), "steps_per_window": steps_per_window,
+           "bucket_sizes": sorted({int(b["mask"].shape[1]) for b in batches}),
+           "ms_per_step": {n: {"wall": benchmark.spread([1e3 * t.wall for t in v]),
+                               "cpu": benchmark.spread([1e3 * t.cpu for t in v])} for n, v in res.items()},
+           "reed_over_base": {k: benchmark.paired_ratios([getattr(t, k) for t in res["reed"]],
+                                                         [getattr(t, k) for t in res["base"]])
+                              for k in ("wall", "cpu")}}
+    for n, r in out["ms_per_step"].items():
+        log(f"{n}: wall {benchmark.format_spread(r['wall'], '{:.0f}', ' ms')}; "
+            f"cpu {benchmark.format_spread(r['cpu'], '{:.0f}', ' ms')} per step")
+    for k, r in out["reed_over_base"].items():
+        log(f"reed / base {k}: {benchmark.format_spread(r, '{:.3f}')}")
+    log(out["machine"])
+    with open(os.path.join(workdir, "timing.json"), "w") as fh:
+        json.dump(out, fh, indent=1)
+    return out
+
+
+def _ratio(base: list[dict], reed: list[dict]) -> tuple[float, bool]:
+    """(ratio, reached): base's final step / REED's steps to the base's final held-out loss when REED
+    reaches it; else the base's steps to REED's final loss / the base's final step (< 1: REED slower)."""
+    fb, fr = max(base, key=lambda p: p["step"]), max(reed, key=lambda p: p["step"])
+    r = benchmark.steps_to_reach(reed, fb["held_out_loss"], "held_out_loss")
+    if r is not None:
+        return fb["step"] / r, True
+    b = benchmark.steps_to_reach(base, fr["held_out_loss"], "held_out_loss")
+    return (b if b is not None else fb["step"]) / fb["step"], False
+
+
+def table(workdirs: list[str], csv_path: str, log, plot_path: str = "") -> list[dict]:
+    """One markdown row per finished workdir (its settings: tap, pooling, warm-up): the ratio per seed
+    (`_ratio`), its median [min, max] and how many seeds reach the base's final loss, final held-out
+    loss, atom stability and validity (median base / REED), the last batch's alignment cosine and
+    w_align x alignment loss against the generative loss, and REED's training ms per step (after the
+    first evaluation) with the load average when recorded. Also the base's flattening: the held-out loss
+    it gains over the last quarter of the steps. Writes every point, tagged with its workdir, to csv_path."""
+    import csv
+
+    rows, every = [], []
+    log("| setting | seed 0 | seed 1 | seed 2 | ratio median [min, max] | reached | final loss base / REED | "
+        "atom stab. base / REED | validity base / REED | cos: last batch; held-out | w_align x L_align / L_gen | "
+        "REED ms/step [load] |")
+    log("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for d in workdirs:
+        with open(os.path.join(d, "settings.json")) as fh:
+            st = json.load(fh)
+        with open(os.path.join(d, "points.jsonl")) as fh:
+            pts = [json.loads(line) for line in fh if line.strip()]
+        every += [dict(p, workdir=os.path.basename(d.rstrip("/"))) for p in pts]
+        per = lambda v, s: sorted((p for p in pts if p["variant"] == v and p["seed"] == s), key=lambda p: p["step"])
+        seeds = sorted({p["seed"] for p in pts if p["variant"] == "reed"})
+        ratios = {s: _ratio(per("base", s), per("reed", s)) for s in seeds}
+        med = lambda xs: float(np.median(xs))
+        last = lambda v, k: [per(v, s)[-1][k] for s in seeds if k in per(v, s)[-1]]
+        ms = []
+        for s in seeds:
+            ps = per("reed", s)
+            ms.append(1e3 * (ps[-1]["train_seconds"] - ps[0]["train_seconds"]) / (ps[-1]["step"] - ps[0]["step"]))
+        loads = [p["load"] for p in pts if p["variant"] == "reed" and "load" in p]
+        cos = [-x for x in last("reed", "loss_align")]
+        hcos = last("reed", "held_out_cos")
+        rel = [0.2 * a / g for a, g in zip(last("reed", "loss_align"), last("reed", "loss_gen"))]
+        name = (f"tap {st['tap'] or 4}, pool {st.get('ani_pool', 'mean')}, warm-up {st['warmup']:g}, "
+                f"w_align {st['align_coeff']:g}, ANI layer {st['ani_layer']}")
+        vals = [r for r, _ in ratios.values()]
+        fmt = lambda x: f"{x:.2f}x"
+        row = {"workdir": d, "setting": name, "ratios": {s: r for s, (r, _) in ratios.items()},
+               "reached": sum(ok for _, ok in ratios.values()), "seeds": len(seeds)}
+        rows.append(row)
+        log(f"| {name} | " + " | ".join(fmt(ratios[s][0]) + ("" if ratios[s][1] else " (not reached)")
+                                         for s in seeds)
+            + f" | **{fmt(med(vals))}** [{min(vals):.2f}, {max(vals):.2f}] | {row['reached']}/{len(seeds)} | "
+            f"{med(last('base', 'held_out_loss')):.4f} / {med(last('reed', 'held_out_loss')):.4f} | "
+            f"{med(last('base', 'atom_stability')):.2f} / {med(last('reed', 'atom_stability')):.2f} | "
+            f"{med(last('base', 'validity')):.2f} / {med(last('reed', 'validity')):.2f} | "
+            + (f"{med(cos):.2f} [{min(cos):.2f}, {max(cos):.2f}]" if cos else "-")
+            + (f"; held-out {med(hcos):.2f} [{min(hcos):.2f}, {max(hcos):.2f}]" if hcos else "")
+            + (f" | {med(rel):+.2f} |" if rel else " | - |")
+            + f" {med(ms):.0f} [{min(ms):.0f}-{max(ms):.0f}]"
+            + (f" [{min(loads):.0f}-{max(loads):.0f}]" if loads else " [not recorded]") + " |")
+    base = {}
+    for p in every:  # the base runs are the same in every workdir (same settings but the REED-only keys)
+        base.setdefault(p["seed"], {}).update({p["step"]: p["held_out_loss"]} if p["variant"] == "base" else {})
+    for s, curve in sorted(base.items()):
+        steps = sorted(curve)
+        end, q = steps[-1], steps[-1] - steps[-1] // 4
+        if q in curve:
+            log(f"base seed {s}: held-out loss {curve[q]:.4f} at step {q}, {curve[end]:.4f} at {end}: "
+                f"{100 * (curve[q] - curve[end]) / curve[q]:.1f}% over the last quarter, "
+                f"{100 * (curve[end - 100] - curve[end]) / curve[end - 100]:.2f}% over the last 100 steps")
+    if plot_path:
+        plot_settings(every, rows, plot_path)
+    if csv_path:
+        with open(csv_path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for p in every for k in p)))
+            w.writeheader()
+            w.writerows(every)
+    return rows
+
+
+def plot_settings(points: list[dict], rows: list[dict], path: str) -> None:
+    """Left: held-out loss against steps, the base and each setting's REED (median over seeds, min-max
+    band). Right: REED / base held-out loss per step and seed (median line; below 1: REED ahead)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.4), dpi=110)
+
+    def curves(workdir, variant):
+        ps = [p for p in points if p["workdir"] == workdir and p["variant"] == variant]
+        steps = sorted({p["step"] for p in ps})
+        seeds = sorted({p["seed"] for p in ps})
+        val = {(p["seed"], p["step"]): p["held_out_loss"] for p in ps}
+        return np.array(steps), np.array([[val.get((s, t), np.nan) for t in steps] for s in seeds])
+
+    first = os.path.basename(rows[0]["workdir"].rstrip("/"))
+    steps, base = curves(first, "base")
+    ax.plot(steps, np.nanmedian(base, 0), color="k", lw=2, label=f"base ({len(base)} seeds)")
+    ax.fill_between(steps, np.nanmin(base, 0), np.nanmax(base, 0), color="k", alpha=0.12)
+    for r in rows:
+        st, reed = curves(os.path.basename(r["workdir"].rstrip("/")), "reed")
+        label = r["setting"].split(", w_align")[0]
+        line, = ax.plot(st, np.nanmedian(reed, 0), label=f"REED {label}")
+        ax.fill_between(st, np.nanmin(reed, 0), np.nanmax(reed, 0), color=line.get_color(), alpha=0.12)
+        if reed.shape == base.shape:
+            bx.plot(st, np.nanmedian(reed / base, 0), color=line.get_color(), label=label)
+    ax.set_yscale("log")
+    ax.set_ylim(None, float(np.nanmax(base[:, len(steps) // 10:])) * 1.05)
+    ax.set(xlabel="training step", ylabel="held-out flow-matching loss (EMA)")
+    bx.axhline(1.0, color="k", lw=1)
+    bx.set(xlabel="training step", ylabel="REED / base held-out loss (median over seeds)")
+    bx.set_ylim(0.9, 1.15)
+    for a in (ax, bx):
+        a.grid(True, which="both", alpha=0.3)
+        a.legend(fontsize=7)
+    ax.set_title("EGNN 32x4 on QM9, ANI-1x target: every setting tried", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main(argv=None) -> dict:
@@ -132,7 +302,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--tap", type=int, default=0, help="align after this backbone layer (0 = the config's: 4)")
     ap.add_argument("--proj_width", type=int, default=0, help="projector hidden width (0 = --hidden)")
     ap.add_argument("--align_coeff", type=float, default=0.2, help="w_align (the config's: 0.2)")
+    ap.add_argument("--time_windows", type=int, default=0,
+                    help="instead of training: time base and REED train steps in this many alternating windows")
+    ap.add_argument("--table", default="", help="instead of training: one table over these finished workdirs "
+                    "(comma-separated), the points of all of them written to --table_csv")
+    ap.add_argument("--table_csv", default="")
+    ap.add_argument("--table_plot", default="", help="with --table: the held-out loss of every setting's REED runs "
+                    "against the base (median over seeds, min-max band; and the ratio REED / base per step)")
     args = ap.parse_args(argv)
+    if args.table:
+        return table(args.table.split(","), args.table_csv, print, args.table_plot)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     configs = {n: variant_config(n, args) for n in VARIANTS}
     log = lambda m: print(m, flush=True)
@@ -144,6 +323,8 @@ def main(argv=None) -> dict:
     va["prior"] = flow.noise_for_batch(np.random.default_rng(12345), va["coords"], va["mask"],
                                        molecule_model.coord_scale(configs["base"].molecule))
     held_out = [{k: jnp.asarray(v) for k, v in b.items()} for b in pipeline.pad_batches(va, 64)]
+    if args.time_windows:
+        return time_steps(configs, data_dir, args.time_windows, args.workdir, log)
     _, manifest = records.read_manifest(data_dir)
     train_smiles = [s for s in manifest["smiles"]["train"] if s]
     cache = {}
@@ -164,8 +345,9 @@ def main(argv=None) -> dict:
             if step % args.eval_every == 0 or step == c.train.steps:
                 jax.block_until_ready(state)
                 train_s += time.time() - t_mark
-                p = {"variant": name, "seed": seed, "step": step, "held_out_loss": val_loss(state.ema_params),
-                     "loss_gen": float(m["loss/gen"]), "seconds": time.time() - t0, "train_seconds": train_s}
+                p = {"variant": name, "seed": seed, "step": step, **val_loss(state.ema_params),
+                     "loss_gen": float(m["loss/gen"]), "seconds": time.time() - t0, "train_seconds": train_s,
+                     "load": os.getloadavg()[0]}  # the machine's 1-min load average at this evaluation
                 if "loss/align" in m:  # the last batch: sum over targets of coeff x mean(-cos), before w_align
                     p["loss_align"] = float(m["loss/align"])
                 if step == c.train.steps:
@@ -176,6 +358,7 @@ def main(argv=None) -> dict:
                                                 "uniqueness")})
                 points.append(p)
                 log(f"  {name:5s} seed {seed} step {step:6d}  held-out loss {p['held_out_loss']:.4f}"
+                    + (f" cos {p['held_out_cos']:.3f}" if "held_out_cos" in p else "")
                     + (f"  atom stab {p['atom_stability']:.3f} validity {p['validity']:.3f}" if "validity" in p else "")
                     + f"  ({p['seconds']:.0f} s; {1e3 * (train_s - last[1]) / (step - last[0]):.0f} ms per step since "
                       f"the last evaluation)")

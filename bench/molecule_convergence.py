@@ -315,7 +315,8 @@ def main(argv=None) -> dict:
     seeds = [int(s) for s in args.seeds.split(",") if s]
     configs = {n: variant_config(n, args) for n in VARIANTS}
     log = lambda m: print(m, flush=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("workdir", "seeds")}
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("workdir", "seeds", "time_windows", "table", "table_csv", "table_plot")}
     os.makedirs(args.workdir, exist_ok=True)
     data_dir = precompute.precompute(configs["reed"], args.workdir, log)
     va = pipeline.read_all(data_dir, "validation")

@@ -249,3 +249,55 @@ def test_imagenet_reg_and_haste_presets_trace_at_xl():
             assert shapes["dinov2_attn5"] == (12, 256, 256) and c.targets.dinov2_attn8.encoder_layer == 12
             assert set(align) == {"dinov2", "dinov2_attn5", "dinov2_attn6", "dinov2_attn7", "dinov2_attn8"}
             assert c.curriculum.align.stop_step == 250_000 and c.encoder.mode == "online"
+
+
+def test_dinov2_attention_target_online_matches_stored(tmp_path):
+    """A DINOv2 attention target stored by the precompute (precompute.store_attention) and the same
+    target computed inside the step (encoder.mode='online') give the same HASTE loss."""
+    import os
+
+    from fixture_weights import write_tiny_image_weights
+    from PIL import Image
+
+    from reed_jax import targets
+    from reed_jax.data import pipeline, precompute
+
+    d = tmp_path / "imagenet"
+    rng = np.random.default_rng(1)
+    for s, n in (("n01", 2), ("n02", 2)):
+        os.makedirs(d / "train" / s)
+        for j in range(n):
+            Image.fromarray(rng.integers(0, 256, (40, 36, 3), np.uint8)).save(d / "train" / s / f"img_{j}.png")
+    write_tiny_image_weights(d)
+
+    def cfg(mode):
+        from reed_jax.image import config as image_config
+
+        c = image_config.imagenet_config("S", "repa")
+        c.data.update(dir="", imagenet_dir=str(d / "train"), image_size=32, image_shape=(16, 16, 4), num_classes=2,
+                      num_shards=1)
+        c.model.update(depth=2, hidden=32, heads=2, projector_width=32, patch_size=8)  # 2x2 tokens, as DINOv2 at 28
+        c.targets.dinov2.update(tap="block1", dim=16, encoder="dinov2", weights=str(d / "dinov2.npz"), dtype="float32")
+        c.targets.attn = targets.make(tap="block2", kind="attention", heads=2, dim=4, coeff=0.5, encoder="dinov2",
+                                      encoder_layer=1, weights=str(d / "dinov2.npz"))
+        c.precompute.update(vae_path=str(d / "vae.npz"), vae_groups=8, dinov2_heads=2, dinov2_size=28, batch_size=4,
+                            store_attention=True)
+        c.eval.vae_decoder_path = ""
+        c.encoder.mode = mode
+        config_lib.validate(c)
+        return c
+
+    pre, on = cfg("precomputed"), cfg("online")
+    stored = pipeline.read_all(precompute.precompute(pre, str(tmp_path / "pre")), "train")
+    crops = pipeline.read_all(precompute.precompute(on, str(tmp_path / "on")), "train")
+    assert stored["target/attn"].shape == (4, 2, 4, 4) and "target/attn" not in crops
+    np.testing.assert_allclose(stored["target/attn"].sum(-1), 1.0, atol=1e-5)
+    model, tx = train.build_model(pre), train.make_optimizer(pre)
+    state = train.init_state(pre, model, tx)
+    copy = lambda: jax.tree.map(jnp.copy, state)  # the step donates its input state
+    _, m_pre = train.make_train_step(pre, model, tx)(copy(), {k: stored[k] for k in
+                                                            ("moments", "label", "target/dinov2", "target/attn")})
+    _, m_on = train.make_train_step(on, model, tx, frozen=image_track.frozen_encoders(on))(
+        copy(), {k: crops[k] for k in ("moments", "label", "pixels")})
+    assert float(m_pre["loss/align_attn"]) > 0
+    assert float(m_on["loss/align_attn"]) == pytest.approx(float(m_pre["loss/align_attn"]), abs=1e-5)

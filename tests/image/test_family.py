@@ -105,13 +105,17 @@ def test_haste_preset_aligns_attention_and_stops_with_the_other_terms():
     want = objective.attention_loss(feats["digits_attn1"], objective.affinity(_batch()["target/digits_tokens"]))
     np.testing.assert_allclose(align["digits_attn1"], want, rtol=1e-5)
     assert train.signature(c)["targets"]["digits_attn2"] == [2, False, 16, "attention", 2]
-    # scan: the attention block is a run of its own, and the features are the same
-    cs = haste_config(scan=True)
-    ms = train.build_model(cs)
+    # scan: an aligned block is a run of its own (here block 2, between the taps 0 and 3), the maps the same
+    cs, cp = haste_config(scan=True), haste_config()
+    for cfg in (cs, cp):
+        del cfg.targets["digits_attn1"]
+        cfg.targets.digits_tokens.tap = "block3"
+    ms, mp = train.build_model(cs), train.build_model(cp)
     assert sit_lib.block_segments(3, ms.targets) == [(0, 1), (1, 2), (2, 3)]
-    ps = sit_lib.stack_blocks(params, sit_lib.block_segments(3, ms.targets))
+    pp = train.init_state(cp, mp, train.make_optimizer(cp)).params
+    ps = sit_lib.stack_blocks(pp, sit_lib.block_segments(3, ms.targets))
     _, fs = ms.apply({"params": ps}, xt, tt, jnp.arange(4))
-    _, fp = model.apply({"params": params}, xt, tt, jnp.arange(4))
+    _, fp = mp.apply({"params": pp}, xt, tt, jnp.arange(4))
     np.testing.assert_allclose(fs["digits_attn2"], fp["digits_attn2"], atol=1e-4)
 
 
@@ -201,8 +205,9 @@ def test_samplers_integrate_a_pytree_state_like_its_leaves():
     out = samplers.ode(gd, (x, cls), y, 4, "euler")
     np.testing.assert_allclose(out[1], samplers.ode(samplers.guided(g, 2.0, 9), cls, y, 4, "euler"), atol=1e-5)
     s1 = samplers.sde(both, (x, cls), y, 4, jax.random.PRNGKey(2))
-    s0 = samplers.sde(lambda s, t, y: jax.tree.map(jnp.zeros_like, s), (x, cls), y, 4, jax.random.PRNGKey(2))
-    assert s1[1].shape == (3, 5) and not np.allclose(s0[1], cls)  # the class token gets its own noise
+    s2 = samplers.sde(both, (x, cls), y, 4, jax.random.PRNGKey(3))
+    assert s1[1].shape == (3, 5)
+    assert not np.allclose(s1[0], s2[0]) and not np.allclose(s1[1], s2[1])  # every leaf gets noise
     one = samplers.sde(f, x, y, 4, jax.random.PRNGKey(2))  # a single array: the draws of before
     np.testing.assert_allclose(one, samplers.sde(f, x, y, 4, jax.random.PRNGKey(2)))
 
@@ -216,10 +221,16 @@ def test_reg_sampling_generates_the_class_token_jointly():
     fn = image_eval.make_sample_fn(c, model)
     out = fn(params, jax.random.PRNGKey(0), jnp.arange(4))
     assert out.shape == (4, 8, 8, 1) and bool(jnp.isfinite(out).all())
-    # without the class token's influence (its input layer zeroed) the same draws give other images
-    cut = dict(params, cls_embedder=jax.tree.map(jnp.zeros_like, params["cls_embedder"]),
-               cls_norm=jax.tree.map(jnp.zeros_like, params["cls_norm"]))
-    assert float(jnp.abs(fn(cut, jax.random.PRNGKey(0), jnp.arange(4)) - out).max()) > 1e-4
+    # the same draws integrated by hand: the model sees the current class-token state at every step
+    k_x, k_s = jax.random.split(jax.random.PRNGKey(0))
+    x1 = (jax.random.normal(k_x, (4, 8, 8, 1)), jax.random.normal(jax.random.fold_in(k_x, 1), (4, 128)))
+
+    def joint(feed):
+        f = lambda s, t, y: model.apply({"params": params}, s[0], t, y, with_projectors=False, cls=feed(s[1]))[0]
+        v = samplers.guided(f, 1.5, c.data.num_classes)
+        return samplers.sample(v, x1, jnp.arange(4), method="sde", num_steps=4, rng=k_s)[0]
+    np.testing.assert_allclose(out, joint(lambda cls: cls), atol=1e-5)
+    assert float(jnp.abs(joint(jnp.zeros_like) - out).max()) > 1e-4
 
 
 def test_imagenet_reg_and_haste_presets_trace_at_xl():

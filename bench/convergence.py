@@ -119,6 +119,8 @@ def main(argv=None) -> dict:
                    f"{args.eval_samples} samples, {args.sampler} {args.sample_steps} steps",
                    "digits_fd", "digits-FD (EMA, lower is better)", MAIN + FAMILY + ABLATIONS, dashed=ABLATIONS)
     benchmark.report(summary["variants"], "digits_fd", "sit", log)
+    with open(os.path.join(args.workdir, "table.md"), "w") as fh:
+        fh.write(benchmark.markdown_table(summary["variants"], "digits_fd", "sit", extra=("accuracy",)))
     log(f"wall time {wall:.0f} s; outputs in {args.workdir}")
     return summary
 

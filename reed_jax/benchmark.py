@@ -250,6 +250,31 @@ def run(workdir: str, settings: dict, configs: dict, seeds: Sequence[int], steps
     return points, wall
 
 
+def markdown_table(summary: dict, metric: str, baseline: str, extra: Sequence[str] = ()) -> str:
+    """The summary as a markdown table: per variant the seeds, final `metric` median [min, max], the
+    `extra` metrics' medians, the speed-up to the baseline's final value (median [min, max], how many
+    seeds reached it, per seed) and the training ms per step."""
+    head = ["variant", "seeds", f"final {metric}, median [min, max]", *[f"{k}, median" for k in extra],
+            f"steps-to-{baseline}'s-final speed-up, median [min, max] (per seed)", "ms/step"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v, row in summary.items():
+        f = row[f"final_{metric}_stats"]
+        cells = [v, str(len(row[f"final_{metric}"])), f"{f['median']:.2f} [{f['min']:.2f}, {f['max']:.2f}]"]
+        cells += [f"{row[f'final_{k}_stats']['median']:.3f}" for k in extra]
+        s = row.get("speedup_stats")
+        if s is None:
+            cells.append("(baseline)")
+        elif "median" not in s:
+            cells.append(f"not reached ({s['reached']})")
+        else:
+            per = ", ".join(f"s{k}: {'-' if r is None else f'{r:.2f}x'}" for k, r in sorted(row["speedup"].items()))
+            cells.append(f"{s['median']:.2f}x [{s['min']:.2f}, {s['max']:.2f}], reached {s['reached']} ({per})")
+        ms = list(row.get("ms_per_step", {}).values())
+        cells.append(f"{np.median(ms):.0f}" if ms else "-")
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def report(summary: dict, metric: str, baseline: str, log=print) -> None:
     log(f"\n{'variant':15s} {'final ' + metric + ' (median [min, max])':38s} speed-up to {baseline}'s final value")
     for v, row in summary.items():

@@ -149,6 +149,29 @@ def time_steps(configs: dict, data_dir: str, windows: int, workdir: str, log, st
     return out
 
 
+def composition_probe(data_dir: str) -> dict:
+    """How much of the stored target a linear function of the composition explains: least squares
+    (ridge 1e-3) from [element counts, element fractions, atom count, 1] of the training molecules to
+    their `target/ani1x`; returns the held-out {'r2', 'cos'} (mean cosine of prediction and target)."""
+    tr, va = pipeline.read_all(data_dir, "train"), pipeline.read_all(data_dir, "validation")
+    n_types = int(max(tr["types"].max(), va["types"].max())) + 1
+
+    def feats(d):
+        m = d["mask"].astype(bool)
+        counts = np.stack([((d["types"] == e) & m).sum(1) for e in range(n_types)], 1)
+        n = m.sum(1, keepdims=True)
+        return np.concatenate([counts, counts / n, n, np.ones_like(n)], 1).astype(np.float64)
+
+    key = next(k for k in tr if k.startswith(records.TARGET_PREFIX))
+    ytr, yva = tr[key].astype(np.float64), va[key].astype(np.float64)
+    xtr, xva = feats(tr), feats(va)
+    w = np.linalg.solve(xtr.T @ xtr + 1e-3 * np.eye(xtr.shape[1]), xtr.T @ ytr)
+    pred = xva @ w
+    cos = (pred * yva).sum(1) / np.maximum(np.linalg.norm(pred, axis=1) * np.linalg.norm(yva, axis=1), 1e-12)
+    return {"r2": float(1 - ((yva - pred) ** 2).sum() / ((yva - ytr.mean(0)) ** 2).sum()), "cos": float(cos.mean()),
+            "dim": int(ytr.shape[1])}
+
+
 def _ratio(base: list[dict], reed: list[dict]) -> tuple[float, bool]:
     """(ratio, reached): base's final step / REED's steps to the base's final held-out loss when REED
     reaches it; else the base's steps to REED's final loss / the base's final step (< 1: REED slower)."""
@@ -172,8 +195,8 @@ def table(workdirs: list[str], csv_path: str, log, plot_path: str = "") -> list[
     rows, every = [], []
     log("| setting | seed 0 | seed 1 | seed 2 | ratio median [min, max] | reached | final loss base / REED | "
         "atom stab. base / REED | validity base / REED | cos: last batch; held-out | w_align x L_align / L_gen | "
-        "REED ms/step [load] |")
-    log("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        "REED / base final loss | REED ms/step [load] |")
+    log("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for d in workdirs:
         with open(os.path.join(d, "settings.json")) as fh:
             st = json.load(fh)
@@ -209,6 +232,8 @@ def table(workdirs: list[str], csv_path: str, log, plot_path: str = "") -> list[
             + (f"{med(cos):.2f} [{min(cos):.2f}, {max(cos):.2f}]" if cos else "-")
             + (f"; held-out {med(hcos):.2f} [{min(hcos):.2f}, {max(hcos):.2f}]" if hcos else "")
             + (f" | {med(rel):+.2f} |" if rel else " | - |")
+            + " " + ", ".join(f"{per('reed', s)[-1]['held_out_loss'] / per('base', s)[-1]['held_out_loss']:.3f}"
+                              for s in seeds) + " |"
             + f" {med(ms):.0f} [{min(ms):.0f}-{max(ms):.0f}]"
             + (f" [{min(loads):.0f}-{max(loads):.0f}]" if loads else " [not recorded]") + " |")
     base = {}
@@ -221,6 +246,15 @@ def table(workdirs: list[str], csv_path: str, log, plot_path: str = "") -> list[
             log(f"base seed {s}: held-out loss {curve[q]:.4f} at step {q}, {curve[end]:.4f} at {end}: "
                 f"{100 * (curve[q] - curve[end]) / curve[q]:.1f}% over the last quarter, "
                 f"{100 * (curve[end - 100] - curve[end]) / curve[end - 100]:.2f}% over the last 100 steps")
+    probed = {}
+    for d in workdirs:
+        with open(os.path.join(d, "data", "schema.json")) as fh:
+            key = fh.read()
+        if key not in probed:
+            probed[key] = composition_probe(os.path.join(d, "data"))
+            r = probed[key]
+            log(f"{d}: a linear function of the composition explains {r['r2']:.3f} of the {r['dim']}-d target's "
+                f"held-out variance (mean cosine of its prediction {r['cos']:.3f})")
     if plot_path:
         plot_settings(every, rows, plot_path)
     if csv_path:

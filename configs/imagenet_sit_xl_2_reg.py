@@ -7,8 +7,9 @@ REPA (DINOv2-B/14 patch tokens after block 8, w_align 0.5) plus DINOv2's CLS tok
 the precompute as target `dinov2_cls`) entangled with the latents: noised with the same t, projected
 in as token 0, denoised with its own velocity loss (weight 0.03), generated jointly and dropped at
 sampling (reed_jax/image/config.py:imagenet_config). The precompute of this config stores the CLS
-vector beside the REPA tokens (shards in <paths_root>/shards/imagenet256, a superset of REED's
-without the VLM vectors).
+vector beside the REPA tokens, in shards of its own (<paths_root>/shards/imagenet256_reg; REED's
+hold the VLM vectors instead). Published checkpoints of REG are not importable (its class-token
+layers and shared projector have no mapping in reed_jax/image/importer.py).
 
 Published (REG README, ImageNet 256, FID-50K): without CFG 3.4 at 400K and 1.8 at 4M steps (REPA:
 7.9 and 5.9); with CFG 2.3 on [0, 0.85] (the evaluation preset here) 1.36 at 800 epochs.

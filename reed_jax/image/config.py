@@ -276,6 +276,8 @@ GUIDANCE_PRESETS = {
 RESOLUTIONS = (256, 512)
 VARIANT_GUIDANCE = {"reed": "reed", "repa": "repa", "sit": "none", "reg": "reg", "haste": "haste"}  # published evals
 IMAGENET_VARIANTS = tuple(VARIANT_GUIDANCE)
+# shards of their own where a variant stores other fields than REED's (sit/repa read REED's)
+SHARD_SUFFIX = {"reg": "_reg", "haste": "_crops"}
 
 # Tap depths of the DINOv2 (token) and VLM (pooled) targets per SiT size. XL/L: 8 and 16 as
 # published; B and S (12 blocks): DINOv2 at 4 as published for B, the VLM target at 8 (our choice: the
@@ -312,7 +314,9 @@ def imagenet_config(size: str, variant: str, root: str = "/data/reed", guidance:
         <root>/embeddings/qwen2vl7b_l15/<synset>/<stem>.npy   (REED's VLM vectors, 3584-d)
         <root>/weights/pt_inception-2015-12-05-6726825d.pth, <root>/eval/VIRTUAL_imagenet256_labeled.npz
         <root>/shards/imagenet256                       (written by --mode=precompute of the reed config,
-                                                        read by all three variants)
+                                                        read by sit, repa and reed; reg and haste store
+                                                        other fields: imagenet256_reg (+ DINOv2's CLS),
+                                                        imagenet256_crops (crops for online DINOv2))
     (512: <root>/eval/VIRTUAL_imagenet512.npz and <root>/shards/imagenet512)
     so `--config.paths_root=/mnt/reed` moves them all, and any single one can be overridden.
     tokenizer: a reed_jax.image.latents name; its latent shape, scale and weight files (encoder and
@@ -332,7 +336,8 @@ def imagenet_config(size: str, variant: str, root: str = "/data/reed", guidance:
     tok = latents.get(tokenizer, "imagenet config: tokenizer")
     c.data.update(source="imagenet", kind="latents", image_shape=tok.latent_shape(resolution), tokenizer=tokenizer,
                   latent_scale=tok.scale, num_classes=1000, num_shards=1024,
-                  image_size=resolution, dir=r + f"/shards/imagenet{resolution}", imagenet_dir=r + "/imagenet/train",
+                  image_size=resolution, dir=r + f"/shards/imagenet{resolution}{SHARD_SUFFIX.get(variant, '')}",
+                  imagenet_dir=r + "/imagenet/train",
                   tfds_dir=r + "/tfds")
     c.precompute.dinov2_size = 224 * (resolution // 256)  # REPA: 224 at 256, 448 at 512 (16 or 32 patches a side)
     c.precompute.vae_path = r + f"/weights/{tok.encoder_file}"

@@ -41,9 +41,10 @@ def signature(config) -> dict:
     return {"model": [m.depth, m.hidden, m.heads, m.patch_size, m.mlp_ratio, m.projector_width],
             "scan": bool(m.scan),  # the param layout: per-block or stacked runs
             "data_shape": list(config.data.image_shape), "num_classes": config.data.num_classes,
-            # (the projector, kind and entangle weight only when not the defaults: older checkpoints keep theirs)
+            # (the projector, kind and REG's input token only when not the defaults: older checkpoints keep theirs;
+            # REG's loss weight changes no parameter, so it is not part of the signature)
             "targets": {t.name: [sit_lib.tap_depth(t), t.pooled, t.dim] + ([t.projector] if t.projector != "mlp" else [])
-                        + ([t.kind, t.heads] if t.kind != "features" else []) + ([t.entangle] if t.entangle else [])
+                        + ([t.kind, t.heads] if t.kind != "features" else []) + (["entangled"] if t.entangle else [])
                         for t in targets.from_config(config)}}
 
 
@@ -129,21 +130,23 @@ def train_iterator(config, data_dir: str, batch_size: int, shard_index: int, sha
 
 
 def frozen_encoders(config) -> dict:
-    """{target name: FrozenEncoder} run inside the step (`encoder.mode='online'`), else {}; each one's
-    output shape is checked against its target before any compute."""
+    """Frozen encoders run inside the step (`encoder.mode='online'`), else {}: {target name (or names
+    joined with '+' for targets sharing one encoder's forward): FrozenEncoder}; every target's output
+    shape is checked against the config before any compute."""
     from reed_jax.image import precompute as imagenet_precompute
     from reed_jax.models import encoders
 
     if config.encoder.mode != "online":
         return {}
     shapes = target_shapes(config)
-    out = {}
-    for name, t in imagenet_precompute.image_targets(config).items():
-        enc = encoders.build(name, t, config)
-        s = config.data.image_size
-        have = jax.eval_shape(enc.apply, enc.params, jax.ShapeDtypeStruct((1, s, s, 3), jnp.uint8)).shape[1:]
-        if tuple(have) != tuple(shapes[name]):
-            raise records.DataError(f"targets.{name}: encoder {t.encoder} gives features of shape {tuple(have)} on "
-                                    f"{s}x{s} crops; the config expects {tuple(shapes[name])}")
-        out[name] = enc
+    out = encoders.build_online(imagenet_precompute.image_targets(config), config)
+    s = config.data.image_size
+    for key, enc in out.items():
+        have = jax.eval_shape(enc.apply, enc.params, jax.ShapeDtypeStruct((1, s, s, 3), jnp.uint8))
+        have = have if isinstance(have, dict) else {key: have}
+        for name, a in have.items():
+            if tuple(a.shape[1:]) != tuple(shapes[name]):
+                t = config.targets[name]
+                raise records.DataError(f"targets.{name}: encoder {t.encoder} gives features of shape "
+                                        f"{tuple(a.shape[1:])} on {s}x{s} crops; the config expects {tuple(shapes[name])}")
     return out

@@ -30,6 +30,13 @@ def test_attention_logits_are_the_ones_the_block_attends_with():
     np.testing.assert_allclose(mixed @ p["proj"]["kernel"] + p["proj"]["bias"], out, atol=1e-5)
     two = sit_lib.Attention(hidden=16, heads=4, logit_heads=2).apply({"params": p}, x)[1]
     np.testing.assert_allclose(two, logits[:, :2], atol=1e-6)
+    # the same for DINOv2's teacher logits
+    att = dinov2.Attention(heads=4, logits=True)
+    p = att.init(jax.random.PRNGKey(2), x)["params"]
+    out, logits = att.apply({"params": p}, x)
+    v = (x @ p["qkv"]["kernel"] + p["qkv"]["bias"]).reshape(2, 9, 3, 4, 4)[:, :, 2]
+    mixed = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, -1), v).reshape(2, 9, 16)
+    np.testing.assert_allclose(mixed @ p["proj"]["kernel"] + p["proj"]["bias"], out, atol=1e-5)
 
 
 def test_attention_loss_is_the_cross_entropy_of_the_rows():
@@ -56,12 +63,12 @@ def test_affinity_teacher_is_row_stochastic_and_peaks_on_similar_tokens():
 
 
 def test_dinov2_teacher_maps_drop_cls_and_renormalise_over_patches():
-    model = dinov2.DinoV2(hidden=32, depth=2, heads=4, pos_grid=4, attention_layer=2)
+    model = dinov2.DinoV2(hidden=32, depth=2, heads=4, pos_grid=4, attention_layers=(1, 2))
     x = jax.random.normal(jax.random.PRNGKey(0), (1, 56, 56, 3))
     params = model.init(jax.random.PRNGKey(1), x)["params"]
     out = model.apply({"params": params}, x)
-    logits = out["attn_logits"]
-    assert logits.shape == (1, 4, 17, 17)  # CLS + 16 patches
+    logits = out["attn_logits"][2]
+    assert logits.shape == (1, 4, 17, 17) and sorted(out["attn_logits"]) == [1, 2]  # CLS + 16 patches
     maps = dinov2.patch_attention(logits, heads=3)
     assert maps.shape == (1, 3, 16, 16)
     np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-5)
@@ -175,6 +182,23 @@ def test_reg_class_token_is_an_input_token_and_its_velocity_is_learned():
     assert v1.shape == (2, 8, 8, 1) and c1.shape == (2, 128) and feats["digits_pooled"].shape == (2, 128)
     assert float(jnp.abs(v1 - v2).max()) > 1e-4 and float(jnp.abs(c1 - c2).max()) > 1e-4
 
+    # in training the model sees the class token noised with the sample's t and its own noise
+    batch, rng = _batch(), jax.random.PRNGKey(5)
+    gen, _, t = image_track.losses(c, model, params, batch, rng)
+    _, k_t, k_eps, k_drop = jax.random.split(rng, 4)
+    x0 = jnp.asarray(batch["image"])
+    xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * jax.random.normal(k_eps, x0.shape)
+    c0 = jnp.asarray(batch["target/digits_pooled"])
+    eps_c = jax.random.normal(jax.random.fold_in(rng, 5), c0.shape)
+
+    def gen_with(cls):
+        (v, vc), _ = model.apply({"params": params}, xt, t, jnp.asarray(batch["label"]), train=True, cls=cls,
+                                 rngs={"label_dropout": k_drop})
+        return (objective.mse_per_sample(v, eps_like_v(x0, k_eps) - x0)
+                + 0.03 * objective.mse_per_sample(vc, eps_c - c0))
+    np.testing.assert_allclose(gen, gen_with((1 - t)[:, None] * c0 + t[:, None] * eps_c), rtol=1e-5)
+    assert float(jnp.abs(gen - gen_with(c0)).max()) > 1e-4  # not the clean vector (1e-5 agreement above)
+
     # the generative loss is the image MSE + entangle x the class token's velocity MSE (target eps - c0)
     batch, rng = _batch(), jax.random.PRNGKey(5)
     params0 = train.init_state(c, model, train.make_optimizer(c)).params  # linear_cls = 0: predicted velocity 0
@@ -185,7 +209,11 @@ def test_reg_class_token_is_an_input_token_and_its_velocity_is_learned():
     eps = jax.random.normal(jax.random.fold_in(rng, 5), c0.shape)
     mse_cls = np.mean((np.asarray(eps) - c0) ** 2, axis=1)
     np.testing.assert_allclose(np.asarray(gen2) - np.asarray(gen), (0.5 - 0.03) * mse_cls, rtol=1e-4)
-    assert train.signature(c)["targets"]["digits_pooled"] == [3, True, 128, 0.5]  # (tiny_config: tap block3)
+    assert train.signature(c)["targets"]["digits_pooled"] == [3, True, 128, "entangled"]  # (tiny_config: tap block3)
+
+
+def eps_like_v(x0, key):
+    return jax.random.normal(key, x0.shape)
 
 
 def test_samplers_integrate_a_pytree_state_like_its_leaves():

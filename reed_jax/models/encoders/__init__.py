@@ -81,6 +81,25 @@ def build(target_name: str, target, config) -> FrozenEncoder:
     return enc
 
 
+def build_online(named: dict, config) -> dict[str, FrozenEncoder]:
+    """Frozen encoders for {target name: target} run inside the step: targets on the same encoder and
+    weight file share one encoder (one forward, `apply` returning {target name: output}) where the
+    encoder's builder has a `group`, keyed by their names joined with '+'; others one each."""
+    groups: dict = {}
+    for name, t in named.items():
+        groups.setdefault((t.encoder, t.weights), {})[name] = t
+    out = {}
+    for (enc, _), items in groups.items():
+        if enc not in image_encoders():
+            raise ValueError(f"targets.{next(iter(items))}.encoder={enc!r} is not an image encoder")
+        group = getattr(_BUILDERS[enc], "group", None)
+        if group is not None and len(items) > 1:
+            out["+".join(items)] = group(items, config)
+        else:
+            out.update({n: build(n, t, config) for n, t in items.items()})
+    return out
+
+
 def load_or_fit(path: str, fit_fn: Callable[[], dict], log=print) -> dict:
     """Params cached at `path` (orbax), or `fit_fn()` once and saved there. The cache restores onto
     this process's first device whatever device saved it (in a multi-process run, process 1 has no

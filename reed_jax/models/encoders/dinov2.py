@@ -100,7 +100,7 @@ class DinoV2(nn.Module):
     pos_grid: int = 37
     interpolate_offset: float = 0.1
     interpolate_antialias: bool = False
-    attention_layer: int = 0  # > 0: also return block `attention_layer`'s (1-based) logits as 'attn_logits'
+    attention_layers: tuple[int, ...] = ()  # also return these blocks' (1-based) logits: 'attn_logits' {block: [B, H, N, N]}
 
     def pos_embedding(self, pos, gh: int, gw: int):
         """[1, 1 + M*M, D] -> [1, 1 + gh*gw, D] as the hub's interpolate_pos_encoding."""
@@ -130,15 +130,15 @@ class DinoV2(nn.Module):
         if self.registers:
             reg = self.param("register_tokens", nn.initializers.normal(1e-6), (1, self.registers, d))
             x = jnp.concatenate([x[:, :1], jnp.broadcast_to(reg, (b, self.registers, d)), x[:, 1:]], axis=1)
-        extra = {}
+        logits = {}
         for i in range(self.depth):
-            x = Block(d, self.heads, self.mlp_ratio, self.swiglu, logits=i + 1 == self.attention_layer,
+            x = Block(d, self.heads, self.mlp_ratio, self.swiglu, logits=i + 1 in self.attention_layers,
                       name=f"blocks_{i}")(x)
-            if i + 1 == self.attention_layer:
-                x, extra["attn_logits"] = x
+            if i + 1 in self.attention_layers:
+                x, logits[i + 1] = x
         out = nn.LayerNorm(1e-6, name="norm")(x)
         return {"x_norm_clstoken": out[:, 0], "x_norm_patchtokens": out[:, 1 + self.registers:], "x_prenorm": x,
-                **extra}
+                **({"attn_logits": logits} if logits else {})}
 
 
 def patch_attention(logits: jax.Array, heads: int, registers: int = 0) -> jax.Array:
@@ -161,10 +161,10 @@ def build(size: str, registers: bool = False, **overrides) -> DinoV2:
 # ----------------------------------------------------------------------------- registry
 
 def _builder(size: str | None, registers: bool):
-    """Registry builder for a released DINOv2 (size, registers), or any width when size is None."""
-    def build_encoder(target_name: str, target, config):
-        from reed_jax.models.encoders import FrozenEncoder
-
+    """Registry builder for a released DINOv2 (size, registers), or any width when size is None.
+    `builder.group(targets, config)` builds one encoder for several targets on the same weights
+    (one forward, every output: REPA's tokens and HASTE's maps of several blocks)."""
+    def load(target_name: str, target, config):
         key = f"targets.{target_name}.weights"
         sd = weight_file.load(target.weights, key)
         hub = sd if any(k.startswith("blocks.") for k in sd) else convert.transformers_to_hub(sd)
@@ -179,26 +179,51 @@ def _builder(size: str | None, registers: bool):
             # REPA/REED (load_encoders): timm's resample_abs_pos_embed of the 37x37 grid to the patch grid at
             # load (bicubic, antialias=True, to the size), so the forward never interpolates again
             kw.update(interpolate_offset=0.0, interpolate_antialias=True)
-        res = config.precompute.dinov2_size
-        if target.get("kind", "features") == "attention":  # HASTE: block `encoder_layer`'s maps over patch keys
-            layer = int(target.encoder_layer)
-            if not 1 <= layer <= kw["depth"] or not 1 <= target.heads <= kw["heads"]:
-                raise ValueError(f"targets.{target_name}: encoder_layer={layer}, heads={target.heads} but the DINOv2 "
-                                 f"in {target.weights!r} has {kw['depth']} blocks of {kw['heads']} heads")
-            kw["attention_layer"] = layer
-            model, params = DinoV2(**kw), convert.from_torch_hub(hub)
+        return kw, convert.from_torch_hub(hub)
 
-            def attention(p, images):
-                logits = model.apply({"params": p}, preprocess(images, res))["attn_logits"]
-                return patch_attention(logits, target.heads, kw.get("registers", 0))
-            n = (res // kw.get("patch", 14)) ** 2
-            return FrozenEncoder(target.encoder, attention, params, n)  # dim: the N keys of each map row
-        model, params = DinoV2(**kw), convert.from_torch_hub(hub)
-        output = "x_norm_clstoken" if target.pooled else "x_norm_patchtokens"
+    def group(targets: dict, config):
+        """One FrozenEncoder for {name: target} on one weight file; apply -> {name: output}: pooled
+        targets the CLS token, token targets the patch tokens, attention targets (HASTE) block
+        `encoder_layer`'s maps over the patch keys (`patch_attention`), width-checked per target."""
+        from reed_jax.models.encoders import FrozenEncoder
+
+        name0, t0 = next(iter(targets.items()))
+        kw, params = load(name0, t0, config)
+        res = config.precompute.dinov2_size
+        n = (res // kw.get("patch", 14)) ** 2
+        layers = set()
+        for name, t in targets.items():
+            if t.get("kind", "features") == "attention":
+                layer = int(t.encoder_layer)
+                if not 1 <= layer <= kw["depth"] or not 1 <= t.heads <= kw["heads"]:
+                    raise ValueError(f"targets.{name}: encoder_layer={layer}, heads={t.heads} but the DINOv2 in "
+                                     f"{t.weights!r} has {kw['depth']} blocks of {kw['heads']} heads")
+                layers.add(layer)
+                width = n  # a map row: the N patch keys
+            else:
+                width = kw["hidden"]
+            if t.dim != width:
+                raise ValueError(f"targets.{name}.dim={t.dim} but the {t.encoder} weights in {t.weights!r} have "
+                                 f"width {width}")
+        model = DinoV2(**kw, attention_layers=tuple(sorted(layers)))
 
         def apply(p, images):
-            return model.apply({"params": p}, preprocess(images, res))[output]
-        return FrozenEncoder(target.encoder, apply, params, kw["hidden"])
+            out = model.apply({"params": p}, preprocess(images, res))
+            res_ = {}
+            for name, t in targets.items():
+                if t.get("kind", "features") == "attention":
+                    res_[name] = patch_attention(out["attn_logits"][int(t.encoder_layer)], t.heads, kw["registers"])
+                else:
+                    res_[name] = out["x_norm_clstoken" if t.pooled else "x_norm_patchtokens"]
+            return res_
+        return FrozenEncoder(t0.encoder, apply, params, kw["hidden"])
+
+    def build_encoder(target_name: str, target, config):
+        from reed_jax.models.encoders import FrozenEncoder
+
+        enc = group({target_name: target}, config)
+        return FrozenEncoder(enc.name, lambda p, images: enc.apply(p, images)[target_name], enc.params, target.dim)
+    build_encoder.group = group
     return build_encoder
 
 

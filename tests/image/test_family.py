@@ -336,7 +336,9 @@ def test_dinov2_attention_target_online_matches_stored(tmp_path):
     copy = lambda: jax.tree.map(jnp.copy, state)  # the step donates its input state
     _, m_pre = train.make_train_step(pre, model, tx)(copy(), {k: stored[k] for k in
                                                             ("moments", "label", "target/dinov2", "target/attn")})
-    _, m_on = train.make_train_step(on, model, tx, frozen=image_track.frozen_encoders(on))(
+    frozen = image_track.frozen_encoders(on)
+    assert [sorted(k.split("+")) for k in frozen] == [["attn", "dinov2"]]  # one DINOv2 forward for both targets
+    _, m_on = train.make_train_step(on, model, tx, frozen=frozen)(
         copy(), {k: crops[k] for k in ("moments", "label", "pixels")})
     assert float(m_pre["loss/align_attn"]) > 0
     assert float(m_on["loss/align_attn"]) == pytest.approx(float(m_pre["loss/align_attn"]), abs=1e-5)

@@ -287,7 +287,7 @@ def plot_settings(points: list[dict], rows: list[dict], path: str) -> None:
     ax.fill_between(steps, np.nanmin(base, 0), np.nanmax(base, 0), color="k", alpha=0.12)
     for r in rows:
         st, reed = curves(os.path.basename(r["workdir"].rstrip("/")), "reed")
-        label = r["setting"].split(", w_align")[0]
+        label = r["setting"].split(", ANI layer")[0]
         line, = ax.plot(st, np.nanmedian(reed, 0), label=f"REED {label}")
         ax.fill_between(st, np.nanmin(reed, 0), np.nanmax(reed, 0), color=line.get_color(), alpha=0.12)
         if reed.shape == base.shape:

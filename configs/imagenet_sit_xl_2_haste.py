@@ -1,7 +1,7 @@
 """SiT-XL/2 + HASTE on ImageNet 256x256 (SD-VAE latents): HASTE's published settings (NUS-HPC-AI-Lab/HASTE run.sh).
 
-    python main.py --config=configs/imagenet_sit_xl_2_haste.py --workdir=$WORKDIR --config.paths_root=/data/reed --mode=precompute
     python main.py --config=configs/imagenet_sit_xl_2_haste.py --workdir=$WORKDIR --config.paths_root=/data/reed
+    python main.py --config=configs/imagenet_sit_xl_2_haste.py --workdir=$WORKDIR --mode=precompute  # first, once
 
 REPA (DINOv2-B/14 patch tokens after block 8, w_align 0.5) plus the attention maps of SiT blocks 5-8
 (first 12 of 16 heads) aligned head for head to DINOv2-B blocks 9-12 (CLS removed, rows renormalised

@@ -1,7 +1,7 @@
 """SiT-XL/2 + REG on ImageNet 256x256 (SD-VAE latents): REG's published settings (Martinser/REG train.sh).
 
-    python main.py --config=configs/imagenet_sit_xl_2_reg.py --workdir=$WORKDIR --config.paths_root=/data/reed --mode=precompute
     python main.py --config=configs/imagenet_sit_xl_2_reg.py --workdir=$WORKDIR --config.paths_root=/data/reed
+    python main.py --config=configs/imagenet_sit_xl_2_reg.py --workdir=$WORKDIR --mode=precompute  # first, once
 
 REPA (DINOv2-B/14 patch tokens after block 8, w_align 0.5) plus DINOv2's CLS token (768-d, stored by
 the precompute as target `dinov2_cls`) entangled with the latents: noised with the same t, projected

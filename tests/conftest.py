@@ -1,10 +1,20 @@
 import os
 import sys
+import tempfile
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+# One persistent XLA compilation cache per test run, shared by the xdist workers and the main.py
+# processes the tests launch (they inherit the environment): many tests compile the same digits
+# train step, sampler and encoders. Per run (not per machine), so every run compiles from scratch
+# once, as a clean clone in CI does. Set before anything imports jax.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"reed_jax_xla_{_RUN}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 
 def load_config(name: str, arg: str | None = None):

@@ -145,44 +145,6 @@ def test_local_multihost_dry_run():
 
 # ----------------------------------------------------------------------------- real processes
 
-@pytest.fixture(scope="module")
-def one_process_run(digits_shards, tmp_path_factory):
-    """1 process x 4 devices, 4 steps: the run both real-process comparisons start from, trained
-    once (tests copy its workdir before changing it)."""
-    wd = tmp_path_factory.mktemp("one_process") / "w"
-    rc, out = launch(1, 4, wd, digits_shards, 4)
-    assert rc == 0, out
-    return wd
-
-
-def test_two_processes_train_like_one_and_checkpoints_cross_process_counts(digits_shards, one_process_run, tmp_path):
-    import shutil
-
-    one, two = tmp_path / "one", tmp_path / "two"
-    shutil.copytree(one_process_run, one)
-    rc, out = launch(2, 2, two, digits_shards, 4)
-    assert rc == 0, out
-    c = config(digits_shards, 4)
-    a, _ = params_at(c, one)
-    b, meta = params_at(c, two)
-    print(f"1 x 4 vs 2 x 2 devices after 4 steps: max |param difference| {max_abs_diff(a, b):.2e}")
-    assert_same_state(a, b)
-    # only process 0 writes TensorBoard (one event file); results.json and the grid exist
-    events = [f for _, _, fs in os.walk(two / "tensorboard") for f in fs if "tfevents" in f]
-    assert len(events) == 1 and os.path.exists(two / "results.json") and os.listdir(two / "samples")
-
-    # the 2-process checkpoint resumes on 1 process, the 1-process one on 2: the same step 6
-    rc, out = launch(1, 4, two, digits_shards, 6)
-    assert rc == 0 and "at step 4" in out["process_0.log"], out
-    rc, out = launch(2, 2, one, digits_shards, 6)
-    assert rc == 0, out
-    assert all("resumed from" in log and "at step 4" in log for log in out.values()), out
-    a, _ = params_at(config(digits_shards, 6), one)
-    b, _ = params_at(config(digits_shards, 6), two)
-    print(f"after the cross resumes (step 6): max |param difference| {max_abs_diff(a, b):.2e}")
-    assert_same_state(a, b)
-
-
 def _wait_for_step(wd, step, proc, timeout=600):
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -206,71 +168,99 @@ def worker_pid(wd, i) -> int:
     raise AssertionError(f"no process {i} on {wd}")
 
 
-def test_signal_to_one_process_stops_all_at_one_step_and_a_kill_resumes(digits_shards, tmp_path):
-    wd = tmp_path / "w"
-    p = launch(2, 2, wd, digits_shards, 200, wait=False)
-    _wait_for_step(wd, 2, p)
-    os.kill(worker_pid(wd, 1), signal.SIGTERM)  # preemption notice to process 1 only
-    out = p.communicate(timeout=600)[0]
-    assert p.returncode == 0, (out, logs(wd))
-    saved = [l for log in logs(wd).values() for l in log.splitlines() if "saved step" in l]
-    steps = [s.split("saved step ")[1].split()[0] for s in saved]
-    assert len(saved) == 2 and steps[0] == steps[1], saved
-    step = int(saved[0].split("saved step ")[1].split()[0])
-    assert checkpoint.manager(str(wd)).latest_step() == step
-
-    # kill -9 one process mid-run: the launcher stops the other; a relaunch resumes both at one step
-    p = launch(2, 2, wd, digits_shards, step + 200, wait=False)
-    _wait_for_step(wd, step + 2, p)
-    os.kill(worker_pid(wd, 1), signal.SIGKILL)
-    p.communicate(timeout=600)
-    assert p.returncode != 0
-    last = checkpoint.manager(str(wd)).latest_step()
-    rc, out = launch(2, 2, wd, digits_shards, last + 2)
-    assert rc == 0, out
-    resumed = [l for log in out.values() for l in log.splitlines() if l.startswith("resumed from")]
-    assert len(resumed) == 2 and all(f"at step {last}" in l for l in resumed), resumed
-    assert checkpoint.manager(str(wd)).latest_step() == last + 2
+def saved_steps(out: dict) -> list[int]:
+    """The steps of every process's "signal ...: saved step N" line."""
+    return [int(l.split("saved step ")[1].split()[0]) for log in out.values() for l in log.splitlines()
+            if "saved step" in l]
 
 
-def test_evaluation_with_two_processes_matches_one(digits_shards, one_process_run, tmp_path):
-    """--mode=evaluate on 2 processes x 2 devices writes the same samples.npz and FID/sFID/IS/P&R
-    as 1 process x 4 devices (same seeds); process 0 writes the batch files, all score them."""
+def evaluate(n, devices, wd, shards, extra):
+    """--mode=evaluate of `wd`'s checkpoint on n processes x `devices` devices; (metrics, eval dir)."""
+    cmd = ["bash", SCRIPT, str(n), "configs/demo.py:reed", str(wd), f"--config.data.dir={shards}",
+           *[f"--config.{k}={v}" for k, v in dict(OVERRIDES, **{"train.steps": 4}).items()], *extra]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                       env=dict(os.environ, PYTHON=sys.executable, LOCAL_DEVICES=str(devices), MODE="evaluate"))
+    assert r.returncode == 0, (r.stderr, logs(wd))
+    (tag,) = [d for d in os.listdir(wd / "eval") if d.startswith("step")]
+    return json.load(open(wd / "eval" / tag / "metrics.json")), wd / "eval" / tag
+
+
+def test_processes_train_evaluate_stop_and_resume_like_one(digits_shards, tmp_path):
+    """One scenario over real processes (8 launches; each costs a JAX start and a compile):
+    1 x 4 and 2 x 2 devices train the same 4 steps; --mode=evaluate on 2 processes matches 1 and
+    resumes batch by batch; a SIGTERM to one process stops both at one saved step; the two
+    checkpoints resume across process counts (1-process one on 2, 2-process one on 1) to the same
+    state; a kill -9 of one process stops the other and a relaunch resumes both at one step."""
     import shutil
 
     from reed_jax.image import digits, fid_eval, inception
 
+    one, two = tmp_path / "one", tmp_path / "two"
+    for n, devices, wd in ((1, 4, one), (2, 2, two)):
+        rc, out = launch(n, devices, wd, digits_shards, 4)
+        assert rc == 0, out
+    c = config(digits_shards, 4)
+    a, _ = params_at(c, one)
+    b, _ = params_at(c, two)
+    print(f"1 x 4 vs 2 x 2 devices after 4 steps: max |param difference| {max_abs_diff(a, b):.2e}")
+    assert_same_state(a, b)
+    # only process 0 writes TensorBoard (one event file); results.json and the grid exist
+    events = [f for _, _, fs in os.walk(two / "tensorboard") for f in fs if "tfevents" in f]
+    assert len(events) == 1 and os.path.exists(two / "results.json") and os.listdir(two / "samples")
+
+    # evaluation of the 2-process step-4 checkpoint: 1 process x 4 devices writes both batches;
+    # 2 x 2 starts from a copy of its first batch file only (a run killed after one batch), computes
+    # the second and scores all: the same samples and FID/sFID/IS/P&R
     inc, ref = str(tmp_path / "inception.npz"), str(tmp_path / "ref.npz")
     fid_eval.save_inception_params(inception.init_params(0, size=75), inc)
     fid_eval.write_reference(fid_eval.to_rgb_uint8(digits.load()[0][:32]), ref,
                              fid_eval.Extractor(fid_eval.load_inception_params(inc), batch_size=8, size=75))
-    shutil.copytree(one_process_run, tmp_path / "one")  # its step-4 checkpoint, evaluated by both
-    shutil.copytree(one_process_run, tmp_path / "two")
     flags = dict(inception_path=inc, reference=ref, fid_samples=16, fid_batch_size=8, inception_batch_size=8,
                  inception_size=75, save_npz=True, frechet_method="eigh")
-    env = {"MODE": "evaluate"}
     extra = [f"--config.eval.{k}={v}" for k, v in flags.items()]
-    results = {}
-    for n, devices, wd in ((1, 4, tmp_path / "one"), (2, 2, tmp_path / "two")):
-        cmd = ["bash", SCRIPT, str(n), "configs/demo.py:reed", str(wd), f"--config.data.dir={digits_shards}",
-               *[f"--config.{k}={v}" for k, v in dict(OVERRIDES, **{"train.steps": 4}).items()], *extra]
-        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                           env=dict(os.environ, PYTHON=sys.executable, LOCAL_DEVICES=str(devices), **env))
-        assert r.returncode == 0, (r.stderr, logs(wd))
-        (tag,) = [d for d in os.listdir(wd / "eval") if d.startswith("step")]
-        results[n] = (json.load(open(wd / "eval" / tag / "metrics.json")),
-                      np.load(wd / "eval" / tag / "samples.npz")["arr_0"])
-    (m1, s1), (m2, s2) = results[1], results[2]
-    assert s1.shape == (16, 8, 8, 3) and np.mean(s1 != s2) < 0.01, np.mean(s1 != s2)
+    ev1, ev2 = tmp_path / "ev1", tmp_path / "ev2"
+    shutil.copytree(two, ev1)
+    shutil.copytree(two, ev2)
+    m1, d1 = evaluate(1, 4, ev1, digits_shards, extra)
+    os.makedirs(ev2 / "eval" / d1.name / "batches")
+    shutil.copy(d1 / "batches" / "batch_00000.npz", ev2 / "eval" / d1.name / "batches")
+    m2, d2 = evaluate(2, 2, ev2, digits_shards, extra)
+    assert "resuming: 1 of 2 batches already done" in logs(ev2)["process_0.log"], logs(ev2)
+    with np.load(d1 / "batches" / "batch_00001.npz") as f1, np.load(d2 / "batches" / "batch_00001.npz") as f2:
+        s1, s2 = f1["images"], f2["images"]  # the batch each process count sampled itself
+        assert s1.shape == (8, 8, 8, 3) and np.mean(s1 != s2) < 0.01, np.mean(s1 != s2)
+        np.testing.assert_allclose(f1["pool_3"], f2["pool_3"], rtol=1e-3, atol=1e-3)
+    assert np.load(d2 / "samples.npz")["arr_0"].shape == (16, 8, 8, 3)
     for k in ("fid", "sfid", "inception_score", "precision", "recall"):
         assert m1[k] == pytest.approx(m2[k], rel=1e-3, abs=1e-3), (k, m1[k], m2[k])
 
-    # a 2-process evaluation killed after its first batch: the relaunch computes only the rest
-    wd = tmp_path / "two"
-    (tag,) = [d for d in os.listdir(wd / "eval") if d.startswith("step")]
-    os.remove(wd / "eval" / tag / "batches" / "batch_00001.npz")
-    os.remove(wd / "eval" / tag / "metrics.json")
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                       env=dict(os.environ, PYTHON=sys.executable, LOCAL_DEVICES="2", **env))
-    assert r.returncode == 0 and "resuming: 1 of 2 batches already done" in logs(wd)["process_0.log"], logs(wd)
-    assert json.load(open(wd / "eval" / tag / "metrics.json"))["fid"] == pytest.approx(m2["fid"], rel=1e-6)
+    # the 1-process checkpoint resumes on 2 processes; SIGTERM to process 1 only stops both at one step
+    p = launch(2, 2, one, digits_shards, 400, wait=False)
+    _wait_for_step(one, 6, p)
+    os.kill(worker_pid(one, 1), signal.SIGTERM)
+    p.communicate(timeout=600)
+    out = logs(one)
+    assert p.returncode == 0 and all("resumed from" in log and "at step 4" in log for log in out.values()), out
+    steps = saved_steps(out)
+    assert len(steps) == 2 and steps[0] == steps[1] == checkpoint.manager(str(one)).latest_step(), out
+    step = steps[0]
+    # the 2-process checkpoint resumes on 1 process to that step: the same state
+    rc, out = launch(1, 4, two, digits_shards, step)
+    assert rc == 0 and "at step 4" in out["process_0.log"], out
+    a, _ = params_at(config(digits_shards, step), one)
+    b, _ = params_at(config(digits_shards, step), two)
+    print(f"after the cross resumes (step {step}): max |param difference| {max_abs_diff(a, b):.2e}")
+    assert_same_state(a, b)
+
+    # kill -9 one process mid-run: the launcher stops the other; a relaunch resumes both at one step
+    p = launch(2, 2, one, digits_shards, step + 400, wait=False)
+    _wait_for_step(one, step + 2, p)
+    os.kill(worker_pid(one, 1), signal.SIGKILL)
+    p.communicate(timeout=600)
+    assert p.returncode != 0
+    last = checkpoint.manager(str(one)).latest_step()
+    rc, out = launch(2, 2, one, digits_shards, last + 2)
+    assert rc == 0, out
+    resumed = [l for log in out.values() for l in log.splitlines() if l.startswith("resumed from")]
+    assert len(resumed) == 2 and all(f"at step {last}" in l for l in resumed), resumed
+    assert checkpoint.manager(str(one)).latest_step() == last + 2

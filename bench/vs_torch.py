@@ -31,11 +31,12 @@ core: the robust figure on a shared, loaded machine, equal to wall time on a qui
 --threads=1). `--profile=DIR` also writes
 a jax.profiler trace of a few of our steps and prints the split of our step into forward, backward
 and update (each jitted alone, timed the same way). `--xla_variants='A;B'` also times our step
-under each XLA_FLAGS string (a worker process each, `--jax_worker`), in the same alternation, and
-prints each variant's ratio to the peer and to our step under this process's flags:
+under each XLA_FLAGS string, optionally with config overrides after a '|' (a worker process
+each, `--jax_worker`), in the same alternation, and prints each variant's ratio to the peer and
+to our step under this process's flags and config:
 
     .venv/bin/python bench/vs_torch.py --threads=1 --model=S/2 --latent=16 --batch=16,64 \
-        --xla_variants='--xla_cpu_experimental_ynn_fusion_type='
+        --xla_variants='--xla_cpu_experimental_ynn_fusion_type=;|model.attention=einsum'
 """
 from __future__ import annotations
 
@@ -158,7 +159,14 @@ def _jax_worker() -> None:
 
     def setup(a):
         state.clear()
-        step, st, data, _, _ = our_step(our_config(a["model"], a["latent"], a["batch"]))
+        c = our_config(a["model"], a["latent"], a["batch"])
+        for key, value in a.get("overrides", {}).items():  # 'model.attention': 'einsum', ...
+            *path, last = key.split(".")
+            node = c
+            for part in path:
+                node = node[part]
+            node[last] = type(node[last])(value)
+        step, st, data, _, _ = our_step(c)
         st, m = step(st, data)  # compile + warm-up
         jax.block_until_ready(m)
         state.update(step=step, state=st, data=data)
@@ -186,12 +194,16 @@ def _jax_worker() -> None:
         sys.stdout.flush()
 
 
-def jax_variant(flags: str):
-    """Our step in a worker process (`--jax_worker` of this file, this Python) whose XLA_FLAGS are
-    `flags`, as a benchmark.Worker: XLA's flags are fixed per process, so a variant is a process."""
+def jax_variant(spec: str):
+    """Our step in a worker process (`--jax_worker` of this file, this Python), as a
+    benchmark.Worker with its config overrides: `spec` is 'XLA_FLAGS' or 'XLA_FLAGS|key=value,...'
+    (e.g. '|model.attention=einsum'). XLA's flags are fixed per process, so a variant is a process."""
     from reed_jax import benchmark
 
-    return benchmark.Worker([sys.executable, os.path.abspath(__file__), "--jax_worker"], env=dict(XLA_FLAGS=flags))
+    flags, _, rest = spec.partition("|")
+    w = benchmark.Worker([sys.executable, os.path.abspath(__file__), "--jax_worker"], env=dict(XLA_FLAGS=flags))
+    w.overrides = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
+    return w
 
 
 def torch_peer(python: str, threads: int):
@@ -344,8 +356,9 @@ def main() -> None:
     ap.add_argument("--profile", default="", help="directory: also time our forward/backward/update split and "
                                                     "write a jax.profiler trace there")
     ap.add_argument("--xla_variants", default="",
-                    help="';'-separated XLA_FLAGS strings: our step again under each, in a worker process, "
-                         "alternated with the others (e.g. '--xla_cpu_experimental_ynn_fusion_type=')")
+                    help="';'-separated variants of our step, each in a worker process alternated with the "
+                         "others: 'XLA_FLAGS' or 'XLA_FLAGS|config.key=value,...' (e.g. "
+                         "'--xla_cpu_experimental_ynn_fusion_type=;|model.attention=einsum')")
     a = ap.parse_args()
     cpus = sorted(os.sched_getaffinity(0))[:a.threads]
     os.sched_setaffinity(0, cpus)  # before jax starts its CPU client: XLA's pool sizes itself from it
@@ -362,7 +375,7 @@ def main() -> None:
                     name = f"SiT-{model} {latent}x{latent}x4 batch {batch}"
                     info = peer.ask(**peer_setup(c, a.threads))
                     for w in variants.values():
-                        w.ask(cmd="setup", model=model, latent=latent, batch=batch)
+                        w.ask(cmd="setup", model=model, latent=latent, batch=batch, overrides=w.overrides)
                     step, state, data, net, tx = our_step(c)
                     n_ours = sum(x.size for x in jax.tree.leaves(state.params))
                     t0 = time.perf_counter()

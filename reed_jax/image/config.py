@@ -46,7 +46,7 @@ def extend_schema(c: ml_collections.ConfigDict) -> None:
     c.model.update(dict(depth=4, heads=4, patch_size=2, mlp_ratio=4.0, label_dropout=0.1,
                         dtype="float32",   # compute dtype: float32 or bfloat16 (params stay float32)
                         remat="none",      # none, full, dots, dots_no_batch (per block)
-                        attention="",      # jax.nn.dot_product_attention implementation: '' (auto), xla, cudnn
+                        attention="",      # '' (einsum on CPU, else jax's), xla, cudnn (jax.nn's), einsum
                         scan=False))       # nn.scan over the blocks between taps (short compiles; stacked params)
     c.diffusion = dict(path="linear", time_sampler="uniform")
     c.sample.update(dict(method="sde", num_steps=250, cfg_scale=1.0, guidance_lo=0.0, guidance_hi=1.0,
@@ -125,7 +125,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
     m = c.model
     one_of(m.dtype, ("float32", "bfloat16"), "model.dtype")
     one_of(m.remat, tuple(REMAT_POLICIES), "model.remat")
-    one_of(m.attention, ("", "xla", "cudnn"), "model.attention")
+    one_of(m.attention, ("", "xla", "cudnn", "einsum"), "model.attention")
     if m.hidden % m.heads:
         raise config_lib.ConfigError(f"model.hidden={m.hidden} is not divisible by model.heads={m.heads}")
     if m.hidden % 4:

@@ -147,7 +147,8 @@ class Attention(nn.Module):
     hidden: int
     heads: int
     dtype: Any = jnp.float32
-    implementation: str | None = None  # jax.nn.dot_product_attention: None (auto), 'xla', 'cudnn'
+    # None: 'einsum' on CPU, else jax.nn.dot_product_attention's choice; 'xla', 'cudnn'; 'einsum'
+    implementation: str | None = None
     logit_heads: int = 0
 
     @nn.compact
@@ -156,13 +157,36 @@ class Attention(nn.Module):
         qkv = dense(3 * d, ("embed", "qkv"), xavier, self.dtype, name="qkv")(x)
         qkv = qkv.reshape(b, n, 3, self.heads, d // self.heads)  # reference order: (3, heads, head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)  # [B, N, heads, head_dim]
-        out = dense(d, ("heads", "embed"), xavier, self.dtype, name="proj")(out.reshape(b, n, d))
-        if not self.logit_heads:
-            return out
         h = self.logit_heads
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q[:, :, :h].astype(jnp.float32), k[:, :, :h].astype(jnp.float32))
-        return out, logits / math.sqrt(d // self.heads)
+        impl = self.implementation
+        if impl is None and jax.default_backend() == "cpu":
+            impl = "einsum"  # jax's choice there is 'xla', slower on CPU (bench/cpu_attention.py)
+        if impl == "einsum":
+            out, scores = attention_einsum(q, k, v)
+            logits = scores[:, :h]
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, implementation=impl)  # [B, N, heads, head_dim]
+            logits = None
+        out = dense(d, ("heads", "embed"), xavier, self.dtype, name="proj")(out.reshape(b, n, d))
+        if not h:
+            return out
+        if logits is None:
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q[:, :, :h].astype(jnp.float32),
+                                k[:, :, :h].astype(jnp.float32)) / math.sqrt(d // self.heads)
+        return out, logits
+
+
+def attention_einsum(q, k, v):
+    """softmax(q k^T / sqrt(head_dim)) v with the heads moved before the tokens, as two batched
+    einsums over [B, heads, N, head_dim] (`model.attention='einsum'`). q, k, v: [B, N, heads,
+    head_dim]. Returns (out [B, N, heads, head_dim] in v's dtype, scaled scores [B, heads, N, N]
+    float32). The same numbers as jax.nn.dot_product_attention's 'xla' path (float32 scores and
+    softmax), laid out so that XLA:CPU runs the batched products without per-head copies:
+    `bench/cpu_attention.py` times both."""
+    qh, kh, vh = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))
+    scores = jnp.einsum("bhqd,bhkd->bhqk", qh, kh, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", probs, vh), 1, 2), scores
 
 
 class Mlp(nn.Module):

@@ -202,3 +202,31 @@ def test_scan_over_blocks_matches_per_block_model(remat):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(sit.unstack_blocks(p_scan, segments))):
         np.testing.assert_array_equal(a, b)
+
+
+def test_einsum_attention_matches_jax_attention_values_gradients_and_logits():
+    """model.attention='einsum' (head-major einsums; what '' runs on CPU) computes what
+    jax.nn.dot_product_attention ('xla') does: the same outputs and gradients of a whole SiT, and with
+    HASTE's logit_heads the same logits as the separate q k^T the fused path needs."""
+    targets = (Target("a", "block2", False, 7),)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
+    t, y = jnp.array([0.3, 0.9]), jnp.array([1, 2])
+    ref, ein = tiny(targets, attention="xla"), tiny(targets, attention="einsum")
+    p = perturb(init(ref, x, t, y))
+
+    def loss(m):
+        return lambda q: sum(jnp.sum(jnp.sin(3 * o)) for o in jax.tree.leaves(m.apply({"params": q}, x, t, y)))
+
+    for a, b in zip(jax.tree.leaves(apply(ref, p, x, t, y)), jax.tree.leaves(apply(ein, p, x, t, y))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    g, g_ein = jax.jit(jax.grad(loss(ref)))(p), jax.jit(jax.grad(loss(ein)))(p)
+    assert float(jnp.abs(g["blocks_0"]["attn"]["qkv"]["kernel"]).sum()) > 0
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ein)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    h = jax.random.normal(jax.random.PRNGKey(2), (2, 9, 32))
+    att = sit.Attention(hidden=32, heads=4, logit_heads=3, implementation="xla")
+    pa = perturb(nn.unbox(att.init(jax.random.PRNGKey(3), h)["params"]))
+    (o1, l1), (o2, l2) = att.apply({"params": pa}, h), att.clone(implementation="einsum").apply({"params": pa}, h)
+    assert l2.shape == (2, 3, 9, 9) and l2.dtype == jnp.float32
+    np.testing.assert_allclose(o1, o2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(l1, l2, rtol=1e-5, atol=1e-5)

@@ -48,6 +48,24 @@ import time
 # ----------------------------------------------------------------------------- torch worker (no jax here)
 
 
+def _serve(setup, window, after=None) -> None:
+    """A worker's loop: one JSON command per stdin line ('setup' -> setup(msg), any other ->
+    window(msg)), one JSON answer per stdout line, until {'cmd': 'quit'}. An exception is answered
+    as {'error': ...}, which the parent raises. `after()` runs after each command."""
+    for line in sys.stdin:
+        msg = json.loads(line)
+        if msg["cmd"] == "quit":
+            break
+        try:
+            out = setup(msg) if msg["cmd"] == "setup" else window(msg)
+        except Exception as e:  # noqa: BLE001  (reported to the parent, which raises)
+            out = {"error": f"{type(e).__name__}: {e}"}
+        if after is not None:
+            after()
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
+
+
 def _torch_worker() -> None:
     """JSON-lines server: {'cmd': 'setup', ...} builds the peer; {'cmd': 'window', 'steps': n} times n
     steps and answers {'seconds_per_step'}; {'cmd': 'quit'} ends."""
@@ -134,17 +152,7 @@ def _torch_worker() -> None:
         except OSError:
             pass
 
-    for line in sys.stdin:
-        msg = json.loads(line)
-        if msg["cmd"] == "quit":
-            break
-        try:
-            out = setup(msg) if msg["cmd"] == "setup" else window(msg)
-        except Exception as e:  # noqa: BLE001  (reported to the parent, which raises)
-            out = {"error": f"{type(e).__name__}: {e}"}
-        trim()
-        sys.stdout.write(json.dumps(out) + "\n")
-        sys.stdout.flush()
+    _serve(setup, window, after=trim)
 
 
 def _jax_worker() -> None:
@@ -182,16 +190,7 @@ def _jax_worker() -> None:
         t = benchmark.timed_window(run, a["steps"])
         return {"seconds_per_step": t.wall, "cpu_seconds_per_step": t.cpu}
 
-    for line in sys.stdin:
-        msg = json.loads(line)
-        if msg["cmd"] == "quit":
-            break
-        try:
-            out = setup(msg) if msg["cmd"] == "setup" else window(msg)
-        except Exception as e:  # noqa: BLE001  (reported to the parent, which raises)
-            out = {"error": f"{type(e).__name__}: {e}"}
-        sys.stdout.write(json.dumps(out) + "\n")
-        sys.stdout.flush()
+    _serve(setup, window)
 
 
 def jax_variant(spec: str):

@@ -390,19 +390,17 @@ def main() -> None:
                         jax.block_until_ready((s, m))
                         holder[0] = s
 
-                    def theirs():
-                        r = peer.ask(cmd="window", steps=a.steps)
-                        return benchmark.Timing(r["seconds_per_step"], r["cpu_seconds_per_step"])
-
-                    load0 = os.getloadavg()[0]
-                    def variant(w):
+                    def remote(w):
+                        """One timed window of a worker (the peer or a variant of our step)."""
                         def run():
                             r = w.ask(cmd="window", steps=a.steps)
                             return benchmark.Timing(r["seconds_per_step"], r["cpu_seconds_per_step"])
                         return run
 
-                    times = benchmark.alternate({"torch": theirs, "jax": lambda: benchmark.timed_window(window, a.steps),
-                                                 **{k: variant(w) for k, w in variants.items()}},
+                    load0 = os.getloadavg()[0]
+                    times = benchmark.alternate({"torch": remote(peer),
+                                                 "jax": lambda: benchmark.timed_window(window, a.steps),
+                                                 **{k: remote(w) for k, w in variants.items()}},
                                                 a.windows, pause=0.3)
                     row = dict(model=model, latent=latent, batch=batch, threads=a.threads,
                                params_ours=int(n_ours), params_peer=info["n_params"], compile_s=compile_s,

@@ -16,8 +16,8 @@ accuracy, seconds), `points.csv`, `convergence.png` (digits-FD against steps, me
 with a min-max band) and `summary.json` (per variant: final digits-FD and accuracy, and steps to
 reach plain SiT's final FD with the speed-up ratio, per seed and median/min/max; see
 reed_jax/benchmark.py). Finished (variant, seed) runs
-are kept in points.jsonl and skipped when the command is run again, so an interrupted benchmark
-resumes.
+are kept in points.jsonl and skipped when the command is run again, and the run that was
+interrupted resumes from its last evaluation (<workdir>/partial/).
 
 Variants: sit (no targets), repa (the token target, constant weights), reed (token + pooled
 targets, w_gen warm-up). Ablations (`--ablation`): reed_nowarmup (w_gen = 1 from step 0),
@@ -108,7 +108,8 @@ def main(argv=None) -> dict:
     scorer = DigitsScorer(digits.fd_params(first, data_dir, log), digits.load()[0])
     points, wall = benchmark.run(args.workdir, settings, configs, seeds, args.steps,
                                  lambda name, c, params, seed: benchmark.train_image_variant(
-                                     name, c, params, data, scorer, seed, args.eval_every, log), log)
+                                     name, c, params, data, scorer, seed, args.eval_every, log,
+                                     benchmark.partial_path(args.workdir, name, seed)), log)
     summary = {"settings": settings, "wall_seconds_this_invocation": wall,
                "variants": benchmark.step_times(benchmark.summarize(points, "digits_fd", "sit", extra=("accuracy",)),
                                                 points, args.steps)}

@@ -27,7 +27,8 @@ initialisation), sees the same batches in the same order and draws the same nois
 Outputs in --workdir: points.jsonl / points.csv (variant, seed, step, fashion_fd, accuracy,
 loss_gen, seconds), convergence.png, summary.json (final values, steps to reach plain SiT's final
 fashion-FD per seed, speed-up ratios with median/min/max, seconds per training step per variant).
-Interrupted runs resume (finished (variant, seed) pairs are kept).
+Interrupted runs resume: finished (variant, seed) pairs are kept, and the one running resumes
+from its last evaluation (<workdir>/partial/).
 """
 from __future__ import annotations
 
@@ -246,7 +247,8 @@ def main(argv=None) -> dict:
     scorer = fashion_mnist.Scorer(fd, all_x)
     points, wall = benchmark.run(args.workdir, settings, configs, seeds, args.steps,
                                  lambda name, c, params, seed: benchmark.train_image_variant(
-                                     name, c, params, data, scorer, seed, args.eval_every, log), log)
+                                     name, c, params, data, scorer, seed, args.eval_every, log,
+                                     benchmark.partial_path(args.workdir, name, seed)), log)
     variants = benchmark.step_times(benchmark.summarize(points, "fashion_fd", "sit", extra=("accuracy",)),
                                     points, args.steps)
     summary = {"settings": settings, "wall_seconds_this_invocation": wall, "variants": variants}

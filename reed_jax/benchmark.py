@@ -206,9 +206,29 @@ def _stats(vals) -> dict:
     return {"median": float(np.median(vals)), "min": float(min(vals)), "max": float(max(vals))}
 
 
+FRACTIONS = (0.25, 0.5, 0.75)  # where along the baseline's run `summarize` also measures the speed-up
+
+
+def _at_fraction(ps: list[dict], frac: float) -> dict:
+    """The evaluation of one run nearest to `frac` of its last step."""
+    last = max(p["step"] for p in ps)
+    return min(ps, key=lambda p: abs(p["step"] - frac * last))
+
+
+def last_quarter_fall(ps: list[dict], metric: str) -> float:
+    """How much lower `metric` is at a run's last evaluation than at the one nearest 3/4 of its steps,
+    as a fraction of the latter: the flatness check of a baseline (the benchmarks call < 0.10 flat)."""
+    a, b = _at_fraction(ps, 0.75)[metric], max(ps, key=lambda p: p["step"])[metric]
+    return float((a - b) / a)
+
+
 def summarize(points: list[dict], metric: str, baseline: str, extra: Sequence[str] = ()) -> dict:
-    """Per variant: final `metric` (and `extra` metrics) per seed, and the steps to reach the baseline's
-    final value of the same seed with the speed-up ratio (baseline steps / those steps)."""
+    """Per variant: final `metric` (and `extra` metrics) per seed, the fall of `metric` over the last
+    quarter of the steps per seed (`last_quarter_fall`), and, against the baseline of the same
+    seed, the steps to reach its final value with the speed-up ratio (baseline steps / those
+    steps), and the same ratio to its values at the `FRACTIONS` of its run ('speedup_at':
+    {'0.25': {seed: ratio}, ...} with 'speedup_at_stats'), which are measured on steeper parts of
+    its curve and depend less on one evaluation's noise."""
     by = {}
     for p in points:
         by.setdefault(p["variant"], {}).setdefault(p["seed"], []).append(p)
@@ -216,19 +236,28 @@ def summarize(points: list[dict], metric: str, baseline: str, extra: Sequence[st
     out = {}
     for v, seeds in by.items():
         row = {f"final_{k}": {s: final(ps)[k] for s, ps in seeds.items()} for k in (metric, *extra)}
+        row["last_quarter_fall"] = {s: last_quarter_fall(ps, metric) for s, ps in seeds.items()}
         if baseline in by and v != baseline:
-            reach, ratio = {}, {}
+            reach, ratio, at = {}, {}, {str(f): {} for f in FRACTIONS}
             for s, ps in seeds.items():
                 if s not in by[baseline]:
                     continue
                 r = steps_to_reach(ps, final(by[baseline][s])[metric], metric)
                 reach[s] = r
                 ratio[s] = None if r is None else final(by[baseline][s])["step"] / r
+                for f in FRACTIONS:
+                    ref = _at_fraction(by[baseline][s], f)
+                    r = steps_to_reach(ps, ref[metric], metric)
+                    at[str(f)][s] = None if r is None else ref["step"] / r
             vals = [r for r in ratio.values() if r is not None]
             row[f"steps_to_{baseline}_final"] = reach
             row["speedup"] = ratio
             row["speedup_stats"] = (dict(_stats(vals), reached=f"{len(vals)}/{len(ratio)}") if vals
                                     else {"reached": f"0/{len(ratio)}"})
+            row["speedup_at"] = at
+            row["speedup_at_stats"] = {f: (dict(_stats(x), reached=f"{len(x)}/{len(r)}") if x
+                                           else {"reached": f"0/{len(r)}"})
+                                       for f, r in at.items() for x in [[y for y in r.values() if y is not None]]}
         for k in (metric, *extra):
             row[f"final_{k}_stats"] = _stats(list(row[f"final_{k}"].values()))
         out[v] = row
@@ -296,11 +325,56 @@ def run(workdir: str, settings: dict, configs: dict, seeds: Sequence[int], steps
             with open(points_path, "w") as fh:  # whole file rewritten: a killed run leaves no partial seed
                 fh.writelines(json.dumps(p) + "\n" for p in points)
     wall = time.time() - t_start
-    with open(os.path.join(workdir, "points.csv"), "w", newline="") as fh:
+    write_csv(os.path.join(workdir, "points.csv"), points)
+    return points, wall
+
+
+def write_csv(path: str, points: list[dict]) -> None:
+    with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for p in points for k in p)))  # final points add keys
         w.writeheader()
         w.writerows(points)
-    return points, wall
+
+
+def merge(workdir: str, sources: Sequence[str], settings: dict, steps: int) -> list[dict]:
+    """Gather the finished (variant, seed) runs of several workdirs of one benchmark (e.g. seeds run
+    in parallel processes) into `workdir`'s points.jsonl and return all of its points. Every source
+    must hold the same `settings` (its settings.json), and a run finished in two places must have
+    the same points there (else a SystemExit names the two places); unfinished runs are left out."""
+    os.makedirs(workdir, exist_ok=True)
+    merged: dict = {}
+    order: list = []  # variants in the order they first appear (the benchmark's order)
+    for src in [workdir, *sources]:
+        sp, pp = os.path.join(src, "settings.json"), os.path.join(src, "points.jsonl")
+        if not os.path.exists(pp):
+            if src == workdir:
+                continue
+            raise SystemExit(f"--merge: {pp} does not exist")
+        with open(sp) as fh:
+            if json.load(fh) != settings:
+                raise SystemExit(f"--merge: {sp} holds other settings than this command's; not merged")
+        with open(pp) as fh:
+            pts = [json.loads(line) for line in fh if line.strip()]
+        order += [v for v in dict.fromkeys(p["variant"] for p in pts) if v not in order]
+        for key in {(p["variant"], p["seed"]) for p in pts if p["step"] == steps}:
+            run_pts = sorted((p for p in pts if (p["variant"], p["seed"]) == key), key=lambda p: p["step"])
+            if key in merged and _metrics(merged[key][1]) != _metrics(run_pts):
+                raise SystemExit(f"--merge: {key[0]} seed {key[1]} finished in both {merged[key][0]} and {src} "
+                                 f"with other points")
+            merged.setdefault(key, (src, run_pts))
+    points = [p for _, (_, ps) in sorted(merged.items(), key=lambda kv: (kv[0][1], order.index(kv[0][0])))
+              for p in ps]
+    with open(os.path.join(workdir, "settings.json"), "w") as fh:
+        json.dump(settings, fh, indent=1)
+    with open(os.path.join(workdir, "points.jsonl"), "w") as fh:
+        fh.writelines(json.dumps(p) + "\n" for p in points)
+    write_csv(os.path.join(workdir, "points.csv"), points)
+    return points
+
+
+def _metrics(points: list[dict]) -> list[dict]:
+    """A run's points without its clocks (two processes time the same run differently)."""
+    return [{k: v for k, v in p.items() if k not in ("seconds", "train_seconds")} for p in points]
 
 
 def markdown_table(summary: dict, metric: str, baseline: str, extra: Sequence[str] = ()) -> str:
@@ -328,6 +402,27 @@ def markdown_table(summary: dict, metric: str, baseline: str, extra: Sequence[st
     return "\n".join(rows) + "\n"
 
 
+def markdown_speedups_at(summary: dict, baseline: str) -> str:
+    """Per variant, the speed-up to the baseline's value at each fraction of its run and at its end
+    (median [min, max] over seeds), and the baseline's last-quarter fall per seed (flatness)."""
+    fr = [*map(str, FRACTIONS)]
+    head = ["variant", *[f"to {baseline}'s value at {float(f):.0%} of its steps" for f in fr],
+            f"to {baseline}'s final value"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cell = lambda s: (f"{s['median']:.2f}x [{s['min']:.2f}, {s['max']:.2f}]" + ("" if s["reached"].split("/")[0]
+                      == s["reached"].split("/")[1] else f" reached {s['reached']}") if "median" in s
+                      else f"not reached ({s['reached']})")
+    for v, row in summary.items():
+        if "speedup_at" in row:
+            rows.append("| " + " | ".join([v, *[cell(row["speedup_at_stats"][f]) for f in fr],
+                                           cell(row["speedup_stats"])]) + " |")
+    if baseline in summary:
+        falls = summary[baseline]["last_quarter_fall"]
+        rows.append(f"\n{baseline}'s fall over the last quarter of its steps: " + ", ".join(
+            f"seed {s} {100 * x:.0f}%" for s, x in sorted(falls.items())) + " (flat: < 10%)")
+    return "\n".join(rows) + "\n"
+
+
 def report(summary: dict, metric: str, baseline: str, log=print) -> None:
     log(f"\n{'variant':15s} {'final ' + metric + ' (median [min, max])':38s} speed-up to {baseline}'s final value")
     for v, row in summary.items():
@@ -338,6 +433,7 @@ def report(summary: dict, metric: str, baseline: str, log=print) -> None:
         ms = list(row.get("ms_per_step", {}).values())
         ms = f"   {np.median(ms):.0f} ms/step" if ms else ""
         log(f"{v:15s} {f['median']:8.3f} [{f['min']:.3f}, {f['max']:.3f}]{'':14s} {sp}{ms}")
+    log(markdown_speedups_at(summary, baseline))
 
 # ----------------------------------------------------------------------------- speed benchmarks
 # (bench/vs_torch.py, bench/input_pipeline.py, bench/accelerator.py): one parser, one load line,

@@ -55,3 +55,48 @@ def test_checkpoint_of_another_state_is_refused(tmp_path):
     benchmark._save_partial(path, {"n": jnp.zeros((), jnp.int32), "w": jnp.zeros(3, jnp.float32)}, 3, [], 0.0, 0.0)
     with pytest.raises(ValueError, match=r"leaf_1 is float32\[3\], the state's is float32\[2\]"):
         _run(path, _score)
+
+
+def _curve(variant, seed, scale, steps=(100, 200, 300, 400)):
+    """Points of a run whose metric is 100 * scale / step (a variant with scale < 1 is ahead)."""
+    return [{"variant": variant, "seed": seed, "step": s, "fd": 100.0 * scale * 100 / s} for s in steps]
+
+
+def test_summarize_speedups_at_fractions_and_flatness():
+    pts = _curve("sit", 0, 1.0) + _curve("reed", 0, 0.5)
+    s = benchmark.summarize(pts, "fd", "sit")
+    # reed's fd is sit's at half the steps: 2x to every value of sit's (log-interpolated, exact here)
+    assert s["reed"]["speedup"][0] == pytest.approx(2.0)
+    assert s["reed"]["speedup_at"]["0.5"][0] == pytest.approx(2.0)  # sit's step-200 value at reed step 100
+    assert s["reed"]["speedup_at"]["0.25"][0] == pytest.approx(1.0)  # sit's step-100 value: reached at reed's first eval
+    # sit's step-300 value (33.3) falls between reed's evaluations: interpolated in log(metric)
+    reached = 100 + 100 * np.log(50 / (100 / 3)) / np.log(2)
+    assert s["reed"]["speedup_at_stats"]["0.75"]["median"] == pytest.approx(300 / reached)
+    assert s["sit"]["last_quarter_fall"][0] == pytest.approx(0.25)  # 100/3 -> 25: step 300 -> 400
+    table = benchmark.markdown_speedups_at(s, "sit")
+    assert "| reed | 1.00x [1.00, 1.00] | 2.00x [2.00, 2.00] | 1.89x [1.89, 1.89] | 2.00x [2.00, 2.00] |" in table
+    assert "seed 0 25%" in table
+
+
+def _workdir(path, settings, points):
+    import json
+    path.mkdir()
+    (path / "settings.json").write_text(json.dumps(settings))
+    (path / "points.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
+    return str(path)
+
+
+def test_merge_gathers_finished_runs_and_refuses_conflicts(tmp_path):
+    st = {"steps": 400}
+    a = _workdir(tmp_path / "a", st, _curve("sit", 0, 1.0) + _curve("reed", 0, 0.5) + _curve("sit", 1, 1.0)[:2])
+    b = _workdir(tmp_path / "b", st, _curve("sit", 1, 1.1) + _curve("reed", 1, 0.6))
+    pts = benchmark.merge(str(tmp_path / "m"), [a, b], st, 400)
+    assert [(p["variant"], p["seed"]) for p in pts if p["step"] == 400] == [
+        ("sit", 0), ("reed", 0), ("sit", 1), ("reed", 1)]  # a's unfinished sit seed 1 is b's finished one
+    assert len(pts) == 16 and (tmp_path / "m" / "points.csv").exists()
+    c = _workdir(tmp_path / "c", st, _curve("reed", 1, 0.7))
+    with pytest.raises(SystemExit, match="reed seed 1 finished in both"):
+        benchmark.merge(str(tmp_path / "m2"), [a, b, c], st, 400)
+    d = _workdir(tmp_path / "d", {"steps": 300}, [])
+    with pytest.raises(SystemExit, match="other settings"):
+        benchmark.merge(str(tmp_path / "m3"), [a, d], st, 400)

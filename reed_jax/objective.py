@@ -102,14 +102,20 @@ def combine(gen: jax.Array, align: Mapping[str, jax.Array], t: jax.Array, w_gen,
             targets: Mapping[str, Mapping]) -> tuple[jax.Array, dict]:
     """Total loss and its parts.
 
-    gen: [B] per-sample generative loss; align: {name: [B] per-sample alignment loss};
+    gen: [B] per-sample generative loss, or {part: [B]} whose sum is (part 'gen' the data's own
+    term, logged as loss/gen; the others, e.g. REG's weighted class-token term 'cls', as
+    loss/<part>, so that loss/gen compares across variants); align: {name: [B] per-sample alignment loss};
     t: [B] noise levels in [0, 1], 1 = pure noise (a track whose own time runs the other way, proteins
     and molecules with t = 1 clean, passes 1 - t; see reed_jax/tracks.py); w_gen, w_align: scalars
     for this step; targets: {name: {coeff, noise_weight, cutoff_lo, cutoff_hi}}.
     Returns (loss scalar, metrics dict of scalars).
     """
-    metrics = {"loss/gen": gen.mean(), "weight/gen": jnp.asarray(w_gen, jnp.float32),
-               "weight/align": jnp.asarray(w_align, jnp.float32)}
+    parts = dict(gen) if isinstance(gen, Mapping) else {"gen": gen}
+    if "gen" not in parts:
+        raise ValueError(f"objective.combine: the generative parts {sorted(parts)} have no 'gen' (the data's term)")
+    metrics = {f"loss/{k}": v.mean() for k, v in parts.items()}
+    metrics.update({"weight/gen": jnp.asarray(w_gen, jnp.float32), "weight/align": jnp.asarray(w_align, jnp.float32)})
+    gen = sum(parts.values())
     align_total = jnp.zeros((), jnp.float32)
     for name, per_sample in align.items():
         cfg = targets[name]

@@ -72,8 +72,9 @@ class Track(Protocol):
         existing model: old checkpoints are checked against it)."""
 
     def losses(self, config, model, params, batch: dict, rng: jax.Array) -> tuple:
-        """-> (generative loss [B], {target name: alignment loss [B]}, noise level [B] in [0, 1],
-        1 = pure noise). Traced inside the jitted step."""
+        """-> (generative loss [B] (or {'gen': [B], other weighted parts: [B]}, summed, each logged:
+        objective.combine), {target name: alignment loss [B]}, noise level [B] in [0, 1], 1 = pure
+        noise). Traced inside the jitted step."""
 
     # ---- data
     def precompute(self, config, out_dir: str, log: Callable = print) -> str:

@@ -52,10 +52,12 @@ def losses(config, model, params, batch, rng):
     """Per-sample velocity MSE [B], alignment losses {name: [B]} and t [B] (1 = pure noise).
 
     REG (a target with entangle > 0): its clean vector is noised with the same t and its own noise,
-    fed to the model as the class token, and `entangle x` its velocity MSE is added to the
-    per-sample generative loss (REG: loss = MSE + 0.03 MSE_cls). HASTE (kind='attention'): the
-    cross-entropy of the tap block's attention rows against the teacher's maps (stored, computed
-    online, or encoder='affinity': from the `affinity_of` target's tokens)."""
+    fed to the model as the class token, and `entangle x` its velocity MSE is the generative loss's
+    second part: {'gen': image MSE [B], 'cls': entangle x class-token MSE [B]}, summed by
+    objective.combine (REG: loss = MSE + 0.03 MSE_cls) and logged apart (loss/gen, loss/cls).
+    HASTE (kind='attention'): the cross-entropy of the tap block's attention rows against the
+    teacher's maps (stored, computed online, or encoder='affinity': from the `affinity_of` target's
+    tokens)."""
     k_x0, k_t, k_eps, k_drop = jax.random.split(rng, 4)
     d, path = config.data, config.diffusion.path
     x0 = batch["image"] if d.kind == "pixels" else interpolants.x0_from_moments(k_x0, batch["moments"], d.latent_scale)
@@ -71,8 +73,8 @@ def losses(config, model, params, batch, rng):
     pred, feats = model.apply({"params": params}, xt, t, batch["label"], train=True, rngs={"label_dropout": k_drop},
                               **extra)
     gen = objective.mse_per_sample(pred[0] if reg is not None else pred, v)
-    if reg is not None:
-        gen = gen + reg.entangle * objective.mse_per_sample(pred[1], v_cls)
+    if reg is not None:  # loss/gen stays the image's MSE (comparable with other variants); loss/cls the class token's
+        gen = {"gen": gen, "cls": reg.entangle * objective.mse_per_sample(pred[1], v_cls)}
     align = {}
     for n in feats:
         spec = config.targets[n]

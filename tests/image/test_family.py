@@ -184,7 +184,9 @@ def test_reg_class_token_is_an_input_token_and_its_velocity_is_learned():
 
     # in training the model sees the class token noised with the sample's t and its own noise
     batch, rng = _batch(), jax.random.PRNGKey(5)
-    gen, _, t = image_track.losses(c, model, params, batch, rng)
+    parts, _, t = image_track.losses(c, model, params, batch, rng)
+    assert set(parts) == {"gen", "cls"}
+    gen = parts["gen"] + parts["cls"]
     _, k_t, k_eps, k_drop = jax.random.split(rng, 4)
     x0 = jnp.asarray(batch["image"])
     xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * jax.random.normal(k_eps, x0.shape)
@@ -202,13 +204,21 @@ def test_reg_class_token_is_an_input_token_and_its_velocity_is_learned():
     # the generative loss is the image MSE + entangle x the class token's velocity MSE (target eps - c0)
     batch, rng = _batch(), jax.random.PRNGKey(5)
     params0 = train.init_state(c, model, train.make_optimizer(c)).params  # linear_cls = 0: predicted velocity 0
-    gen, _, t = image_track.losses(c, model, params0, batch, rng)
+    gen, align, t = image_track.losses(c, model, params0, batch, rng)
     c.targets.digits_pooled.entangle = 0.5
     gen2, _, _ = image_track.losses(c, train.build_model(c), params0, batch, rng)
     c0 = batch["target/digits_pooled"]
     eps = jax.random.normal(jax.random.fold_in(rng, 5), c0.shape)
     mse_cls = np.mean((np.asarray(eps) - c0) ** 2, axis=1)
-    np.testing.assert_allclose(np.asarray(gen2) - np.asarray(gen), (0.5 - 0.03) * mse_cls, rtol=1e-4)
+    np.testing.assert_allclose(gen["cls"], 0.03 * mse_cls, rtol=1e-4)
+    np.testing.assert_allclose(gen2["cls"], 0.5 * mse_cls, rtol=1e-4)
+    np.testing.assert_allclose(gen2["gen"], gen["gen"], rtol=1e-6)  # the image's term does not depend on the weight
+    # the step minimises the sum and logs the parts apart: loss/gen the image's MSE alone, loss/cls the rest
+    targets = {n: dict(s) for n, s in c.targets.items()}
+    total, m = objective.combine(gen2, align, t, 1.0, 0.0, targets)
+    assert float(m["loss/gen"]) == pytest.approx(float(np.mean(gen2["gen"])), rel=1e-6)
+    assert float(m["loss/cls"]) == pytest.approx(float(np.mean(0.5 * mse_cls)), rel=1e-4)
+    assert float(total) == pytest.approx(float(m["loss/gen"] + m["loss/cls"]), rel=1e-6)
     assert train.signature(c)["targets"]["digits_pooled"] == [3, True, 128, "entangled"]  # (tiny_config: tap block3)
 
 
@@ -280,6 +290,7 @@ def test_imagenet_reg_and_haste_presets_trace_at_xl():
         params = jax.eval_shape(lambda: image_track.init_params(c, model, jax.random.PRNGKey(0)))
         gen, align, _ = jax.eval_shape(lambda p, x: image_track.losses(c, model, p, x, jax.random.PRNGKey(1)),
                                        params, batch)
+        gen = gen["gen"] if isinstance(gen, dict) else gen
         assert gen.shape == (b,) and all(v.shape == (b,) for v in align.values())
         if name.endswith("reg"):
             assert params["cls_embedder"]["kernel"].shape == (768, 1152) and set(align) == {"dinov2", "dinov2_cls"}

@@ -7,6 +7,7 @@ this file owns the optimisation, checkpoints, resumption and preemption.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -100,13 +101,18 @@ def create_state(config, model, tx, shardings):
 
 
 def make_train_step(config, model, tx, losses_fn: Callable | None = None, mesh=None, shardings=None,
-                    frozen: dict | None = None):
+                    frozen: dict | None = None, skip_stopped_alignment: bool = True):
     """(state, batch) -> (state, metrics). batch: {field: [B, ...]} arrays.
 
     `frozen` ({key: encoders.FrozenEncoder} from encoders.build_online, `encoder.mode='online'`, each
     returning {target name: output}): those targets are computed inside the step from the batch's
     `pixels` (uint8 crops), under stop_gradient; the
     encoders' weights are a (replicated) argument of the jitted step, not constants baked into it.
+
+    With `curriculum.align.stop_step` > 0 (HASTE), steps from it on skip the alignment's compute
+    (the online encoders, projectors and alignment losses) and log loss/align_* as 0; the update is
+    the one the zero alignment weight gives (`skip_stopped_alignment=False` computes it the slow way).
+    The step is then an `AlignmentStop` (two compiled steps, the second compiled at the stop).
 
     A step whose loss or gradients are not finite keeps params, EMA and optimizer state
     as they were (the step counter still advances past the batch) and counts the skip.
@@ -122,17 +128,34 @@ def make_train_step(config, model, tx, losses_fn: Callable | None = None, mesh=N
     frozen = frozen or {}
     losses_fn = losses_fn or tracks.get(config).losses
 
-    def step(state: TrainState, batch, frozen_params):
-        if frozen:
+    # HASTE's stop (curriculum.align.stop_step > 0): from that step on a second compiled step without
+    # the alignment runs: no frozen encoder forward (unless it feeds REG's input token), no projectors
+    # or alignment losses (dead code there, removed by XLA), loss/align_* logged 0. Its update is the
+    # weight-0 step's (zero alignment gradients), without that step's cost. (A lax.cond between the
+    # two inside one step was measured 1.17x slower after the stop and 1.27x before it, on CPU: its
+    # gradient keeps zero-filled residuals of the branch not taken.)
+    stop = int(config.curriculum.align.get("stop_step", 0)) if skip_stopped_alignment and targets else 0
+    feeds_input = any(targets[n].get("entangle", 0) for key in frozen for n in key.split("+"))
+
+    def step(state: TrainState, batch, frozen_params, aligned: bool = True):
+        def with_targets(batch):
             feats = {}
             for n, enc in frozen.items():
                 feats.update(enc.apply(frozen_params[n], batch["pixels"]))
-            batch = dict(batch, **{records.TARGET_PREFIX + n: jax.lax.stop_gradient(v.astype(jnp.float32))
-                                   for n, v in feats.items()})
+            return dict(batch, **{records.TARGET_PREFIX + n: jax.lax.stop_gradient(v.astype(jnp.float32))
+                                  for n, v in feats.items()})
+
+        def with_placeholders(batch):  # the online targets' shapes, zeros: nothing reads them without alignment
+            shapes = jax.eval_shape(with_targets, batch)
+            return dict(batch, **{k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items() if k not in batch})
+
+        batch = with_targets(batch) if aligned or feeds_input else with_placeholders(batch)
         rng = jax.random.fold_in(state.rng, state.step)
 
         def loss_fn(params):
             gen, align, t = losses_fn(config, model, params, batch, rng)
+            if not aligned:
+                align = {n: jnp.zeros_like(v) for n, v in align.items()}
             return objective.combine(gen, align, t, w_gen(state.step), w_align(state.step), targets)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -153,20 +176,41 @@ def make_train_step(config, model, tx, losses_fn: Callable | None = None, mesh=N
                        skipped=new.skipped, consecutive_skips=new.consecutive_skips)
         return new, metrics
 
-    if not frozen:
-        plain = lambda state, batch: step(state, batch, {})
+    def compiled(aligned: bool):
+        fn = functools.partial(step, aligned=aligned)
+        if not frozen:
+            plain = lambda state, batch: fn(state, batch, {})
+            if mesh is None:
+                return jax.jit(plain, donate_argnums=0)
+            return jax.jit(plain, in_shardings=(shardings, parallel.batch_sharding(mesh)),
+                           out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+        params = {n: enc.params for n, enc in frozen.items()}
         if mesh is None:
-            return jax.jit(plain, donate_argnums=0)
-        return jax.jit(plain, in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                       out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
-    params = {n: enc.params for n, enc in frozen.items()}
-    if mesh is None:
-        fn, params = jax.jit(step, donate_argnums=0), jax.device_put(params)
-    else:
-        fn = jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
-                     out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
-        params = jax.device_put(params, parallel.replicated(mesh))
-    return lambda state, batch: fn(state, batch, params)
+            jitted, params = jax.jit(fn, donate_argnums=0), jax.device_put(params)
+        else:
+            jitted = jax.jit(fn, in_shardings=(shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
+                             out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+            params = jax.device_put(params, parallel.replicated(mesh))
+        return lambda state, batch: jitted(state, batch, params)
+
+    if not stop:
+        return compiled(True)
+    return AlignmentStop(compiled(True), compiled(False), stop)
+
+
+class AlignmentStop:
+    """A train step with HASTE's stop: `aligned` before step `stop`, `unaligned` from it on (each
+    jitted on first use). `for_step(n)` picks by the number of steps done (what a loop that counts
+    steps on the host calls, no device sync); calling it reads `state.step` (one sync per step)."""
+
+    def __init__(self, aligned: Callable, unaligned: Callable, stop: int):
+        self.aligned, self.unaligned, self.stop = aligned, unaligned, stop
+
+    def for_step(self, steps_done: int) -> Callable:
+        return self.aligned if steps_done < self.stop else self.unaligned
+
+    def __call__(self, state, batch):
+        return self.for_step(int(jax.device_get(state.step)))(state, batch)
 
 # ----------------------------------------------------------------------------- preemption
 
@@ -295,7 +339,8 @@ def _run(config, workdir, log, stop, track, data_dir, model, tx, mngr) -> dict:
                disable=jax.process_index() > 0)
     for step in range(start + 1, total + 1):
         batch = parallel.global_batch({k: v for k, v in next(it).items() if k != "index"}, mesh)
-        state, metrics = train_step(state, batch)
+        state, metrics = (train_step.for_step(step - 1) if isinstance(train_step, AlignmentStop)
+                          else train_step)(state, batch)
         bar.update(1)
         if step % config.train.log_every == 0 or step == total:
             check_saves()  # an asynchronous save that failed is reported here, with its directory

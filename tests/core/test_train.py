@@ -275,3 +275,43 @@ def test_image_losses_and_step_loss_match_a_hand_computation(kind, path, time_sa
     total = float(np.mean(f64(gen_s))) + 0.5 * (1.0 * np.mean(f64(align_s["digits_tokens"]))
                                                  + 0.5 * np.mean(f64(align_s["digits_pooled"])))
     np.testing.assert_allclose(float(m["loss/total"]), total, rtol=1e-5)
+
+
+def test_haste_stop_skips_the_alignment_compute_with_the_same_update(digits_shards):
+    """From curriculum.align.stop_step on, the step takes the branch without the alignment: the
+    same update as the zero alignment weight gives, loss/align_* logged 0, and the online encoder
+    not run (a frozen encoder whose features are NaN poisons every step before the stop, none
+    after it; the slow path, which still computes the alignment at weight 0, skips them all)."""
+    from reed_jax.models.encoders import FrozenEncoder
+
+    c = tiny_config("reed")
+    c.curriculum.gen.warmup = 0
+    c.curriculum.align.stop_step = 3
+    model, tx = train.build_model(c), train.make_optimizer(c)
+    batch = {k: v for k, v in next(iter(pipeline.make_loader(digits_shards, "train", 8, seed=0))).items() if k != "index"}
+    fast, slow = train.make_train_step(c, model, tx), train.make_train_step(c, model, tx, skip_stopped_alignment=False)
+    s_fast, s_slow = train.init_state(c, model, tx), train.init_state(c, model, tx)
+    for i in range(5):
+        s_fast, m_fast = fast(s_fast, batch)
+        s_slow, m_slow = slow(s_slow, batch)
+        np.testing.assert_allclose(float(m_fast["loss/total"]), float(m_slow["loss/total"]), rtol=1e-5)
+        a_fast, a_slow = float(m_fast["loss/align_digits_tokens"]), float(m_slow["loss/align_digits_tokens"])
+        if i < 3:
+            assert a_fast == pytest.approx(a_slow, rel=1e-5) and a_fast != 0.0
+        else:
+            assert a_fast == 0.0 and a_slow != 0.0 and float(m_fast["weight/align"]) == 0.0
+    for a, b in zip(jax.tree.leaves(s_fast.params), jax.tree.leaves(s_slow.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+    tokens = batch["target/digits_tokens"]
+    nan_encoder = FrozenEncoder("nan", lambda p, px: {"digits_tokens": jnp.full((px.shape[0],) + tokens.shape[1:], jnp.nan)},
+                                {}, tokens.shape[-1])
+    online = dict(batch, pixels=np.zeros((len(tokens), 8, 8, 3), np.uint8))
+    skipped = {}
+    for skip in (True, False):
+        step = train.make_train_step(c, model, tx, frozen={"digits_tokens": nan_encoder}, skip_stopped_alignment=skip)
+        state = train.init_state(c, model, tx)
+        for _ in range(5):
+            state, m = step(state, online)
+        skipped[skip] = int(m["skipped"])
+    assert skipped == {True: 3, False: 5}

@@ -25,6 +25,8 @@ def sit_forward_flops(model_cfg, data_shape, targets=None) -> dict[str, float]:
     proj = 0.0
     width = model_cfg.projector_width
     for tg in (targets or {}).values():
+        if tg.get("kind", "features") != "features":  # HASTE's attention targets: no projector (their
+            continue                                  # logits' q k^T is a part of the attention counted above)
         n = 1 if tg.pooled else t
         proj += 2 * n * (d * width + width * width + width * tg.dim)
     return {"backbone": float(depth * per_block + embed + final), "projectors": float(proj)}

@@ -17,3 +17,11 @@ def test_peak_table():
     assert flops.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert flops.peak_flops("TPU v5 lite") == 197e12
     assert flops.peak_flops("cpu") is None
+
+
+def test_attention_targets_have_no_projector_flops():
+    """HASTE's attention targets align the tap block's own logits: only its feature target has a projector."""
+    c = image_config.imagenet_config("XL", "haste")
+    f = flops.sit_forward_flops(c.model, c.data.image_shape, c.targets)
+    d, w = c.model.hidden, c.model.projector_width
+    assert f["projectors"] == 2 * 256 * (d * w + w * w + w * 768)  # REPA's one token projector (DINOv2-B, 768)

@@ -29,7 +29,8 @@ initialisation), sees the same batches in the same order and draws the same nois
 Outputs in --workdir: points.jsonl / points.csv (variant, seed, step, fashion_fd, accuracy,
 loss_gen, seconds), convergence.png, summary.json (final values, steps to reach plain SiT's final
 fashion-FD and its values at 25/50/75% of the steps per seed, speed-up ratios with median/min/max,
-SiT's fall over its last quarter, seconds per training step per variant) and summary.md (its tables).
+SiT's fall over its last quarter, seconds per training step per variant, and the real-data floor:
+the fashion-FD of --eval_samples real images, what a perfect generator scores) and summary.md.
 Interrupted runs resume: finished (variant, seed) pairs are kept, and the one running resumes
 from its last evaluation (<workdir>/partial/).
 """
@@ -84,13 +85,15 @@ def variant_config(name: str, args):
     return c
 
 
-def load_data(args, log) -> tuple[dict, np.ndarray, dict]:
-    """(training arrays {'image', 'label', 'target/<name>'}, all 70,000 images in [-1, 1], FD params);
-    the EfficientNet targets and the FD network are computed once and cached in --workdir."""
+def load_data(args, log, cache_dir: str | None = None) -> tuple[dict, np.ndarray, np.ndarray, dict]:
+    """(training arrays {'image', 'label', 'target/<name>'}, all 70,000 images in [-1, 1] and their
+    labels, FD params); the EfficientNet targets and the FD network are computed once and cached in
+    `cache_dir` (default --workdir)."""
+    cache_dir = cache_dir or args.workdir
     all_u8, all_y = fashion_mnist.load_uint8("all")
     x_u8, y = fashion_mnist.subset(all_u8, all_y, args.per_class, seed=0)
     grid = fashion_mnist.IMAGE_SHAPE[0] // args.patch
-    cache = os.path.join(args.workdir, f"effnet_targets_{args.per_class}_{args.effnet_size}_{grid}.npz")
+    cache = os.path.join(cache_dir, f"effnet_targets_{args.per_class}_{args.effnet_size}_{grid}.npz")
     if os.path.exists(cache):
         with np.load(cache) as f:
             feats = {k: f[k] for k in f.files}
@@ -116,8 +119,19 @@ def load_data(args, log) -> tuple[dict, np.ndarray, dict]:
         log(f"FD network train accuracy {acc:.4f}")
         return p
 
-    fd = encoders.load_or_fit(os.path.join(args.workdir, f"fd_net_{args.fd_steps}"), fit, log)
-    return data, all_x, fd
+    fd = encoders.load_or_fit(os.path.join(cache_dir, f"fd_net_{args.fd_steps}"), fit, log)
+    return data, all_x, all_y, fd
+
+
+def real_data_floor(scorer, all_x: np.ndarray, all_y: np.ndarray, n: int, draws: int = 8, seed: int = 0) -> dict:
+    """fashion-FD of `n` real images (labels cycling over the classes, as the samples') against all
+    of them, over `draws` random draws: the value a perfect generator scores with `n` samples (the
+    metric's small-sample bias), below which no curve can go."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % fashion_mnist.NUM_CLASSES).astype(np.int32)
+    by_class = [np.flatnonzero(all_y == k) for k in range(fashion_mnist.NUM_CLASSES)]
+    vals = [scorer(all_x[[rng.choice(by_class[k]) for k in labels]], labels)["fashion_fd"] for _ in range(draws)]
+    return {"median": float(np.median(vals)), "min": float(min(vals)), "max": float(max(vals)), "draws": draws, "n": n}
 
 
 def standardise(x: np.ndarray) -> np.ndarray:
@@ -257,7 +271,7 @@ def main(argv=None) -> dict:
         settings.pop("standardise_targets")
     os.makedirs(args.workdir, exist_ok=True)
     if args.analyse_targets:
-        data, _, _ = load_data(args, log)
+        data, _, _, _ = load_data(args, log)
         x_u8 = np.round((data["image"] + 1.0) * 127.5).astype(np.uint8)
         feats = {k[len(records.TARGET_PREFIX + "effnet_"):]: v for k, v in data.items()
                  if k.startswith(records.TARGET_PREFIX)}
@@ -265,29 +279,41 @@ def main(argv=None) -> dict:
         with open(os.path.join(args.workdir, "target_analysis.json"), "w") as fh:
             json.dump(out, fh, indent=1)
         return out
+    # (merged runs are scored by the first source's cached FD network: every source's is the same fit)
+    data, all_x, all_y, fd = load_data(args, log, args.merge.split(",")[0] if args.merge else None)
+    scorer = fashion_mnist.Scorer(fd, all_x)
+    floor = real_data_floor(scorer, all_x, all_y, args.eval_samples)
+    log(f"fashion-FD of {args.eval_samples} real images (class-balanced) against all: {floor['median']:.2f} "
+        f"[{floor['min']:.2f}, {floor['max']:.2f}] over {floor['draws']} draws: what a perfect generator scores")
     if args.merge:
         points, wall = benchmark.merge(args.workdir, args.merge.split(","), settings, args.steps), 0.0
     else:
-        data, all_x, fd = load_data(args, log)
-        scorer = fashion_mnist.Scorer(fd, all_x)
         points, wall = benchmark.run(args.workdir, settings, configs, seeds, args.steps,
                                      lambda name, c, params, seed: benchmark.train_image_variant(
                                          name, c, params, data, scorer, seed, args.eval_every, log,
                                          benchmark.partial_path(args.workdir, name, seed)), log)
     variants = benchmark.step_times(benchmark.summarize(points, "fashion_fd", "sit", extra=("accuracy",)),
                                     points, args.steps)
-    summary = {"settings": settings, "wall_seconds_this_invocation": wall, "variants": variants}
+    excess = [{**p, "fashion_fd": p["fashion_fd"] - floor["median"]} for p in points if p["variant"] == "sit"]
+    floor["sit_excess_last_quarter_fall"] = {s: benchmark.last_quarter_fall([p for p in excess if p["seed"] == s],
+                                                                          "fashion_fd")
+                                             for s in sorted({p["seed"] for p in excess})}
+    summary = {"settings": settings, "wall_seconds_this_invocation": wall, "real_data_floor": floor,
+               "variants": variants}
     with open(os.path.join(args.workdir, "summary.json"), "w") as fh:
         json.dump(summary, fh, indent=1)
     benchmark.plot(points, os.path.join(args.workdir, "convergence.png"),
                    f"Fashion-MNIST {10 * args.per_class} imgs, SiT depth {args.depth} hidden {args.hidden} patch "
-                   f"{args.patch}; targets: ImageNet EfficientNet-Lite0; {args.eval_samples} samples, "
+                   f"{args.patch};\ntargets: ImageNet EfficientNet-Lite0; {args.eval_samples} samples, "
                    f"{args.sampler} {args.sample_steps}",
-                   "fashion_fd", "fashion-FD (EMA, lower is better)", MAIN + ABLATIONS, dashed=ABLATIONS)
+                   "fashion_fd", "fashion-FD (EMA, lower is better)", MAIN + ABLATIONS, dashed=ABLATIONS,
+                   reference=(floor["median"], f"{args.eval_samples} real images"))
     benchmark.report(variants, "fashion_fd", "sit", log)
     with open(os.path.join(args.workdir, "summary.md"), "w") as fh:
         fh.write(benchmark.markdown_table(variants, "fashion_fd", "sit", extra=("accuracy",)) + "\n"
                  + benchmark.markdown_speedups_at(variants, "sit"))
+    log("sit's fashion-FD above the real-data floor, fall over the last quarter: " + ", ".join(
+        f"seed {s} {100 * x:.0f}%" for s, x in floor["sit_excess_last_quarter_fall"].items()))
     log(f"wall time {wall:.0f} s; outputs in {args.workdir}")
     return summary
 

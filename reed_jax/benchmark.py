@@ -265,8 +265,9 @@ def summarize(points: list[dict], metric: str, baseline: str, extra: Sequence[st
 
 
 def plot(points: list[dict], path: str, title: str, metric: str, ylabel: str, order: Sequence[str],
-         dashed: Sequence[str] = ()) -> None:
-    """`metric` against steps per variant: median over seeds with a min-max band, log scale."""
+         dashed: Sequence[str] = (), reference: tuple[float, str] | None = None) -> None:
+    """`metric` against steps per variant: median over seeds with a min-max band, log scale;
+    `reference` (value, label): a horizontal line (e.g. the metric's value on real data)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -281,6 +282,8 @@ def plot(points: list[dict], path: str, title: str, metric: str, ylabel: str, or
         line, = ax.plot(steps, np.nanmedian(table, 0), marker="o", ms=3, label=f"{v} ({len(table)} seeds)",
                         ls="--" if v in dashed else "-")
         ax.fill_between(steps, np.nanmin(table, 0), np.nanmax(table, 0), color=line.get_color(), alpha=0.2)
+    if reference is not None:
+        ax.axhline(reference[0], color="k", ls=":", lw=1, label=reference[1])
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)

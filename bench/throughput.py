@@ -3,11 +3,13 @@
     python bench/throughput.py --model=XL/2 --batch=256 --dtype=bfloat16 [--fsdp=8] [--remat=dots]
     python bench/throughput.py --model=S/2,B/2 --batch=32 --windows=3 --steps=3     # CPU-sized
     python bench/throughput.py --model=XL/2 --remat=none,full --scan=0,1 --compile_only  # compile time only
+    python bench/throughput.py --model=S/2,B/2 --batch=64 --remat=none,full --compile_only  # + XLA's memory
 
 Prints, per configuration: compile time, median step time over `--windows` windows of `--steps`
 steps (compilation excluded, `block_until_ready`), images/s, images/s per device, train FLOPs
 per image (analytic, from the config; XLA's cost analysis beside it) and MFU against the
-device's peak bf16 FLOP/s (PROTOCOLS.md; `--peak_tflops` for devices not in the table).
+device's peak bf16 FLOP/s (PROTOCOLS.md; `--peak_tflops` for devices not in the table), and
+XLA's memory analysis of the compiled step (temporaries and arguments per device).
 """
 from __future__ import annotations
 
@@ -52,10 +54,13 @@ def bench_one(model: str, batch: int, dtype: str, fsdp: int, remat: str, variant
     # cost analysis counts one device's partitioned program
     xla_flops = float(cost.get("flops", float("nan"))) * jax.device_count() / batch if cost else float("nan")
     fpi = flops.train_flops_per_image(c.model, c.data.image_shape, c.targets)
+    mem = compiled.memory_analysis()  # XLA's buffer assignment for one device: what the step allocates
+    gb = lambda name: round(getattr(mem, name, float("nan")) / 1e9, 3) if mem is not None else None
     row = {"model": model, "variant": variant, "batch": batch, "dtype": dtype, "fsdp": fsdp, "remat": remat,
            "scan": scan, "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
            "compile_s": round(compile_s, 2), "train_gflops_per_image": fpi / 1e9,
-           "xla_gflops_per_image": xla_flops / 1e9}
+           "xla_gflops_per_image": xla_flops / 1e9, "temp_gb": gb("temp_size_in_bytes"),
+           "argument_gb": gb("argument_size_in_bytes")}
     if compile_only:
         return row
     state = train.create_state(c, net, tx, shardings)
@@ -104,7 +109,8 @@ def main():
                 if a.compile_only:
                     print(f"{name}: compile "
                           f"{r['compile_s']:.1f}s, {r['train_gflops_per_image']:.1f} GFLOP/img "
-                          f"(XLA {r['xla_gflops_per_image']:.1f})", flush=True)
+                          f"(XLA {r['xla_gflops_per_image']:.1f}); per device: temporaries {r['temp_gb']} GB, "
+                          f"arguments (state + batch) {r['argument_gb']} GB", flush=True)
                     continue
                 mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (unknown peak)"
                 print(f"{name}: compile {r['compile_s']:.1f}s, step {1e3 * r['step_s']:.1f} ms, "

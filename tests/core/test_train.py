@@ -315,3 +315,14 @@ def test_haste_stop_skips_the_alignment_compute_with_the_same_update(digits_shar
             state, m = step(state, online)
         skipped[skip] = int(m["skipped"])
     assert skipped == {True: 3, False: 5}
+
+
+def test_remat_note_on_cpu_without_scan():
+    """The trainer's note that remat saves no memory on XLA:CPU unless the blocks are scanned."""
+    c = tiny_config("reed")
+    assert train.remat_note(c) is None  # remat none
+    c.model.remat = "full"
+    assert "saves no memory on XLA:CPU" in train.remat_note(c, "cpu")
+    assert train.remat_note(c, "gpu") is None and train.remat_note(c, "tpu") is None
+    c.model.scan = True
+    assert train.remat_note(c, "cpu") is None

@@ -8,7 +8,8 @@ Ours: `reed_jax.train.make_train_step` of the ImageNet REED config (`image.confi
 'reed')`: SiT-<size>/2, DINOv2 token target [T, 768] bfloat16 at its tap, the pooled VLM target
 [3584] float32 at its tap, projectors D -> 2048 -> 2048 -> z, the velocity loss of the linear
 path on VAE-moment samples, AdamW, global-norm clipping 1.0, EMA, the non-finite-update guard,
-state donated), jitted, float32.
+state donated), jitted, float32; freed host memory kept for the next step as the trainer does on
+CPU (`train.cpu_reuse_memory`, reed_jax/hostmem.py; `--peer_reuse_memory` gives the peer the same).
 
 The peer (a user's alternative): diffusers' `DiTTransformer2DModel` (adaLN-Zero DiT, the same
 architecture; its blocks each embed (t, y) themselves) with the same depth/width/heads/patch,
@@ -149,6 +150,16 @@ def _torch_worker() -> None:
         return {"seconds_per_step": (time.perf_counter() - t0) / a["steps"],
                 "cpu_seconds_per_step": (time.process_time() - c0) / a["steps"]}
 
+    if os.environ.get("REED_PEER_REUSE_MEMORY") == "1":  # the same glibc setting as ours (--peer_reuse_memory)
+        import importlib.util
+        spec = importlib.util.spec_from_file_location(  # the file alone: this worker imports nothing of reed_jax
+            "hostmem", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "reed_jax", "hostmem.py"))
+        hostmem = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(hostmem)
+        assert hostmem.reuse_freed_memory()
+        _serve(setup, window)
+        return
+
     def trim():  # hand freed activation memory back to the OS while the jax side runs (RSS, not speed)
         try:
             import ctypes
@@ -165,7 +176,7 @@ def _jax_worker() -> None:
     {'cmd': 'window', 'steps': n} times n steps; {'cmd': 'quit'} ends. Same answers as the torch worker."""
     import jax
 
-    from reed_jax import benchmark
+    from reed_jax import benchmark, hostmem
 
     state = {}
 
@@ -177,7 +188,10 @@ def _jax_worker() -> None:
             node = c
             for part in path:
                 node = node[part]
-            node[last] = type(node[last])(value)
+            kind = type(node[last])
+            node[last] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+        if c.train.cpu_reuse_memory:  # what the trainer does on XLA:CPU (reed_jax/hostmem.py)
+            hostmem.reuse_freed_memory()
         step, st, data, _, _ = our_step(c)
         st, m = step(st, data)  # compile + warm-up
         jax.block_until_ready(m)
@@ -209,12 +223,13 @@ def jax_variant(spec: str):
     return w
 
 
-def torch_peer(python: str, threads: int):
+def torch_peer(python: str, threads: int, reuse_memory: bool = False):
     """The worker (`--torch_worker` of this file) under `python`, as a benchmark.Worker."""
     from reed_jax import benchmark
 
     return benchmark.Worker([python, os.path.abspath(__file__), "--torch_worker"],
-                            env=dict(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)))
+                            env=dict(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                                     REED_PEER_REUSE_MEMORY=str(int(reuse_memory))))
 
 # ----------------------------------------------------------------------------- our side
 
@@ -347,7 +362,7 @@ def profile_split(c, state, batch, net, tx, windows: int, steps: int, trace_dir:
 def main() -> None:
     import jax
 
-    from reed_jax import benchmark, train  # noqa: F401
+    from reed_jax import benchmark, hostmem, train  # noqa: F401
 
     ap = benchmark.parser(__doc__)
     ap.add_argument("--torch_python", default="/tmp/fixvenv/bin/python",
@@ -369,11 +384,15 @@ def main() -> None:
                     help="per-block rematerialisation on both sides: ours model.remat='full' with "
                          "model.scan=True, the peer's enable_gradient_checkpointing() (what fits B/2's "
                          "16,384-token steps in 23 GB: XLA's temporaries 26.9 GB without)")
+    ap.add_argument("--peer_reuse_memory", action="store_true",
+                    help="the peer too keeps freed memory for reuse (glibc mallopt, reed_jax/hostmem.py), as "
+                         "ours does on CPU (train.cpu_reuse_memory; '|train.cpu_reuse_memory=False' as a variant "
+                         "times ours without)")
     a = ap.parse_args()
     cpus = sorted(os.sched_getaffinity(0))[:a.threads]
     os.sched_setaffinity(0, cpus)  # before jax starts its CPU client: XLA's pool sizes itself from it
     print(benchmark.machine_line(), flush=True)
-    peer = torch_peer(a.torch_python, a.threads)
+    peer = torch_peer(a.torch_python, a.threads, a.peer_reuse_memory)
     variants = {f"jax[{f}]": jax_variant(f) for f in a.xla_variants.split(";") if f.strip()}
     default_flags = os.environ.get("XLA_FLAGS", "")
     rows = []
@@ -387,6 +406,8 @@ def main() -> None:
                     for w in variants.values():
                         w.ask(cmd="setup", model=model, latent=latent, batch=batch, remat=a.remat,
                               overrides=w.overrides)
+                    if c.train.cpu_reuse_memory:  # what the trainer does on XLA:CPU (reed_jax/hostmem.py)
+                        hostmem.reuse_freed_memory()
                     step, state, data, net, tx = our_step(c)
                     n_ours = sum(x.size for x in jax.tree.leaves(state.params))
                     t0 = time.perf_counter()

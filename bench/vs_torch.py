@@ -8,8 +8,9 @@ Ours: `reed_jax.train.make_train_step` of the ImageNet REED config (`image.confi
 'reed')`: SiT-<size>/2, DINOv2 token target [T, 768] bfloat16 at its tap, the pooled VLM target
 [3584] float32 at its tap, projectors D -> 2048 -> 2048 -> z, the velocity loss of the linear
 path on VAE-moment samples, AdamW, global-norm clipping 1.0, EMA, the non-finite-update guard,
-state donated), jitted, float32; freed host memory kept for the next step as the trainer does on
-CPU (`train.cpu_reuse_memory`, reed_jax/hostmem.py; `--peer_reuse_memory` gives the peer the same).
+state donated), jitted, float32. `train.cpu_reuse_memory` (reed_jax/hostmem.py, off by default) as
+a variant, '|train.cpu_reuse_memory=True', keeps freed host memory for the next step; the peer's
+counterpart is `--peer_reuse_memory`.
 
 The peer (a user's alternative): diffusers' `DiTTransformer2DModel` (adaLN-Zero DiT, the same
 architecture; its blocks each embed (t, y) themselves) with the same depth/width/heads/patch,
@@ -190,7 +191,7 @@ def _jax_worker() -> None:
                 node = node[part]
             kind = type(node[last])
             node[last] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
-        if c.train.cpu_reuse_memory:  # what the trainer does on XLA:CPU (reed_jax/hostmem.py)
+        if c.train.cpu_reuse_memory:  # as the trainer does with it (reed_jax/hostmem.py)
             hostmem.reuse_freed_memory()
         step, st, data, _, _ = our_step(c)
         st, m = step(st, data)  # compile + warm-up
@@ -385,9 +386,8 @@ def main() -> None:
                          "model.scan=True, the peer's enable_gradient_checkpointing() (what fits B/2's "
                          "16,384-token steps in 23 GB: XLA's temporaries 26.9 GB without)")
     ap.add_argument("--peer_reuse_memory", action="store_true",
-                    help="the peer too keeps freed memory for reuse (glibc mallopt, reed_jax/hostmem.py), as "
-                         "ours does on CPU (train.cpu_reuse_memory; '|train.cpu_reuse_memory=False' as a variant "
-                         "times ours without)")
+                    help="the peer keeps freed memory for reuse (glibc mallopt, reed_jax/hostmem.py), as "
+                         "ours does with train.cpu_reuse_memory=True ('|train.cpu_reuse_memory=True' as a variant)")
     a = ap.parse_args()
     cpus = sorted(os.sched_getaffinity(0))[:a.threads]
     os.sched_setaffinity(0, cpus)  # before jax starts its CPU client: XLA's pool sizes itself from it
@@ -406,7 +406,7 @@ def main() -> None:
                     for w in variants.values():
                         w.ask(cmd="setup", model=model, latent=latent, batch=batch, remat=a.remat,
                               overrides=w.overrides)
-                    if c.train.cpu_reuse_memory:  # what the trainer does on XLA:CPU (reed_jax/hostmem.py)
+                    if c.train.cpu_reuse_memory:  # as the trainer does with it (reed_jax/hostmem.py)
                         hostmem.reuse_freed_memory()
                     step, state, data, net, tx = our_step(c)
                     n_ours = sum(x.size for x in jax.tree.leaves(state.params))

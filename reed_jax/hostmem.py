@@ -5,7 +5,10 @@ XLA:CPU allocates an execution's temporaries anew at every call (SiT-S/2 + REED 
 every block over 32 MiB with its own mmap and unmaps it on free, so each step page-faults and
 zeroes all of it again: that was 17-25% of the step's CPU time (kernel time; SiT-S/2, 16x16x4,
 batch 64, one core: user 6.1-6.3 s + system 1.2-2.1 s per step; with `reuse_freed_memory()` system
-time 0.00-0.03 s). The price: the process keeps its peak memory until it exits.
+time 0.00-0.03 s; one run each, load 5). In the alternated train-step benchmark at 16x16x4 batch
+16 it gained nothing (without / with 0.97 [0.96-0.98], `bench/vs_torch.py`), and the price is a
+process that keeps its peak memory until it exits, so the trainer applies it only when asked
+(`train.cpu_reuse_memory=True`, off by default).
 """
 from __future__ import annotations
 

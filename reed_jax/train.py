@@ -324,7 +324,7 @@ def _run(config, workdir, log, stop, track, data_dir, model, tx, mngr) -> dict:
     log(f"model {config.model.name}: {n_params / 1e6:.2f}M parameters (projectors included); workdir {workdir}")
     if note := remat_note(config):
         log(note)
-    if jax.default_backend() == "cpu" and config.train.get("cpu_reuse_memory", True) and hostmem.reuse_freed_memory():
+    if jax.default_backend() == "cpu" and config.train.get("cpu_reuse_memory", False) and hostmem.reuse_freed_memory():
         log("XLA:CPU: freed memory is kept for reuse by the next step (train.cpu_reuse_memory; no per-step page "
             "faults; the process keeps its peak memory)")
 

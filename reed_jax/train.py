@@ -199,6 +199,11 @@ def make_train_step(config, model, tx, losses_fn: Callable | None = None, mesh=N
                        skipped=new.skipped, consecutive_skips=new.consecutive_skips)
         return new, metrics
 
+    # the frozen encoders' weights, put on the devices once (both compiled steps read them)
+    params = {n: enc.params for n, enc in frozen.items()}
+    if frozen:
+        params = jax.device_put(params) if mesh is None else jax.device_put(params, parallel.replicated(mesh))
+
     def compiled(aligned: bool):
         fn = functools.partial(step, aligned=aligned)
         if not frozen:
@@ -207,13 +212,11 @@ def make_train_step(config, model, tx, losses_fn: Callable | None = None, mesh=N
                 return jax.jit(plain, donate_argnums=0)
             return jax.jit(plain, in_shardings=(shardings, parallel.batch_sharding(mesh)),
                            out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
-        params = {n: enc.params for n, enc in frozen.items()}
         if mesh is None:
-            jitted, params = jax.jit(fn, donate_argnums=0), jax.device_put(params)
+            jitted = jax.jit(fn, donate_argnums=0)
         else:
             jitted = jax.jit(fn, in_shardings=(shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
                              out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
-            params = jax.device_put(params, parallel.replicated(mesh))
         return lambda state, batch: jitted(state, batch, params)
 
     if not stop:

@@ -325,11 +325,16 @@ def run(workdir: str, settings: dict, configs: dict, seeds: Sequence[int], steps
             c.seed = seed
             new = run_one(name, c, inits[name], seed)
             points = [p for p in points if (p["variant"], p["seed"]) != (name, seed)] + new
-            with open(points_path, "w") as fh:  # whole file rewritten: a killed run leaves no partial seed
-                fh.writelines(json.dumps(p) + "\n" for p in points)
+            write_points(points_path, points)  # whole file rewritten: a killed run leaves no partial seed
     wall = time.time() - t_start
     write_csv(os.path.join(workdir, "points.csv"), points)
     return points, wall
+
+
+def write_points(path: str, points: list[dict]) -> None:
+    """points.jsonl: one JSON point per line."""
+    with open(path, "w") as fh:
+        fh.writelines(json.dumps(p) + "\n" for p in points)
 
 
 def write_csv(path: str, points: list[dict]) -> None:
@@ -369,8 +374,7 @@ def merge(workdir: str, sources: Sequence[str], settings: dict, steps: int) -> l
               for p in ps]
     with open(os.path.join(workdir, "settings.json"), "w") as fh:
         json.dump(settings, fh, indent=1)
-    with open(os.path.join(workdir, "points.jsonl"), "w") as fh:
-        fh.writelines(json.dumps(p) + "\n" for p in points)
+    write_points(os.path.join(workdir, "points.jsonl"), points)
     write_csv(os.path.join(workdir, "points.csv"), points)
     return points
 

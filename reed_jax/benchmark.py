@@ -80,7 +80,8 @@ def compiled(name: str, config, *extra: Callable) -> tuple:
 
 
 def partial_path(workdir: str, name: str, seed: int) -> str:
-    """Where `train_and_evaluate` keeps the mid-run state of one (variant, seed) of a benchmark."""
+    """Where `train_and_evaluate` keeps the state of one (variant, seed) of a benchmark (at its last
+    evaluation; the final state once finished)."""
     return os.path.join(workdir, "partial", f"{name}_seed{seed}.npz")
 
 
@@ -125,7 +126,9 @@ def train_and_evaluate(name: str, seed: int, state: train.TrainState, batches, s
     With `checkpoint` (a .npz path, see `partial_path`), the state and the points so far are saved
     after every evaluation, and a run that finds the file resumes from it: the batches before its
     step are drawn and dropped (the iterator is deterministic per seed), so the resumed run sees the
-    same batches as an uninterrupted one. The file is removed when the run finishes.
+    same batches as an uninterrupted one. The file is kept when the run finishes (the final state):
+    a later call with more `steps` continues the run from there (`run(..., extend=True)`), the same
+    as one run of that length when nothing else depends on `steps`.
 
     Returns one point per evaluation: {'variant', 'seed', 'step', **metrics, 'loss_gen' and, with
     targets, 'loss_align' (the last batch's), 'seconds' (wall since the start, evaluations included),
@@ -133,6 +136,8 @@ def train_and_evaluate(name: str, seed: int, state: train.TrainState, batches, s
     points, t0, train_s, start = [], time.time(), 0.0, 0
     if checkpoint and os.path.exists(checkpoint):
         state, start, points, train_s, seconds = _load_partial(checkpoint, state)
+        if start > steps:
+            raise ValueError(f"{checkpoint}: holds the state at step {start}, past this run's {steps} steps")
         t0 -= seconds
         for _ in range(start):
             next(batches)
@@ -154,10 +159,8 @@ def train_and_evaluate(name: str, seed: int, state: train.TrainState, batches, s
         shown = "  ".join(f"{k} {v:8.4g}" for k, v in scores.items() if isinstance(v, float | int))
         log(f"  {name:15s} seed {seed} step {step:5d}  {shown}  ({p['seconds']:.0f} s, "
             f"{1000 * train_s / step:.0f} ms/step)")
-        if checkpoint and step != steps:
+        if checkpoint:
             _save_partial(checkpoint, state, step, points, train_s, p["seconds"])
-    if checkpoint and os.path.exists(checkpoint):
-        os.remove(checkpoint)
     return points
 
 
@@ -332,18 +335,48 @@ def plot(points: list[dict], path: str, title: str, metric: str, ylabel: str, or
     plt.close(fig)
 
 
+def stored_settings(workdir: str) -> dict | None:
+    """The settings a benchmark in `workdir` was run with (None for a new workdir)."""
+    path = os.path.join(workdir, "settings.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def first_steps(workdir: str, steps: int) -> int:
+    """The run length a benchmark in `workdir` was first made with (its 'extended_from' record),
+    `steps` for a new one: what schedules tied to the run length (a warm-up fraction) must keep
+    when the runs are extended."""
+    old = stored_settings(workdir)
+    return steps if old is None else old.get("extended_from", [old["steps"]])[0]
+
+
 def run(workdir: str, settings: dict, configs: dict, seeds: Sequence[int], steps: int,
-        run_one: Callable[[str, object, dict, int], list[dict]], log=print) -> tuple[list[dict], float]:
+        run_one: Callable[[str, object, dict, int], list[dict]], log=print, extend: bool = False
+        ) -> tuple[list[dict], float]:
     """Run every (seed, variant) not yet finished in `workdir/points.jsonl` (resumable; settings
-    must match the ones stored there); returns (all points, wall seconds of this invocation)."""
+    must match the ones stored there); returns (all points, wall seconds of this invocation).
+
+    `extend`: the stored settings may differ in 'steps' alone, a smaller one: the finished runs
+    continue from their final states (`partial_path`) to `steps`, and the settings record
+    'extended_from' (the earlier lengths). A run whose final state is gone starts again from step 0."""
     os.makedirs(workdir, exist_ok=True)
     settings_path = os.path.join(workdir, "settings.json")
-    if os.path.exists(settings_path):
-        with open(settings_path) as fh:
-            old = json.load(fh)
-        if old != settings:
+    old = stored_settings(workdir)
+    if old is not None:
+        earlier = old.get("extended_from", []) + [old["steps"]]
+        same = {k: v for k, v in old.items() if k not in ("steps", "extended_from")} == \
+            {k: v for k, v in settings.items() if k not in ("steps", "extended_from")}
+        if extend and same and steps > old["steps"]:
+            settings = dict(settings, extended_from=earlier)
+            log(f"{workdir}: extending the runs of {old['steps']} steps to {steps}")
+        elif extend and same and steps == old["steps"]:
+            settings = dict(settings, **({"extended_from": old["extended_from"]} if "extended_from" in old else {}))
+        elif old != settings:
             raise SystemExit(f"{workdir} holds a benchmark with other settings ({settings_path}); "
-                             f"use another --workdir (existing results are not overwritten)")
+                             + ("--extend needs the same settings and more steps" if extend
+                                else "use another --workdir (existing results are not overwritten)"))
     with open(settings_path, "w") as fh:
         json.dump(settings, fh, indent=1)
     points_path = os.path.join(workdir, "points.jsonl")
@@ -381,14 +414,25 @@ def write_csv(path: str, points: list[dict]) -> None:
         w.writerows(points)
 
 
+def _schedule(settings: dict) -> dict:
+    """Settings as what the runs computed: an extended run and one made at full length from the
+    start differ where a schedule follows the first length, so that length is part of it."""
+    s = {k: v for k, v in settings.items() if k != "extended_from"}
+    return dict(s, first_steps=settings.get("extended_from", [settings["steps"]])[0])
+
+
 def merge(workdir: str, sources: Sequence[str], settings: dict, steps: int) -> list[dict]:
     """Gather the finished (variant, seed) runs of several workdirs of one benchmark (e.g. seeds run
     in parallel processes) into `workdir`'s points.jsonl and return all of its points. Every source
-    must hold the same `settings` (its settings.json), and a run finished in two places must have
+    must hold the same `settings` (its settings.json; runs extended from the same length count as the
+    same), and a run finished in two places must have
     the same points there (else a SystemExit names the two places); unfinished runs are left out."""
     os.makedirs(workdir, exist_ok=True)
     merged: dict = {}
     order: list = []  # variants in the order they first appear (the benchmark's order)
+    first = stored_settings(sources[0]) or {}
+    if "extended_from" in first and "extended_from" not in settings:  # runs extended with --extend
+        settings = dict(settings, extended_from=first["extended_from"])
     for src in [workdir, *sources]:
         sp, pp = os.path.join(src, "settings.json"), os.path.join(src, "points.jsonl")
         if not os.path.exists(pp):
@@ -396,8 +440,9 @@ def merge(workdir: str, sources: Sequence[str], settings: dict, steps: int) -> l
                 continue
             raise SystemExit(f"--merge: {pp} does not exist")
         with open(sp) as fh:
-            if json.load(fh) != settings:
-                raise SystemExit(f"--merge: {sp} holds other settings than this command's; not merged")
+            held = json.load(fh)
+        if _schedule(held) != _schedule(settings):
+            raise SystemExit(f"--merge: {sp} holds other settings than this command's; not merged")
         with open(pp) as fh:
             pts = [json.loads(line) for line in fh if line.strip()]
         order += [v for v in dict.fromkeys(p["variant"] for p in pts) if v not in order]

@@ -47,7 +47,46 @@ def test_interrupted_run_resumes_with_the_same_points(tmp_path):
     resumed = _run(path, _score)
     assert [p["step"] for p in resumed] == [3, 6, 9, 10]
     assert _strip(resumed) == _strip(whole)
-    assert not (tmp_path / "partial" / "toy_seed0.npz").exists()  # removed once finished
+    with np.load(path) as z:  # kept once finished: the final state
+        assert int(z["leaf_0"]) == 10
+    # a longer run continues from it and gives the points of one run of that length from the start
+    # (plus the evaluation at the first run's last step, 10, which is no multiple of eval_every)
+    longer = _run(path, _score, steps=16)
+    assert [p["step"] for p in longer] == [3, 6, 9, 10, 12, 15, 16]
+    assert _strip(longer[:3] + longer[4:]) == _strip(_run(None, _score, steps=16))
+    with pytest.raises(ValueError, match="past this run's 10 steps"):
+        _run(path, _score, steps=10)
+
+
+def test_run_extends_finished_runs_and_merge_tells_them_from_full_length_runs(tmp_path, monkeypatch):
+    """`run(..., extend=True)` continues finished runs to more steps from their final states, records
+    the first length (what a warm-up fraction must keep), and refuses other settings; a plain run
+    with other steps is refused; merge refuses to mix extended runs with full-length ones."""
+    import types
+    monkeypatch.setattr(benchmark, "shared_init", lambda configs, seed: {n: None for n in configs})
+
+    def run(wd, steps, extend=False, settings=None):
+        def one(name, c, params, seed):
+            state = {"w": jnp.zeros(2, jnp.float32), "n": jnp.zeros((), jnp.int32)}
+            return benchmark.train_and_evaluate(name, seed, state, _batches(seed), _step, steps, 3, _score,
+                                                log=lambda *_: None,
+                                                checkpoint=benchmark.partial_path(wd, name, seed))
+        return benchmark.run(wd, settings or {"steps": steps, "lr": 1.0}, {"toy": types.SimpleNamespace()},
+                             [0, 1], steps, one, log=lambda *_: None, extend=extend)[0]
+
+    short, full = str(tmp_path / "short"), str(tmp_path / "full")
+    run(short, 10)
+    with pytest.raises(SystemExit, match="other settings"):
+        run(short, 16)  # without --extend
+    with pytest.raises(SystemExit, match="--extend needs the same settings"):
+        run(short, 16, extend=True, settings={"steps": 16, "lr": 2.0})
+    extended = [p for p in run(short, 16, extend=True) if p["step"] != 10]
+    assert _strip(extended) == _strip(run(full, 16)) and len(extended) == 2 * 6
+    assert benchmark.stored_settings(short)["extended_from"] == [10]
+    assert benchmark.first_steps(short, 16) == 10 and benchmark.first_steps(full, 16) == 16
+    with pytest.raises(SystemExit, match="other settings"):
+        benchmark.merge(str(tmp_path / "m"), [short, full], {"steps": 16, "lr": 1.0}, 16)
+    assert len(benchmark.merge(str(tmp_path / "m2"), [short], {"steps": 16, "lr": 1.0}, 16)) == 2 * 7
 
 
 def test_checkpoint_of_another_state_is_refused(tmp_path):

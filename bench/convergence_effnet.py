@@ -31,8 +31,10 @@ initialisation), sees the same batches in the same order and draws the same nois
 Outputs in --workdir: points.jsonl / points.csv (variant, seed, step, fashion_fd, accuracy,
 loss_gen, seconds), convergence.png, summary.json (final values, steps to reach plain SiT's final
 fashion-FD and its values at 25/50/75% of the steps per seed, speed-up ratios with median/min/max,
-SiT's fall over its last quarter, seconds per training step per variant, and the real-data floor:
-the fashion-FD of --eval_samples real images, what a perfect generator scores) and summary.md.
+SiT's fall over its last quarter and a power-law fit of its curve with the run length at which
+that fall would drop under 10% (`sit_power_law`), seconds per training step per variant, and the
+real-data floor: the fashion-FD of --eval_samples real images, what a perfect generator scores)
+and summary.md.
 Interrupted runs resume: finished (variant, seed) pairs are kept, and the one running resumes
 from its last evaluation (<workdir>/partial/, which keeps the final states too: `--extend` with more
 --steps continues finished runs, REED's warm-up staying that of the first length).
@@ -329,8 +331,10 @@ def main(argv=None) -> dict:
     floor["sit_excess_last_quarter_fall"] = {s: benchmark.last_quarter_fall([p for p in excess if p["seed"] == s],
                                                                           "fashion_fd")
                                              for s in sorted({p["seed"] for p in excess})}
+    flat = {s: benchmark.power_law_fit([p for p in points if p["variant"] == "sit" and p["seed"] == s], "fashion_fd")
+            for s in floor["sit_excess_last_quarter_fall"]}
     summary = {"settings": settings, "wall_seconds_this_invocation": wall, "real_data_floor": floor,
-               "variants": variants}
+               "sit_power_law": flat, "variants": variants}
     with open(os.path.join(args.workdir, "summary.json"), "w") as fh:
         json.dump(summary, fh, indent=1)
     benchmark.plot(points, os.path.join(args.workdir, "convergence.png"),
@@ -345,6 +349,11 @@ def main(argv=None) -> dict:
                  + benchmark.markdown_speedups_at(variants, "sit"))
     log("sit's fashion-FD above the real-data floor, fall over the last quarter: " + ", ".join(
         f"seed {s} {100 * x:.0f}%" for s, x in floor["sit_excess_last_quarter_fall"].items()))
+    for seed, fit in flat.items():
+        if fit:
+            to = "beyond 100x the run" if fit["steps_to_flat"] is None else f"at ~{fit['steps_to_flat']:.0f} steps"
+            log(f"sit seed {seed}: fashion-FD ~ {fit['c']:.1f} + {fit['a']:.1f} (t/1000)^-{fit['b']:.2f} "
+                f"(asymptote {fit['c']:.1f} +- {fit['c_err']:.1f}, rms {fit['rms']:.2f}); last-quarter fall < 10% {to}")
     log(f"wall time {wall:.0f} s; outputs in {args.workdir}")
     return summary
 

@@ -262,6 +262,33 @@ def last_quarter_fall(ps: list[dict], metric: str) -> float:
     return float((a - b) / a)
 
 
+def power_law_fit(ps: list[dict], metric: str, from_frac: float = 1 / 6, flat: float = 0.10) -> dict | None:
+    """Least-squares fit of metric(t) = c + a * (t / 1000)^-b to one run's evaluations from
+    `from_frac` of its steps on (the early transient left out), and what it projects: the run length
+    at which the last quarter of the steps would fall by less than `flat` (`last_quarter_fall`'s
+    criterion), searched up to 100x the run. {'c' (the asymptote), 'a', 'b', 'rms' (residual, metric
+    units), 'c_err', 'b_err' (1-sigma), 'steps_to_flat' (None: beyond the search)}; None when the fit
+    fails or there are fewer than 5 evaluations."""
+    from scipy.optimize import curve_fit
+
+    last = max(p["step"] for p in ps)
+    pts = sorted((p["step"], p[metric]) for p in ps if p["step"] >= from_frac * last)
+    if len(pts) < 5:
+        return None
+    t, y = (np.asarray(v, np.float64) for v in zip(*pts))
+    f = lambda t, c, a, b: c + a * (t / 1000.0) ** -b
+    try:
+        (c, a, b), cov = curve_fit(f, t, y, p0=(float(y[-1]) / 2, float(y[0]), 1.0), maxfev=20000)
+    except RuntimeError:
+        return None
+    grid = np.geomspace(last, 100 * last, 400)
+    falls = 1 - f(grid, c, a, b) / f(0.75 * grid, c, a, b)
+    err = np.sqrt(np.abs(np.diag(cov)))
+    return {"c": float(c), "a": float(a), "b": float(b), "c_err": float(err[0]), "b_err": float(err[2]),
+            "rms": float(np.sqrt(np.mean((f(t, c, a, b) - y) ** 2))),
+            "steps_to_flat": float(grid[np.argmax(falls < flat)]) if (falls < flat).any() else None}
+
+
 def summarize(points: list[dict], metric: str, baseline: str, extra: Sequence[str] = ()) -> dict:
     """Per variant: final `metric` (and `extra` metrics) per seed, the fall of `metric` over the last
     quarter of the steps per seed (`last_quarter_fall`), and, against the baseline of the same

@@ -170,3 +170,16 @@ def test_time_train_steps_compiles_first_then_alternates(monkeypatch):
     assert (r["min"], r["max"]) == pytest.approx((2.0, 8.0 / 3.0))  # per window: 2/1, 8/3
     assert r["of_medians"] == pytest.approx(5.0 / 2.0)
     assert out["over_a"]["b"]["cpu"]["median"] == pytest.approx(1.0)
+
+
+def test_power_law_fit_recovers_the_curve_and_projects_flatness():
+    """Points on 12 + 60 (t/1000)^-1 are fitted back, and the projected flat length is where the
+    exact curve's last-quarter fall crosses 10% (solved here in closed form)."""
+    pts = [{"step": s, "fd": 12 + 60 * (s / 1000) ** -1.0} for s in range(250, 6001, 250)]
+    fit = benchmark.power_law_fit(pts, "fd")
+    assert (fit["c"], fit["a"], fit["b"]) == pytest.approx((12, 60, 1.0), rel=1e-4)
+    # fall(T) = 1 - (12 + 60000/T) / (12 + 80000/T) < 0.1  <=>  T > (80000 * 0.9 - 60000) / (12 * 0.1)
+    exact = (80000 * 0.9 - 60000) / 1.2
+    assert fit["steps_to_flat"] == pytest.approx(exact, rel=0.02)
+    assert benchmark.last_quarter_fall(pts, "fd") > 0.1  # not flat at 6,000 steps yet
+    assert benchmark.power_law_fit(pts[:4], "fd") is None

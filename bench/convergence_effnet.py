@@ -79,7 +79,7 @@ def variant_config(name: str, args):
         c.targets.effnet_stage3 = targets_lib.make(tap=f"block{min(2, d)}", pooled=False, dim=80, coeff=1.0,
                                                    encoder=enc("stage3"), weights=WHEEL)
     if name in ("reed", "reed_1stage", "sit_warmup"):  # (of the first length: extended runs keep their warm-up)
-        c.curriculum.gen.warmup = int(args.warmup * getattr(args, "first_steps", args.steps))
+        c.curriculum.gen.warmup = int(args.warmup * args.first_steps)
     if name in ("reed", "reed_1stage"):
         c.targets.effnet_pooled = targets_lib.make(tap=f"block{d}", pooled=True, dim=1280, coeff=0.5,
                                                    encoder=enc("pooled"), weights=WHEEL)

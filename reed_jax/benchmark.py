@@ -192,19 +192,18 @@ def time_train_steps(steps: Mapping[str, Callable], states: Mapping[str, train.T
     {variant: {'wall', 'cpu': spread}}, 'over_<baseline>': {variant: {'wall', 'cpu': per-window
     ratio spread}}, 'steps_per_window', 'machine'} and logs it."""
     states = dict(states)
-    for name, fn in steps.items():
+
+    def one_pass(name):
         for b in batches[name]:
-            states[name], _ = fn(states[name], b)
+            states[name], _ = steps[name](states[name], b)
         jax.block_until_ready(states[name])
 
-    def runner(name):
-        def go():
-            for b in batches[name]:
-                states[name], _ = steps[name](states[name], b)
-            jax.block_until_ready(states[name])
-        return lambda: timed_window(go, len(batches[name]))
+    def timed(name):
+        return lambda: timed_window(lambda: one_pass(name), len(batches[name]))
 
-    res = alternate({n: runner(n) for n in steps}, windows)
+    for name in steps:  # untimed: compiles every shape
+        one_pass(name)
+    res = alternate({n: timed(n) for n in steps}, windows)
     out = {"machine": machine_line(), "steps_per_window": {n: len(b) for n, b in batches.items()},
            "ms_per_step": {n: {k: spread([1e3 * getattr(t, k) for t in v]) for k in ("wall", "cpu")}
                            for n, v in res.items()},
@@ -371,12 +370,16 @@ def stored_settings(workdir: str) -> dict | None:
         return json.load(fh)
 
 
+def _first_length(settings: dict) -> int:
+    """The run length of a benchmark's settings before any extension (its 'extended_from' record)."""
+    return settings.get("extended_from", [settings["steps"]])[0]
+
+
 def first_steps(workdir: str, steps: int) -> int:
-    """The run length a benchmark in `workdir` was first made with (its 'extended_from' record),
-    `steps` for a new one: what schedules tied to the run length (a warm-up fraction) must keep
-    when the runs are extended."""
+    """The run length a benchmark in `workdir` was first made with, `steps` for a new one: what
+    schedules tied to the run length (a warm-up fraction) must keep when the runs are extended."""
     old = stored_settings(workdir)
-    return steps if old is None else old.get("extended_from", [old["steps"]])[0]
+    return steps if old is None else _first_length(old)
 
 
 def run(workdir: str, settings: dict, configs: dict, seeds: Sequence[int], steps: int,
@@ -445,7 +448,7 @@ def _schedule(settings: dict) -> dict:
     """Settings as what the runs computed: an extended run and one made at full length from the
     start differ where a schedule follows the first length, so that length is part of it."""
     s = {k: v for k, v in settings.items() if k != "extended_from"}
-    return dict(s, first_steps=settings.get("extended_from", [settings["steps"]])[0])
+    return dict(s, first_steps=_first_length(settings))
 
 
 def merge(workdir: str, sources: Sequence[str], settings: dict, steps: int) -> list[dict]:
